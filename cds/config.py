@@ -1,0 +1,136 @@
+"""The service configuration: a TOML file validated by pydantic models.
+
+Every key is documented in ``docs/configuration.md``. Relative paths in the
+file are resolved against the directory of the file itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cds.errors import ConfigError
+
+__all__ = ["CONFIG_ENV_VAR", "AuthClient", "Settings", "load_settings"]
+
+CONFIG_ENV_VAR = "RUNFORM_CDS_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    base_url: str = "http://127.0.0.1:8080"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=5_000_000, gt=0)
+
+    @property
+    def public_base(self) -> str:
+        return self.base_url.rstrip("/")
+
+
+class StoreSettings(_Section):
+    url: str = "sqlite:///runform-traces.db"
+
+
+class PackSettings(_Section):
+    dir: Path = Path("rule_packs")
+    allow_drafts: bool = False
+
+
+class AuthClient(_Section):
+    iss: str
+    jwks_file: Path | None = None
+    jku: str | None = None
+    tenants: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> AuthClient:
+        if (self.jwks_file is None) == (self.jku is None):
+            raise ValueError(f"auth client {self.iss!r}: set exactly one of jwks_file or jku")
+        return self
+
+
+class AuthSettings(_Section):
+    required: bool = True
+    clients: list[AuthClient] = Field(default_factory=list)
+    algorithms: list[str] = Field(default_factory=lambda: ["ES384", "RS384"])
+    clock_skew_s: int = Field(default=30, ge=0, le=300)
+    max_token_lifetime_s: int = Field(default=3600, gt=0)
+    jwks_cache_s: int = Field(default=300, ge=0)
+
+    @model_validator(mode="after")
+    def _asymmetric_only(self) -> AuthSettings:
+        allowed = {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384"}
+        bad = [alg for alg in self.algorithms if alg not in allowed]
+        if bad:
+            raise ValueError(f"auth.algorithms: {bad} not allowed (no 'none', no HMAC)")
+        return self
+
+
+class FhirSettings(_Section):
+    timeout_s: float = Field(default=3.0, gt=0, le=60)
+    max_pages: int = Field(default=10, ge=1, le=1000)
+    page_size: int = Field(default=100, ge=1, le=1000)
+
+
+class CorsSettings(_Section):
+    origins: list[str] = Field(default_factory=list)
+
+
+class Settings(_Section):
+    """The whole configuration. Defaults run the service on embedded storage."""
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    packs: PackSettings = Field(default_factory=PackSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    fhir: FhirSettings = Field(default_factory=FhirSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    if not settings.packs.dir.is_absolute():
+        settings.packs.dir = base / settings.packs.dir
+    for client in settings.auth.clients:
+        if client.jwks_file is not None and not client.jwks_file.is_absolute():
+            client.jwks_file = base / client.jwks_file
+    url = settings.store.url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        settings.store.url = "sqlite:///" + str(base / url.removeprefix("sqlite:///"))
+    return settings
+
+
+def _format_validation(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Load settings from ``path``, else ``$RUNFORM_CDS_CONFIG``, else defaults."""
+    if path is None:
+        env = os.environ.get(CONFIG_ENV_VAR)
+        path = Path(env) if env else None
+    if path is None:
+        return _resolve_paths(Settings(), Path.cwd())
+    path = Path(path)
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(path, exc)) from exc
+    return _resolve_paths(settings, path.resolve().parent)

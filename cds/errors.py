@@ -1,0 +1,140 @@
+"""One exception tree for the whole package.
+
+Every error carries a stable ``code`` (kebab-case, safe to look up in
+``docs/errors.md``), an HTTP status for the service, a FHIR issue type and an
+optional FHIRPath-like ``expression`` pointing at the offending element.
+``to_operation_outcome()`` turns any of them into a FHIR R4 OperationOutcome.
+
+    CdsError
+    ├── ConfigError                 config-invalid
+    ├── RequestError (400)          request-invalid
+    │   ├── UnknownServiceError     service-unknown (404)
+    │   ├── PayloadTooLargeError    payload-too-large (413)
+    │   └── UnknownCardError        feedback-card-unknown (404)
+    ├── AuthError (401)             auth-invalid   (message never sent to the client)
+    ├── PrefetchError (412)         prefetch-unavailable
+    ├── PackError                   pack-invalid
+    └── EngineError (500)           engine-failed
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AuthError",
+    "CdsError",
+    "ConfigError",
+    "EngineError",
+    "PackError",
+    "PayloadTooLargeError",
+    "PrefetchError",
+    "RequestError",
+    "UnknownCardError",
+    "UnknownServiceError",
+    "operation_outcome",
+]
+
+
+def operation_outcome(
+    diagnostics: str,
+    *,
+    code: str = "processing",
+    severity: str = "error",
+    expression: list[str] | None = None,
+    detail_code: str | None = None,
+) -> dict[str, Any]:
+    """Build a minimal, valid R4 OperationOutcome with one issue."""
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
+    if detail_code:
+        issue["details"] = {
+            "coding": [
+                {"system": "http://runform-cds.org/fhir/CodeSystem/errors", "code": detail_code}
+            ],
+            "text": diagnostics,
+        }
+    if expression:
+        issue["expression"] = expression
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+class CdsError(Exception):
+    """Base of every error raised on purpose by runform-cds.
+
+    >>> try:
+    ...     raise RequestError("context.patientId is required", expression="context.patientId")
+    ... except CdsError as exc:
+    ...     exc.status, exc.code
+    (400, 'request-invalid')
+    """
+
+    code: ClassVar[str] = "cds-error"
+    status: ClassVar[int] = 500
+    issue_type: ClassVar[str] = "exception"
+
+    def __init__(self, message: str, *, expression: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.expression = expression
+
+    def to_operation_outcome(self) -> dict[str, Any]:
+        return operation_outcome(
+            self.message,
+            code=self.issue_type,
+            expression=[self.expression] if self.expression else None,
+            detail_code=self.code,
+        )
+
+
+class ConfigError(CdsError):
+    code = "config-invalid"
+    issue_type = "invalid"
+
+
+class RequestError(CdsError):
+    code = "request-invalid"
+    status = 400
+    issue_type = "invalid"
+
+
+class UnknownServiceError(RequestError):
+    code = "service-unknown"
+    status = 404
+    issue_type = "not-found"
+
+
+class PayloadTooLargeError(RequestError):
+    code = "payload-too-large"
+    status = 413
+    issue_type = "too-costly"
+
+
+class UnknownCardError(RequestError):
+    code = "feedback-card-unknown"
+    status = 404
+    issue_type = "not-found"
+
+
+class AuthError(CdsError):
+    """Invalid credentials. The message is for our logs only: clients get a bare 401."""
+
+    code = "auth-invalid"
+    status = 401
+    issue_type = "security"
+
+
+class PrefetchError(CdsError):
+    code = "prefetch-unavailable"
+    status = 412
+    issue_type = "processing"
+
+
+class PackError(CdsError):
+    code = "pack-invalid"
+    issue_type = "invalid"
+
+
+class EngineError(CdsError):
+    code = "engine-failed"
+    status = 500
+    issue_type = "exception"

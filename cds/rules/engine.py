@@ -1,0 +1,147 @@
+"""The only module that knows durable-rules exists.
+
+durable-rules has sharp edges; this adapter files them down:
+
+* one ``Host`` per process (each Host leaks two timer threads), every call
+  under one lock (the Python layer has none);
+* rulesets cannot be replaced, so each compiled pack registers under a
+  versioned, content-hashed name and stays registered; switching packs is a
+  pointer change in our code;
+* rules are single-pattern (joins are done in :mod:`cds.fhir.facts`) and split
+  into rulesets of at most ``RULESET_SIZE`` rules: large join rulesets abort
+  the whole process in C;
+* every fact gets a unique ``id`` and every evaluation its own session id, so
+  a spurious "already observed" error cannot happen by construction; if one
+  does, it fails the evaluation rather than silently dropping a fact;
+* exceptions raised in actions are swallowed by durable-rules into the session
+  state; we read the state back and fail the evaluation;
+* the session state is deleted after each evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from durable import engine as _durable
+
+from cds.errors import EngineError
+from cds.rules.compile import CompiledPack
+
+__all__ = ["EngineResult", "Firing", "RuleEngine"]
+
+
+@dataclass(frozen=True)
+class Firing:
+    rule_id: str
+    fact_id: str
+    fact: dict[str, Any]
+
+
+@dataclass
+class EngineResult:
+    firings: list[Firing] = field(default_factory=list)
+    unmatched: int = 0
+
+
+_host_lock = threading.Lock()
+_host: Any = None
+_registered: dict[str, list[str]] = {}
+_collector: list[Firing] | None = None  # set while an evaluation holds the lock
+
+
+def _shared_host() -> Any:
+    global _host
+    if _host is None:
+        _host = _durable.Host()
+    return _host
+
+
+class RuleEngine:
+    """Evaluate compiled packs on the process-wide durable-rules host."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count()
+
+    def load(self, compiled: CompiledPack) -> list[str]:
+        """Register ``compiled`` (idempotent) and return its ruleset names."""
+        with _host_lock:
+            names = _registered.get(compiled.key)
+            if names is not None:
+                return names
+            definitions: dict[str, Any] = {}
+            names = []
+            for i, chunk in enumerate(compiled.chunks()):
+                name = f"{compiled.key}/{i}"
+                definitions[name] = {
+                    r.rule.id: {
+                        "all": [{"m": copy.deepcopy(r.pattern)}],
+                        "pri": r.rule.priority,
+                        "run": _action(r.rule.id),
+                    }
+                    for r in chunk
+                }
+                names.append(name)
+            try:
+                _shared_host().register_rulesets(definitions)
+            except Exception as exc:  # durable raises bare Exceptions with codes
+                raise EngineError(f"could not register pack {compiled.key}: {exc}") from exc
+            _registered[compiled.key] = names
+            return names
+
+    def evaluate(self, compiled: CompiledPack, facts: list[dict[str, Any]]) -> EngineResult:
+        """Assert ``facts`` into every ruleset of ``compiled``; collect what fired."""
+        names = self.load(compiled)
+        result = EngineResult()
+        global _collector
+        with _host_lock:
+            host = _shared_host()
+            _collector = result.firings
+            try:
+                for name in names:
+                    self._run_ruleset(host, name, facts, result)
+            finally:
+                _collector = None
+        return result
+
+    def _run_ruleset(
+        self, host: Any, name: str, facts: list[dict[str, Any]], result: EngineResult
+    ) -> None:
+        sid = uuid.uuid4().hex
+        try:
+            for fact in facts:
+                message = {**fact, "sid": sid, "id": f"{sid}-{next(self._ids)}"}
+                try:
+                    state = host.assert_fact(name, message)
+                except _durable.MessageNotHandledException:
+                    result.unmatched += 1
+                    continue
+                except _durable.MessageObservedException as exc:
+                    raise EngineError(f"engine rejected a unique fact as a duplicate: {exc}") from exc
+                except Exception as exc:
+                    raise EngineError(f"engine error in {name}: {exc}") from exc
+                if isinstance(state, dict) and "exception" in state:
+                    raise EngineError(f"a rule action failed in {name}: {state['exception']}")
+        finally:
+            try:
+                host.delete_state(name, sid)
+            except Exception:
+                pass
+
+
+def _action(rule_id: str) -> Callable[[Any], None]:
+    def run(c: Any) -> None:
+        if _collector is None:
+            raise RuntimeError(f"rule {rule_id} fired outside an evaluation")
+        fact = {k: v for k, v in c.m.items() if k not in ("sid", "id")}
+        fact_id = str(c.m["id"])
+        # durable-rules fires once per matching alternative of an $or: keep one
+        if not any(f.rule_id == rule_id and f.fact_id == fact_id for f in _collector):
+            _collector.append(Firing(rule_id, fact_id, fact))
+
+    return run

@@ -1,0 +1,121 @@
+"""Read rule packs from YAML, with file:line:column on every problem."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from cds.errors import PackError
+from cds.rules.compile import CompiledPack, compile_pack
+from cds.rules.pack import Pack
+
+__all__ = ["find_pack_files", "load_pack", "load_serving_packs"]
+
+log = logging.getLogger(__name__)
+Marks = dict[tuple[Any, ...], tuple[int, int]]
+
+
+def _marks(node: yaml.Node, path: tuple[Any, ...], out: Marks) -> None:
+    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            out[(*path, key.value)] = (key.start_mark.line + 1, key.start_mark.column + 1)
+            _marks(value, (*path, key.value), out)
+            out[(*path, key.value)] = (key.start_mark.line + 1, key.start_mark.column + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _marks(item, (*path, i), out)
+
+
+def _locate(loc: tuple[Any, ...], marks: Marks) -> tuple[int, int]:
+    """Best mark for a pydantic error location (skips union-member names)."""
+    path: tuple[Any, ...] = ()
+    best = marks.get((), (1, 1))
+    for part in loc:
+        candidate = (*path, part)
+        if candidate in marks:
+            path = candidate
+            best = marks[candidate]
+    return best
+
+
+def _read_yaml(path: Path) -> tuple[bytes, Any, Marks]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PackError(f"{path}: cannot read ({exc.strerror})") from exc
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise PackError(f"{where}: not valid YAML: {exc.problem}") from exc
+    marks: Marks = {}
+    if node is not None:
+        _marks(node, (), marks)
+    return raw, data, marks
+
+
+def load_pack(path: Path | str) -> CompiledPack:
+    """Load, validate and compile one pack file; raise :class:`PackError` on any problem."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "pack.yaml"
+    raw, data, marks = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise PackError(f"{path}:1:1: a rule pack must be a YAML mapping")
+    try:
+        pack = Pack.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            line, col = _locate(tuple(err["loc"]), marks)
+            field = ".".join(str(p) for p in err["loc"])
+            lines.append(f"{path}:{line}:{col}: {field}: {err['msg']}")
+        raise PackError("\n".join(dict.fromkeys(lines))) from exc
+    try:
+        return compile_pack(pack, raw)
+    except PackError as exc:
+        raise PackError(f"{path}: {exc.message}") from exc
+
+
+def find_pack_files(directory: Path) -> list[Path]:
+    files = sorted(directory.glob("*/pack.yaml")) + sorted(directory.glob("*.yaml"))
+    return files
+
+
+def _serving(pack: Pack, today: date, allow_drafts: bool) -> bool:
+    if pack.status == "retired" or (pack.status == "draft" and not allow_drafts):
+        return False
+    start, end = pack.effective.start, pack.effective.end
+    return start <= today and (end is None or today <= end)
+
+
+def load_serving_packs(
+    directory: Path, *, allow_drafts: bool = False, today: date | None = None
+) -> list[CompiledPack]:
+    """Every pack in ``directory`` that may serve today. Broken packs are logged and skipped."""
+    today = today or date.today()
+    if not directory.is_dir():
+        raise PackError(f"rule pack directory {directory} does not exist")
+    serving = []
+    for path in find_pack_files(directory):
+        try:
+            compiled = load_pack(path)
+        except PackError as exc:
+            log.error("rule pack not loaded: %s", exc.message)
+            continue
+        if _serving(compiled.pack, today, allow_drafts):
+            serving.append(compiled)
+        else:
+            log.info("rule pack %s not serving (status %s)", compiled.key, compiled.pack.status)
+    if not serving:
+        raise PackError(f"no serving rule pack in {directory}")
+    return serving

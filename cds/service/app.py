@@ -1,0 +1,144 @@
+"""The HTTP service: CDS Hooks 2.0 discovery, service and feedback endpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+
+from cds.audit.store import TraceStore, open_store
+from cds.config import Settings
+from cds.errors import AuthError, CdsError, PayloadTooLargeError, RequestError, operation_outcome
+from cds.rules.compile import CompiledPack
+from cds.rules.load import load_serving_packs
+from cds.service.auth import JwtVerifier
+from cds.service.feedback import parse_feedback, record_feedback
+from cds.service.hooks import discovery, parse_request, service
+from cds.service.pipeline import Runtime, run_call
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("cds.service")
+FHIR_JSON = "application/json"
+
+
+def _error(exc: CdsError) -> JSONResponse:
+    if isinstance(exc, AuthError):
+        log.info("rejected credentials: %s", exc.message)
+        body = operation_outcome("unauthorized", code="security")
+        return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    if exc.status >= 500:
+        log.error("%s: %s", exc.code, exc.message)
+    return JSONResponse(exc.to_operation_outcome(), status_code=exc.status)
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body over {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"the request body is not valid JSON: {exc}") from None
+
+
+def _auth_check(
+    settings: Settings, verifier: JwtVerifier
+) -> Callable[[Request], Awaitable[None]]:
+    base = settings.server.public_base
+
+    async def check(request: Request) -> None:
+        if settings.auth.required:
+            await verifier.verify(request.headers.get("authorization"), base + request.url.path)
+
+    return check
+
+
+def create_app(
+    settings: Settings,
+    *,
+    packs: list[CompiledPack] | None = None,
+    store: TraceStore | None = None,
+) -> FastAPI:
+    """Build the ASGI app. Packs and store default to what ``settings`` names."""
+    if not settings.auth.required:
+        log.warning("!!! JWT authentication is OFF (auth.required = false): "
+                    "any caller can use this service. Never do this in production. !!!")
+    packs = packs if packs is not None else load_serving_packs(
+        settings.packs.dir, allow_drafts=settings.packs.allow_drafts
+    )
+    store = store if store is not None else open_store(settings.store.url)
+    http = httpx.AsyncClient(follow_redirects=False)
+    runtime = Runtime(settings=settings, packs=packs, store=store, http=http)
+    authenticate = _auth_check(settings, JwtVerifier(settings.auth, http))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await http.aclose()
+        store.close()
+
+    app = FastAPI(title="runform-cds", version=runtime.engine_info["runform_cds"], lifespan=lifespan)
+    app.state.runtime = runtime
+    if settings.cors.origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors.origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+
+    @app.exception_handler(CdsError)
+    async def cds_error(_: Request, exc: CdsError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(RequestError(str(exc.errors()[0].get("msg", "invalid request"))))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return JSONResponse(operation_outcome("internal error", code="exception"), status_code=500)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "packs": [p.key for p in runtime.packs]}
+
+    @app.get("/cds-services")
+    async def get_discovery(request: Request) -> dict[str, Any]:
+        await authenticate(request)
+        return discovery()
+
+    @app.post("/cds-services/{service_id}")
+    async def call_service(service_id: str, request: Request) -> dict[str, Any]:
+        await authenticate(request)
+        svc = service(service_id)
+        body = await _read_json(request, settings.server.max_body_bytes)
+        return await run_call(runtime, svc, parse_request(svc, body))
+
+    @app.post("/cds-services/{service_id}/feedback")
+    async def feedback(service_id: str, request: Request) -> Response:
+        await authenticate(request)
+        service(service_id)
+        body = parse_feedback(await _read_json(request, settings.server.max_body_bytes))
+        await anyio.to_thread.run_sync(record_feedback, store, service_id, body)
+        return JSONResponse({}, status_code=200)
+
+    return app

@@ -1,0 +1,154 @@
+"""Verify the CDS client's JWT bearer token (CDS Hooks 2.0 "Trusting CDS Clients").
+
+Order of checks: header (``typ`` JWT, a ``kid``, an allowed asymmetric ``alg``;
+``none`` and HMAC never), ``iss`` on the allowlist (and ``jku``, if sent, equal
+to the one configured for that issuer), signature with the key named by
+``kid``, ``aud`` equal to the exact URL called, ``exp``/``iat`` with a small
+clock skew and a maximum lifetime, ``tenant`` if configured, ``jti`` not seen
+before. Any failure is an :class:`AuthError`; the client only ever sees a bare
+401. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+
+from cds.config import AuthClient, AuthSettings
+from cds.errors import AuthError
+
+__all__ = ["ClientIdentity", "JwtVerifier", "ReplayCache"]
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    iss: str
+    jti: str
+    tenant: str | None
+
+
+class ReplayCache:
+    """``jti`` values seen, kept until their token expires (per process)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def first_use(self, iss: str, jti: str, expires_at: float) -> bool:
+        now = time.time()
+        with self._lock:
+            if len(self._seen) > 10_000:
+                self._seen = {k: exp for k, exp in self._seen.items() if exp > now}
+            key = (iss, jti)
+            if key in self._seen and self._seen[key] > now:
+                return False
+            self._seen[key] = expires_at
+            return True
+
+
+class _KeySet:
+    """The JWK Set of one client: from a file, or from its ``jku`` with a cache."""
+
+    def __init__(self, client: AuthClient, cache_s: int) -> None:
+        self.client = client
+        self._cache_s = cache_s
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = 0.0
+        if client.jwks_file is not None:
+            try:
+                self._keys = _parse_jwks(json.loads(client.jwks_file.read_text("utf-8")))
+            except (OSError, ValueError) as exc:
+                raise AuthError(f"cannot load JWKS for {client.iss}: {exc}") from exc
+
+    async def key(self, kid: str, http: httpx.AsyncClient) -> jwt.PyJWK:
+        stale = time.monotonic() - self._fetched_at > self._cache_s
+        if self.client.jku and (stale or kid not in self._keys):
+            # a missing kid may be a rotation, but refetch at most every 10 s
+            if stale or time.monotonic() - self._fetched_at > 10:
+                await self._refresh(http)
+        found = self._keys.get(kid)
+        if found is None:
+            raise AuthError(f"unknown kid for {self.client.iss}")
+        return found
+
+    async def _refresh(self, http: httpx.AsyncClient) -> None:
+        assert self.client.jku is not None
+        self._fetched_at = time.monotonic()
+        try:
+            response = await http.get(self.client.jku, timeout=3.0)
+            response.raise_for_status()
+            self._keys = _parse_jwks(response.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            raise AuthError(f"cannot fetch JWKS from {self.client.jku}: {exc}") from exc
+
+
+def _parse_jwks(data: Any) -> dict[str, jwt.PyJWK]:
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise ValueError("not a JWK Set")
+    keys = {}
+    for jwk in data["keys"]:
+        if isinstance(jwk, dict) and jwk.get("kid") and jwk.get("kty") in ("EC", "RSA"):
+            keys[str(jwk["kid"])] = jwt.PyJWK.from_dict(jwk)
+    return keys
+
+
+class JwtVerifier:
+    def __init__(self, settings: AuthSettings, http: httpx.AsyncClient) -> None:
+        self._settings = settings
+        self._http = http
+        self._clients = {c.iss: _KeySet(c, settings.jwks_cache_s) for c in settings.clients}
+        self._replay = ReplayCache()
+
+    async def verify(self, authorization: str | None, audience: str) -> ClientIdentity:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise AuthError("no bearer token")
+        token = authorization.removeprefix("Bearer ").strip()
+        try:
+            header = jwt.get_unverified_header(token)
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"malformed JWT: {type(exc).__name__}") from exc
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in self._settings.algorithms:
+            raise AuthError(f"algorithm {alg!r} not accepted")
+        if str(header.get("typ", "")).upper() != "JWT" or not kid:
+            raise AuthError("JWT header needs typ JWT and a kid")
+        keyset = self._clients.get(str(claims.get("iss")))
+        if keyset is None:
+            raise AuthError("issuer not on the allowlist")
+        if "jku" in header and header["jku"] != keyset.client.jku:
+            raise AuthError("jku not on the allowlist")
+        key = await keyset.key(str(kid), self._http)
+        return self._check_claims(token, key, str(alg), keyset.client, audience)
+
+    def _check_claims(
+        self, token: str, key: jwt.PyJWK, alg: str, client: AuthClient, audience: str
+    ) -> ClientIdentity:
+        s = self._settings
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=[alg],
+                audience=audience,
+                issuer=client.iss,
+                leeway=s.clock_skew_s,
+                options={"require": ["iss", "aud", "exp", "iat", "jti"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"JWT rejected: {type(exc).__name__}: {exc}") from exc
+        iat, exp = float(claims["iat"]), float(claims["exp"])
+        if exp - iat > s.max_token_lifetime_s:
+            raise AuthError("token lifetime too long")
+        tenant = claims.get("tenant")
+        if client.tenants and tenant not in client.tenants:
+            raise AuthError("tenant not on the allowlist")
+        if not self._replay.first_use(client.iss, str(claims["jti"]), exp + s.clock_skew_s):
+            raise AuthError("jti replayed")
+        return ClientIdentity(client.iss, str(claims["jti"]), tenant)
