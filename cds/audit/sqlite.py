@@ -43,7 +43,11 @@ class SqliteTraceStore:
         self._lock = threading.Lock()
 
     def _append(
-        self, kind: str, trace_id: str, hook_instance: str | None, body: dict[str, Any],
+        self,
+        kind: str,
+        trace_id: str,
+        hook_instance: str | None,
+        body: dict[str, Any],
         extra: list[tuple[str, tuple[Any, ...]]],
     ) -> StoredRecord:
         body_json = canonical_json(body)
@@ -52,7 +56,9 @@ class SqliteTraceStore:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                row = cur.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+                row = cur.execute(
+                    "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
                 seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
                 digest = record_hash(prev, seq, kind, body_json)
                 cur.execute(
@@ -80,7 +86,10 @@ class SqliteTraceStore:
         hook_instance = self._hook_instance_of(trace_id)
         try:
             self._append(
-                "feedback", trace_id, hook_instance, feedback,
+                "feedback",
+                trace_id,
+                hook_instance,
+                feedback,
                 [("INSERT INTO feedback_keys VALUES (?)", (key,))],
             )
         except sqlite3.IntegrityError:
@@ -90,7 +99,8 @@ class SqliteTraceStore:
     def _hook_instance_of(self, trace_id: str) -> str | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT hook_instance FROM records WHERE trace_id = ? AND kind = 'trace'", (trace_id,)
+                "SELECT hook_instance FROM records WHERE trace_id = ? AND kind = 'trace'",
+                (trace_id,),
             ).fetchone()
         return row[0] if row else None
 
@@ -108,7 +118,9 @@ class SqliteTraceStore:
                 "FROM records WHERE hook_instance = ? ORDER BY seq",
                 (hook_instance,),
             ).fetchall()
-        return [StoredRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows]
+        return [
+            StoredRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows
+        ]
 
     def close(self) -> None:
         with self._lock:

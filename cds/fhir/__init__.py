@@ -1,0 +1,1 @@
+"""FHIR R4: CodeSystems, units, inbound parsing, facts, fetching and emitted resources."""

@@ -172,7 +172,9 @@ class _Builder:
     def add(self, obs: Observation) -> None:
         codes = obs.code.codes(METRICS_SYSTEM)
         m = metric(codes[0]) if codes else None
-        rec = InputRecord(resource=_ref(obs), source="observation", code=codes[0] if codes else None)
+        rec = InputRecord(
+            resource=_ref(obs), source="observation", code=codes[0] if codes else None
+        )
         try:
             side = self._check(obs, m, rec)
             assert m is not None
@@ -190,7 +192,9 @@ class _Builder:
         rec.side = side
         if m.lateral and side is None:
             self._flag(None, "excluded")
-            raise _Reject("bodySite has no recognised laterality (SNOMED CT left/right hip or knee)")
+            raise _Reject(
+                "bodySite has no recognised laterality (SNOMED CT left/right hip or knee)"
+            )
         eff = _as_datetime(obs.effective)
         if eff is None:
             self._flag(side, "excluded")
@@ -237,8 +241,11 @@ class _Builder:
             age_days = (self.now - eff).total_seconds() / 86400
             if age_days > self.policy.max_age_days:
                 reason, flag = f"stale: measured {age_days:.0f} days ago", "stale"
-            elif m is not None and m.group == "run-form" and rec.strides is not None and (
-                rec.strides < self.policy.min_strides
+            elif (
+                m is not None
+                and m.group == "run-form"
+                and rec.strides is not None
+                and (rec.strides < self.policy.min_strides)
             ):
                 reason, flag = f"too few strides ({rec.strides:g})", "low_strides"
             if reason:
@@ -315,9 +322,7 @@ def _mark_present(fact: dict[str, Any]) -> None:
             fact[f"{m.field}__present"] = 1
 
 
-def build_facts(
-    data: ClinicalData, policy: FactPolicy, *, now: datetime | None = None
-) -> FactSet:
+def build_facts(data: ClinicalData, policy: FactPolicy, *, now: datetime | None = None) -> FactSet:
     """Normalise ``data`` into one patient fact and one fact per side."""
     now = now or datetime.now(UTC)
     builder = _Builder(policy, now)
@@ -351,7 +356,9 @@ def build_facts(
     for fact in (patient, *sides.values()):
         _mark_present(fact)
     _add_quality_counts(patient, sides, builder.quality)
-    notes = [_note(rec) for rec in builder.excluded if not rec.reason.startswith("superseded")]
+    notes = [
+        _note(rec) for rec in builder.excluded if not (rec.reason or "").startswith("superseded")
+    ]
     if notes:
         patient["q_notes"] = "; ".join(notes)
     return FactSet(patient=patient, sides=sides, used=builder.used, excluded=builder.excluded)
@@ -374,4 +381,3 @@ def _add_quality_counts(
             fact[f"q_{key}"] = n
         for key, n in quality.get(None, {}).items():
             fact[f"q_{key}"] = fact.get(f"q_{key}", 0) + n
-

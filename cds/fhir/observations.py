@@ -44,12 +44,20 @@ def metric_observation(
         "id": obs_id or uuid.uuid4().hex[:16],
         "meta": {"versionId": "1"},
         "status": "final",
-        "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-            "code": "exam",
-        }]}],
-        "code": {"coding": [{"system": METRICS_SYSTEM, "code": code, "display": m.display}],
-                 "text": m.display + (f" ({side})" if side else "")},
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "exam",
+                    }
+                ]
+            }
+        ],
+        "code": {
+            "coding": [{"system": METRICS_SYSTEM, "code": code, "display": m.display}],
+            "text": m.display + (f" ({side})" if side else ""),
+        },
         "subject": {"reference": f"Patient/{patient_id}"},
         "effectiveDateTime": effective.isoformat(),
     }

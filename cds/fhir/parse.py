@@ -93,8 +93,14 @@ class ObservationComponent(_Element):
 class Observation(_Resource):
     resourceType: Literal["Observation"]
     status: Literal[
-        "registered", "preliminary", "final", "amended", "corrected", "cancelled",
-        "entered-in-error", "unknown",
+        "registered",
+        "preliminary",
+        "final",
+        "amended",
+        "corrected",
+        "cancelled",
+        "entered-in-error",
+        "unknown",
     ]
     code: CodeableConcept
     subject: Reference | None = None
@@ -211,9 +217,7 @@ def bundle_resources(bundle: dict[str, Any]) -> list[Any]:
     return [e.get("resource") for e in entries if isinstance(e, dict)]
 
 
-def parse_entries(
-    raws: list[Any], source: str, want: type[R]
-) -> tuple[list[R], list[Unreadable]]:
+def parse_entries(raws: list[Any], source: str, want: type[R]) -> tuple[list[R], list[Unreadable]]:
     """Parse ``raws``, keeping resources of type ``want``; report the others."""
     good: list[R] = []
     bad: list[Unreadable] = []

@@ -21,7 +21,11 @@ _UNITS: dict[str, dict[str, float]] = {
     "force": {"N": 1.0, "kN": 1000.0, "[lbf_av]": 4.4482216152605},
     "torque": {"N.m": 1.0},
     "torque_per_mass": {"N.m/kg": 1.0, "%{BW}.m": STANDARD_GRAVITY / 100.0},
-    "force_per_mass": {"N/kg": 1.0, "%": STANDARD_GRAVITY / 100.0, "%{BW}": STANDARD_GRAVITY / 100.0},
+    "force_per_mass": {
+        "N/kg": 1.0,
+        "%": STANDARD_GRAVITY / 100.0,
+        "%{BW}": STANDARD_GRAVITY / 100.0,
+    },
     "fraction": {"%": 1.0, "1": 100.0},
     "length": {"cm": 1.0, "m": 100.0, "mm": 0.1},
     "count": {"{strides}": 1.0, "{steps}": 1.0, "1": 1.0},

@@ -1,0 +1,1 @@
+"""Rule packs: the format, loading, compiling onto durable-rules, evaluating, cards."""

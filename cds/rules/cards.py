@@ -23,6 +23,7 @@ from cds.rules.template import PLACEHOLDER
 
 __all__ = ["CardContext", "build_card"]
 
+
 @dataclass(frozen=True)
 class CardContext:
     pack: CompiledPack
@@ -38,7 +39,7 @@ def _sides(facts: list[dict[str, Any]]) -> str:
     return " and ".join(names)
 
 
-def _render(text: str, rule: CompiledRule, facts: list[dict[str, Any]]) -> str:
+def _render(text: str, ctx: CardContext, facts: list[dict[str, Any]]) -> str:
     def sub(match: re.Match[str]) -> str:
         kind, arg = match.group(1), match.group(2)
         if kind == "side":
@@ -48,8 +49,8 @@ def _render(text: str, rule: CompiledRule, facts: list[dict[str, Any]]) -> str:
         if kind == "age":
             return _fmt(facts[0].get("age_years", "unknown"))
         if kind == "threshold":
-            t = rule.thresholds.get(arg)
-            return f"{_fmt(t.threshold.value)} {t.threshold.unit}" if t else match.group(0)
+            t = ctx.pack.pack.thresholds.get(arg)
+            return f"{_fmt(t.value)} {t.unit.strip('{}')}" if t else match.group(0)
         m = metric(arg)
         if m is None:
             return match.group(0)
@@ -69,7 +70,9 @@ def _footer(rule: CompiledRule, deciding: list[str]) -> str:
     for used in (rule.thresholds[name] for name in deciding):
         t = used.threshold
         if not t.validated:
-            kind = "a research inclusion criterion" if t.provenance == "research" else "a placeholder"
+            kind = (
+                "a research inclusion criterion" if t.provenance == "research" else "a placeholder"
+            )
             lines.append(
                 f"Threshold `{used.name}` ({_fmt(t.value)} {t.unit}) is clinic-configured, "
                 f"not validated ({kind})."
@@ -93,8 +96,8 @@ def build_card(
     tpl = rule.rule.card
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
-        "summary": _summary(_render(tpl.summary, rule, facts)),
-        "detail": _render(tpl.detail, rule, facts).rstrip() + _footer(rule, deciding),
+        "summary": _summary(_render(tpl.summary, ctx, facts)),
+        "detail": _render(tpl.detail, ctx, facts).rstrip() + _footer(rule, deciding),
         "indicator": tpl.indicator,
         "source": {"label": tpl.source.label} | ({"url": tpl.source.url} if tpl.source.url else {}),
     }

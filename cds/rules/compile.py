@@ -137,7 +137,7 @@ class _Compiler:
         if c.present is not None:
             fields = resolve_metric_fields(c, None)
             present = c.present != neg
-            leaves = [{"$ex" if present else "$nex": {f: 1} } for f in fields]
+            leaves = [{"$ex" if present else "$nex": {f: 1}} for f in fields]
             return _join("$or" if present else "$and", leaves)
         if c.is_ is not None:
             out.fields.add(m.field)
@@ -186,7 +186,9 @@ class _Compiler:
         raise TypeError(type(c))
 
     # -- tree -------------------------------------------------------------------
-    def expr(self, where: str, c: Condition, neg: bool, out: CompiledRule, seen: tuple[str, ...]) -> Any:
+    def expr(
+        self, where: str, c: Condition, neg: bool, out: CompiledRule, seen: tuple[str, ...]
+    ) -> Any:
         if isinstance(c, NotOf):
             return self.expr(where, c.not_, not neg, out, seen)
         if isinstance(c, AllOf | AnyOf):
@@ -236,7 +238,9 @@ class _Compiler:
 
     def policy(self) -> FactPolicy:
         out = CompiledRule(rule=self.pack.rules[0], scope="patient", pattern={})
-        min_strides = self._threshold("quality.min_strides", self.pack.quality.min_strides, ("count",), out)
+        min_strides = self._threshold(
+            "quality.min_strides", self.pack.quality.min_strides, ("count",), out
+        )
         max_age = self._threshold("quality.max_age", self.pack.quality.max_age, ("days",), out)
         diagnoses = {
             name: tuple(DiagnosisCode(c.system, c.code, c.match == "prefix") for c in codes)
@@ -248,7 +252,7 @@ class _Compiler:
 def alternatives(expr: Any) -> int:
     """How many alternatives a pattern has in disjunctive normal form."""
     if isinstance(expr, dict) and len(expr) == 1:
-        (op, arg), = expr.items()
+        ((op, arg),) = expr.items()
         if op == "$and":
             total = 1
             for part in arg:

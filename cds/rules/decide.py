@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cds.errors import EngineError
 from cds.fhir.facts import FactSet
 from cds.rules.cards import CardContext, build_card
 from cds.rules.compile import CompiledPack
-from cds.errors import EngineError
 from cds.rules.engine import Firing, RuleEngine
 from cds.rules.evaluate import Explanation, expected_firings
 
@@ -81,11 +81,7 @@ def decide(
     decision = Decision(pack=pack, unmatched_facts=result.unmatched)
     deciding = _cross_check(pack, stamped, result.firings, hook)
     grouped = _group(pack, result.firings)
-    suppressors = {
-        cat: rid
-        for rid in grouped
-        for cat in pack.rule(rid).rule.suppresses
-    }
+    suppressors = {cat: rid for rid in grouped for cat in pack.rule(rid).rule.suppresses}
     ctx = CardContext(pack=pack, patient_id=patient_id)
     for rule_id, matched in grouped.items():
         compiled = pack.rule(rule_id)

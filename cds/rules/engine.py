@@ -20,6 +20,7 @@ durable-rules has sharp edges; this adapter files them down:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import threading
@@ -122,16 +123,16 @@ class RuleEngine:
                     result.unmatched += 1
                     continue
                 except _durable.MessageObservedException as exc:
-                    raise EngineError(f"engine rejected a unique fact as a duplicate: {exc}") from exc
+                    raise EngineError(
+                        f"engine rejected a unique fact as a duplicate: {exc}"
+                    ) from exc
                 except Exception as exc:
                     raise EngineError(f"engine error in {name}: {exc}") from exc
                 if isinstance(state, dict) and "exception" in state:
                     raise EngineError(f"a rule action failed in {name}: {state['exception']}")
         finally:
-            try:
+            with contextlib.suppress(Exception):  # no state was created for this sid
                 host.delete_state(name, sid)
-            except Exception:
-                pass
 
 
 def _action(rule_id: str) -> Callable[[Any], None]:

@@ -7,6 +7,7 @@ actually decided a match for the card and the trace.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +49,9 @@ class Explanation:
             self.thresholds.append(name)
 
 
-def _compare(pack: Pack, fact: dict[str, Any], fields: list[str], op: str, name: str,
-             dims: tuple[str, ...]) -> bool:
+def _compare(
+    pack: Pack, fact: dict[str, Any], fields: list[str], op: str, name: str, dims: tuple[str, ...]
+) -> bool:
     t = pack.thresholds[name]
     limit, _ = convert(t.value, t.unit, dims)
     values = [fact[f] for f in fields if isinstance(fact.get(f), int | float)]
@@ -91,8 +93,13 @@ def _atom(pack: Pack, c: Condition, fact: dict[str, Any]) -> tuple[bool, str | N
     raise TypeError(type(c))
 
 
-def holds(pack: Pack, cond: Condition, fact: dict[str, Any], why: Explanation | None = None,
-          negated: bool = False) -> bool:
+def holds(
+    pack: Pack,
+    cond: Condition,
+    fact: dict[str, Any],
+    why: Explanation | None = None,
+    negated: bool = False,
+) -> bool:
     """Whether ``cond`` holds on ``fact``; ``why`` collects the deciding thresholds."""
     if isinstance(cond, NotOf):
         return not holds(pack, cond.not_, fact, why, not negated)
@@ -109,7 +116,9 @@ def holds(pack: Pack, cond: Condition, fact: dict[str, Any], why: Explanation | 
 
 
 def expected_firings(
-    pack: Pack, rules: list[tuple[str, str, list[str], Condition]], facts: list[dict[str, Any]],
+    pack: Pack,
+    rules: Sequence[tuple[str, str, Sequence[str], Condition]],
+    facts: list[dict[str, Any]],
     hook: str,
 ) -> dict[tuple[str, int], Explanation]:
     """Which (rule id, fact index) pairs should fire, with why.

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from cds.audit.store import TraceStore, open_store
 from cds.config import Settings
@@ -57,9 +58,7 @@ async def _read_json(request: Request, limit: int) -> Any:
         raise RequestError(f"the request body is not valid JSON: {exc}") from None
 
 
-def _auth_check(
-    settings: Settings, verifier: JwtVerifier
-) -> Callable[[Request], Awaitable[None]]:
+def _auth_check(settings: Settings, verifier: JwtVerifier) -> Callable[[Request], Awaitable[None]]:
     base = settings.server.public_base
 
     async def check(request: Request) -> None:
@@ -77,10 +76,14 @@ def create_app(
 ) -> FastAPI:
     """Build the ASGI app. Packs and store default to what ``settings`` names."""
     if not settings.auth.required:
-        log.warning("!!! JWT authentication is OFF (auth.required = false): "
-                    "any caller can use this service. Never do this in production. !!!")
-    packs = packs if packs is not None else load_serving_packs(
-        settings.packs.dir, allow_drafts=settings.packs.allow_drafts
+        log.warning(
+            "!!! JWT authentication is OFF (auth.required = false): "
+            "any caller can use this service. Never do this in production. !!!"
+        )
+    packs = (
+        packs
+        if packs is not None
+        else load_serving_packs(settings.packs.dir, allow_drafts=settings.packs.allow_drafts)
     )
     store = store if store is not None else open_store(settings.store.url)
     http = httpx.AsyncClient(follow_redirects=False)
@@ -93,7 +96,9 @@ def create_app(
         await http.aclose()
         store.close()
 
-    app = FastAPI(title="runform-cds", version=runtime.engine_info["runform_cds"], lifespan=lifespan)
+    app = FastAPI(
+        title="runform-cds", version=runtime.engine_info["runform_cds"], lifespan=lifespan
+    )
     app.state.runtime = runtime
     if settings.cors.origins:
         app.add_middleware(
@@ -107,6 +112,12 @@ def create_app(
     @app.exception_handler(CdsError)
     async def cds_error(_: Request, exc: CdsError) -> JSONResponse:
         return _error(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        code = "not-found" if exc.status_code == 404 else "not-supported"
+        body = operation_outcome(str(exc.detail), code=code)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:

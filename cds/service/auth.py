@@ -68,10 +68,10 @@ class _KeySet:
 
     async def key(self, kid: str, http: httpx.AsyncClient) -> jwt.PyJWK:
         stale = time.monotonic() - self._fetched_at > self._cache_s
-        if self.client.jku and (stale or kid not in self._keys):
-            # a missing kid may be a rotation, but refetch at most every 10 s
-            if stale or time.monotonic() - self._fetched_at > 10:
-                await self._refresh(http)
+        # a missing kid may be a key rotation, but refetch at most every 10 s
+        recently = time.monotonic() - self._fetched_at <= 10
+        if self.client.jku and (stale or (kid not in self._keys and not recently)):
+            await self._refresh(http)
         found = self._keys.get(kid)
         if found is None:
             raise AuthError(f"unknown kid for {self.client.iss}")

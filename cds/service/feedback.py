@@ -74,7 +74,9 @@ def record_feedback(store: TraceStore, service_id: str, body: FeedbackBody) -> i
     for i, item in enumerate(body.feedback):
         trace_id = store.trace_of_card(item.card)
         if trace_id is None:
-            raise UnknownCardError(f"no card with uuid {item.card!r}", expression=f"feedback[{i}].card")
+            raise UnknownCardError(
+                f"no card with uuid {item.card!r}", expression=f"feedback[{i}].card"
+            )
         resolved.append((trace_id, item))
     new = 0
     for trace_id, item in resolved:

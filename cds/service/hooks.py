@@ -142,21 +142,30 @@ _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 def _check_context(svc: Service, ctx: dict[str, Any]) -> None:
     for name in svc.required_context:
         if ctx.get(name) is None:
-            raise RequestError(f"context.{name} is required for {svc.hook}", expression=f"context.{name}")
+            raise RequestError(
+                f"context.{name} is required for {svc.hook}", expression=f"context.{name}"
+            )
     if not isinstance(ctx["userId"], str) or not _REFERENCE.match(ctx["userId"]):
-        raise RequestError("context.userId must look like ResourceType/id", expression="context.userId")
+        raise RequestError(
+            "context.userId must look like ResourceType/id", expression="context.userId"
+        )
     if not isinstance(ctx["patientId"], str) or not _ID.match(ctx["patientId"]):
         raise RequestError("context.patientId must be a FHIR id", expression="context.patientId")
     if "selections" in svc.required_context and not (
-        isinstance(ctx["selections"], list) and ctx["selections"]
+        isinstance(ctx["selections"], list)
+        and ctx["selections"]
         and all(isinstance(s, str) for s in ctx["selections"])
     ):
-        raise RequestError("context.selections must be a non-empty array of references",
-                           expression="context.selections")
+        raise RequestError(
+            "context.selections must be a non-empty array of references",
+            expression="context.selections",
+        )
     if "draftOrders" in svc.required_context:
         orders = ctx["draftOrders"]
         if not (isinstance(orders, dict) and orders.get("resourceType") == "Bundle"):
-            raise RequestError("context.draftOrders must be a FHIR Bundle", expression="context.draftOrders")
+            raise RequestError(
+                "context.draftOrders must be a FHIR Bundle", expression="context.draftOrders"
+            )
 
 
 def parse_request(svc: Service, body: Any) -> HookRequest:
@@ -174,8 +183,9 @@ def parse_request(svc: Service, body: Any) -> HookRequest:
             f"hook {req.hook!r} does not match service {svc.id!r} ({svc.hook})", expression="hook"
         )
     if req.fhirAuthorization is not None and req.fhirServer is None:
-        raise RequestError("fhirServer is required when fhirAuthorization is given",
-                           expression="fhirServer")
+        raise RequestError(
+            "fhirServer is required when fhirAuthorization is given", expression="fhirServer"
+        )
     _check_context(svc, req.context)
     return req
 

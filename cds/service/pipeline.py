@@ -87,14 +87,15 @@ def _clinical_data(req: HookRequest, pre: Prefetched) -> ClinicalData:
         parsed = parse_resource(raw, f"context.draftOrders.entry[{i}]")
         if isinstance(parsed, ServiceRequest | CarePlan):
             data.draft_orders.append(parsed)
-        elif isinstance(parsed, Unreadable) and parsed.resource_type in ("ServiceRequest", "CarePlan"):
+        elif isinstance(parsed, Unreadable) and parsed.resource_type in (
+            "ServiceRequest",
+            "CarePlan",
+        ):
             data.unreadable.append(parsed)
     return data
 
 
-def _trace(
-    req: HookRequest, svc: Service, rt: Runtime, received: datetime
-) -> dict[str, Any]:
+def _trace(req: HookRequest, svc: Service, rt: Runtime, received: datetime) -> dict[str, Any]:
     return {
         "trace_id": str(uuid.uuid4()),
         "hook_instance": req.hookInstance,
@@ -106,8 +107,13 @@ def _trace(
         "user": req.context.get("userId"),
         "engine": rt.engine_info,
         "packs": [
-            {"id": p.pack.id, "url": p.pack.url, "version": p.pack.version,
-             "sha256": p.sha256, "status": p.pack.status}
+            {
+                "id": p.pack.id,
+                "url": p.pack.url,
+                "version": p.pack.version,
+                "sha256": p.sha256,
+                "status": p.pack.status,
+            }
             for p in rt.packs
         ],
     }
@@ -123,10 +129,18 @@ def _record_decisions(trace: dict[str, Any], facts: FactSet, decisions: list[Dec
         {"pack": d.pack.key, **f.as_trace()} for d in decisions for f in d.fired
     ]
     trace["cards"] = [
-        {"uuid": c["uuid"], "summary": c["summary"], "indicator": c["indicator"],
-         "source": c["source"], "rule_id": f.rule_id,
-         "suggestions": [s["uuid"] for s in c.get("suggestions", [])]}
-        for d in decisions for f in d.fired for c in d.cards if c["uuid"] == f.card_uuid
+        {
+            "uuid": c["uuid"],
+            "summary": c["summary"],
+            "indicator": c["indicator"],
+            "source": c["source"],
+            "rule_id": f.rule_id,
+            "suggestions": [s["uuid"] for s in c.get("suggestions", [])],
+        }
+        for d in decisions
+        for f in d.fired
+        for c in d.cards
+        if c["uuid"] == f.card_uuid
     ]
 
 
@@ -164,4 +178,3 @@ def _evaluate(
         decisions.append(decide(pack, rt.engine, facts, hook=svc.hook, patient_id=req.patient_id))
     assert facts is not None
     return decisions, facts
-

@@ -47,13 +47,12 @@ def _outcome_problem(value: Any) -> str | None:
 
 def _has_next(value: Any) -> bool:
     return isinstance(value, dict) and any(
-        isinstance(link, dict) and link.get("relation") == "next" for link in value.get("link") or []
+        isinstance(link, dict) and link.get("relation") == "next"
+        for link in value.get("link") or []
     )
 
 
-async def _resolve(
-    req: HookRequest, fetcher: FhirFetcher | None, out: Prefetched
-) -> None:
+async def _resolve(req: HookRequest, fetcher: FhirFetcher | None, out: Prefetched) -> None:
     provided = req.prefetch or {}
     for key, template in PREFETCH.items():
         if key in provided and provided[key] is None:
@@ -66,7 +65,8 @@ async def _resolve(
                 if _has_next(value):
                     if fetcher is None:
                         raise PrefetchError(
-                            f"prefetch {key!r} is paginated and no fhirServer was given to follow it",
+                            f"prefetch {key!r} is paginated and there is no fhirServer "
+                            "to follow it",
                             expression=f"prefetch.{key}",
                         )
                     await fetcher.complete(value)

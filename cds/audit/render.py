@@ -1,0 +1,79 @@
+"""Print stored traces so a person can read them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cds.audit.store import StoredRecord
+
+__all__ = ["render_records"]
+
+
+def _line(label: str, value: Any) -> str:
+    return f"  {label:<14} {value}"
+
+
+def _trace(rec: StoredRecord) -> list[str]:
+    b = rec.body
+    out = [f"TRACE {b['trace_id']}  (record #{rec.seq}, hash {rec.hash[:16]}…)"]
+    out.append(_line("hook", f"{b.get('hook')} via {b.get('service')}"))
+    out.append(_line("received", b.get("received_at")))
+    out.append(_line("patient", b.get("patient")))
+    out.append(_line("user", b.get("user")))
+    for p in b.get("packs", []):
+        out.append(
+            _line(
+                "rule pack", f"{p['id']} {p['version']} ({p['status']}) sha256 {p['sha256'][:16]}…"
+            )
+        )
+    outcome = b.get("outcome", {})
+    out.append(
+        _line("outcome", f"HTTP {outcome.get('status')} {outcome.get('message', '')}".rstrip())
+    )
+    prefetch = b.get("prefetch", {})
+    if prefetch:
+        out.append(_line("prefetch", ", ".join(f"{k}: {v}" for k, v in prefetch.items())))
+    inputs = b.get("inputs", {})
+    out.append("  inputs used:")
+    for i in inputs.get("used", []):
+        side = f" [{i['side']}]" if i.get("side") else ""
+        out.append(
+            f"    - {i.get('code')}{side} = {i.get('value')} {i.get('unit', '')}  ({i['resource']})"
+        )
+    if inputs.get("excluded"):
+        out.append("  inputs excluded:")
+        for i in inputs["excluded"]:
+            out.append(f"    - {i.get('code') or i['resource']}: {i.get('reason')}")
+    out.append("  rules fired:")
+    for r in b.get("rules_fired", []):
+        sides = f" on {', '.join(r['sides'])}" if r.get("sides") else ""
+        what = (
+            f"suppressed by {r['suppressed_by']}"
+            if r.get("suppressed_by")
+            else f"card {r.get('card_uuid')}"
+        )
+        out.append(f"    - {r['rule_id']}{sides} -> {what}")
+        for t in r.get("thresholds", []):
+            out.append(f"        threshold {t['name']} = {t['value']} {t['unit']} ({t['label']})")
+    out.append("  cards:")
+    for c in b.get("cards", []):
+        out.append(f"    - [{c['indicator']}] {c['summary']}  ({c['uuid']})")
+    return out
+
+
+def _feedback(rec: StoredRecord) -> list[str]:
+    b = rec.body
+    reason = b.get("overrideReason", {})
+    why = reason.get("reason", {}).get("display") or reason.get("userComment") or ""
+    return [
+        f"FEEDBACK on card {b.get('card')}: {b.get('outcome')} {why}".rstrip()
+        + f"  at {b.get('outcomeTimestamp')}  (record #{rec.seq})"
+    ]
+
+
+def render_records(records: list[StoredRecord]) -> str:
+    lines: list[str] = []
+    for rec in records:
+        lines.extend(_trace(rec) if rec.kind == "trace" else _feedback(rec))
+        lines.append("")
+    return "\n".join(lines)
