@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cds.audit.sqlite import SqliteTraceStore
+from cds.client import CdsClient, JwtSigner
+from cds.config import Settings
+from cds.rules.compile import CompiledPack
+from cds.rules.load import load_pack
+from cds.service.app import create_app
+from tests.servers import FhirBehaviour, fhir_app, free_port, serve
+
+ROOT = Path(__file__).resolve().parent.parent
+CORE_PACK = ROOT / "rule_packs" / "runform-core"
+ES_ISSUER = "https://ehr-es.example.org"
+RS_ISSUER = "https://ehr-rs.example.org"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RUNFORM_CDS_CONFIG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def core_pack() -> CompiledPack:
+    return load_pack(CORE_PACK)
+
+
+@pytest.fixture(scope="session")
+def es_signer() -> JwtSigner:
+    return JwtSigner(iss=ES_ISSUER, alg="ES384")
+
+
+@pytest.fixture(scope="session")
+def rs_signer() -> JwtSigner:
+    return JwtSigner(iss=RS_ISSUER, alg="RS384")
+
+
+class LiveService:
+    def __init__(self, url: str, store: SqliteTraceStore, settings: Settings,
+                 signer: JwtSigner) -> None:
+        self.url = url
+        self.store = store
+        self.settings = settings
+        self.client = CdsClient(url, signer)
+
+    def post(self, service_id: str, body: Any, **kw: Any) -> Any:
+        return self.client.call(service_id, body)
+
+
+@pytest.fixture
+def service_factory(
+    tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner
+) -> Iterator[Any]:
+    """Start the real service on a loopback port; yields a factory taking settings overrides."""
+    stack: list[Any] = []
+
+    def start(**overrides: Any) -> LiveService:
+        port = free_port()
+        es = es_signer.write_jwks(tmp_path / "es-jwks.json")
+        rs = rs_signer.write_jwks(tmp_path / "rs-jwks.json")
+        data: dict[str, Any] = {
+            "server": {"base_url": f"http://127.0.0.1:{port}"},
+            "store": {"url": f"sqlite:///{tmp_path / f'traces-{port}.db'}"},
+            "packs": {"dir": str(ROOT / "rule_packs")},
+            "auth": {"clients": [{"iss": ES_ISSUER, "jwks_file": str(es)},
+                                 {"iss": RS_ISSUER, "jwks_file": str(rs)}]},
+            "fhir": {"timeout_s": 1.0},
+        }
+        for section, values in overrides.items():
+            data.setdefault(section, {}).update(values)
+        settings = Settings.model_validate(data)
+        store = SqliteTraceStore(str(tmp_path / f"traces-{port}.db"))
+        app = create_app(settings, store=store)
+        ctx = serve(app, port)
+        url = ctx.__enter__()
+        stack.append(ctx)
+        return LiveService(url, store, settings, es_signer)
+
+    yield start
+    for ctx in reversed(stack):
+        ctx.__exit__(None, None, None)
+
+
+@pytest.fixture
+def live(service_factory: Any) -> LiveService:
+    return service_factory()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def fhir_server() -> Iterator[tuple[str, FhirBehaviour]]:
+    behaviour = FhirBehaviour()
+    port = free_port()
+    with serve(fhir_app(behaviour), port) as url:
+        yield f"{url}/fhir", behaviour
+
+
+@pytest.fixture
+def caplog_all(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
+def dumps(x: Any) -> str:
+    return json.dumps(x, sort_keys=True)
