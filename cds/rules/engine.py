@@ -15,12 +15,14 @@ durable-rules has sharp edges; this adapter files them down:
   does, it fails the evaluation rather than silently dropping a fact;
 * exceptions raised in actions are swallowed by durable-rules into the session
   state; we read the state back and fail the evaluation;
-* the session state is deleted after each evaluation.
+* the session state is deleted after each evaluation. ``delete_state`` on a
+  session in which nothing matched corrupts memory in the C engine
+  (``free(): invalid pointer``, then a segfault), so every session opens with
+  a fact that matches a no-op rule of its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import threading
@@ -54,6 +56,7 @@ _host_lock = threading.Lock()
 _host: Any = None
 _registered: dict[str, list[str]] = {}
 _collector: list[Firing] | None = None  # set while an evaluation holds the lock
+_OPENER = "__session__"
 
 
 def _shared_host() -> Any:
@@ -80,12 +83,15 @@ class RuleEngine:
             for i, chunk in enumerate(compiled.chunks()):
                 name = f"{compiled.key}/{i}"
                 definitions[name] = {
-                    r.rule.id: {
-                        "all": [{"m": copy.deepcopy(r.pattern)}],
-                        "pri": r.rule.priority,
-                        "run": _action(r.rule.id),
-                    }
-                    for r in chunk
+                    _OPENER: {"all": [{"m": {"kind": _OPENER}}], "pri": 0, "run": _open},
+                    **{
+                        r.rule.id: {
+                            "all": [{"m": copy.deepcopy(r.pattern)}],
+                            "pri": r.rule.priority,
+                            "run": _action(r.rule.id),
+                        }
+                        for r in chunk
+                    },
                 }
                 names.append(name)
             try:
@@ -114,6 +120,9 @@ class RuleEngine:
         self, host: Any, name: str, facts: list[dict[str, Any]], result: EngineResult
     ) -> None:
         sid = uuid.uuid4().hex
+        # the session opener matches a rule of its own, so the session state
+        # always exists and delete_state is safe (see the module docstring)
+        host.assert_fact(name, {"kind": _OPENER, "sid": sid, "id": f"{sid}-open"})
         try:
             for fact in facts:
                 message = {**fact, "sid": sid, "id": f"{sid}-{next(self._ids)}"}
@@ -131,8 +140,11 @@ class RuleEngine:
                 if isinstance(state, dict) and "exception" in state:
                     raise EngineError(f"a rule action failed in {name}: {state['exception']}")
         finally:
-            with contextlib.suppress(Exception):  # no state was created for this sid
-                host.delete_state(name, sid)
+            host.delete_state(name, sid)
+
+
+def _open(c: Any) -> None:
+    """Action of the session-opener rule: nothing to do."""
 
 
 def _action(rule_id: str) -> Callable[[Any], None]:

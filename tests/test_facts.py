@@ -1,0 +1,112 @@
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cds.fhir.facts import ClinicalData, DiagnosisCode, FactPolicy, build_facts
+from cds.fhir.observations import metric_observation
+from cds.fhir.parse import Condition, Observation, Patient, parse_entries
+
+NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
+POLICY = FactPolicy(min_strides=7, max_age_days=90, diagnoses={
+    "pfp": (DiagnosisCode("http://hl7.org/fhir/sid/icd-10-cm", "M22.2", prefix=True),)})
+
+
+def obs(code: str, value: Any, unit: str | None = None, side: Any = None, days: float = 1,
+        strides: int | None = None) -> dict[str, Any]:
+    return metric_observation("p", code, value, unit, side=side, strides=strides,
+                              effective=NOW - timedelta(days=days))
+
+
+def facts(*raw: dict[str, Any], **kw: Any) -> Any:
+    parsed, bad = parse_entries(list(raw), "test", Observation)
+    return build_facts(ClinicalData(observations=parsed, unreadable=bad, **kw), POLICY, now=NOW)
+
+
+def test_pelvic_drop_is_attributed_to_the_stance_side_body_site() -> None:
+    f = facts(obs("contralateral-pelvic-drop", 7.0, "deg", "right", strides=10))
+    assert f.sides["right"]["contralateral_pelvic_drop"] == 7.0
+    assert "contralateral_pelvic_drop" not in f.sides["left"]
+    assert f.sides["right"]["contralateral_pelvic_drop__present"] == 1
+
+
+def test_units_are_converted_and_asymmetry_and_lsi_derived() -> None:
+    f = facts(obs("hip-abduction-strength", 1.0, "N.m/kg", "left"),
+              obs("hip-abduction-strength", 1.25, "N.m/kg", "right"),
+              obs("peak-hip-adduction", 0.349066, "rad", "left", strides=9),
+              obs("peak-hip-adduction", 15, "deg", "right", strides=9))
+    assert f.sides["left"]["hip_abduction_strength__lsi"] == 80.0
+    assert f.sides["right"]["hip_abduction_strength__lsi"] == 125.0
+    assert f.sides["left"]["peak_hip_adduction"] == pytest.approx(20.0, abs=1e-3)
+    assert f.sides["left"]["peak_hip_adduction__asym"] == pytest.approx(5.0, abs=1e-3)
+
+
+def test_percent_body_weight_is_a_different_field_from_torque() -> None:
+    f = facts(obs("hip-abduction-strength", 20, "%", "left"))
+    assert f.sides["left"]["hip_abduction_strength__force_per_mass"] == pytest.approx(1.96133)
+    assert "hip_abduction_strength" not in f.sides["left"]
+
+
+def test_latest_observation_wins_and_older_one_is_recorded_as_superseded() -> None:
+    f = facts(obs("contralateral-pelvic-drop", 9.0, "deg", "left", days=10, strides=9),
+              obs("contralateral-pelvic-drop", 4.0, "deg", "left", days=2, strides=9))
+    assert f.sides["left"]["contralateral_pelvic_drop"] == 4.0
+    assert [e.reason for e in f.excluded] == ["superseded by a more recent Observation"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "flag"),
+    [
+        (obs("contralateral-pelvic-drop", 7.0, "deg", "left", strides=6), "too few strides", "low_strides"),
+        (obs("contralateral-pelvic-drop", 7.0, "deg", "left", days=120, strides=10), "stale", "stale"),
+        (obs("contralateral-pelvic-drop", 7.0, "cm", "left", strides=10), "does not fit", "excluded"),
+        (obs("contralateral-pelvic-drop", 7.0, "deg", None, strides=10), "laterality", "excluded"),
+    ],
+)
+def test_quality_gates_exclude_values(raw: dict[str, Any], reason: str, flag: str) -> None:
+    f = facts(raw)
+    assert "contralateral_pelvic_drop" not in f.sides["left"]
+    assert reason in f.excluded[0].reason
+    assert f.patient[f"q_{flag}"] == 1
+
+
+def test_entered_in_error_and_unknown_codes_are_excluded() -> None:
+    bad = obs("cadence", 170, "/min")
+    bad["status"] = "entered-in-error"
+    foreign = obs("cadence", 170, "/min")
+    foreign["code"]["coding"][0]["system"] = "http://loinc.org"
+    f = facts(bad, foreign)
+    assert "cadence" not in f.patient
+    assert len(f.excluded) == 2
+
+
+def test_unreadable_observation_counts_and_is_listed() -> None:
+    f = facts({"resourceType": "Observation", "id": "x", "status": "final"})
+    assert f.patient["q_unreadable"] == 1
+    assert f.excluded[0].resource == "Observation/x"
+    assert "unreadable" in f.excluded[0].reason
+
+
+def test_context_age_diagnoses_and_orders() -> None:
+    patient = Patient.model_validate({"resourceType": "Patient", "birthDate": "2000-11-24"})
+    cond = Condition.model_validate({
+        "resourceType": "Condition",
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "M22.2X1"}]},
+    })
+    resolved = Condition.model_validate({
+        "resourceType": "Condition",
+        "clinicalStatus": {"coding": [{"code": "resolved"}]},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "M22.2X2"}]},
+    })
+    f = build_facts(ClinicalData(patient=patient, conditions=[resolved]), POLICY, now=NOW)
+    assert "dx_pfp" not in f.patient
+    assert f.patient["age_years"] == 25
+    f = build_facts(ClinicalData(patient=patient, conditions=[cond]), POLICY, now=NOW)
+    assert f.patient["dx_pfp"] == 1 and f.sides["left"]["dx_pfp"] == 1
+
+
+def test_whole_body_metrics_reach_every_fact() -> None:
+    f = facts(obs("cadence", 2.9, "/s", strides=10))
+    assert f.patient["cadence"] == pytest.approx(174.0)
+    assert f.sides["left"]["cadence"] == pytest.approx(174.0)
