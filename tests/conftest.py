@@ -43,8 +43,9 @@ def rs_signer() -> JwtSigner:
 
 
 class LiveService:
-    def __init__(self, url: str, store: SqliteTraceStore, settings: Settings,
-                 signer: JwtSigner) -> None:
+    def __init__(
+        self, url: str, store: SqliteTraceStore, settings: Settings, signer: JwtSigner
+    ) -> None:
         self.url = url
         self.store = store
         self.settings = settings
@@ -55,9 +56,7 @@ class LiveService:
 
 
 @pytest.fixture
-def service_factory(
-    tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner
-) -> Iterator[Any]:
+def service_factory(tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner) -> Iterator[Any]:
     """Start the real service on a loopback port; yields a factory taking settings overrides."""
     stack: list[Any] = []
 
@@ -69,8 +68,12 @@ def service_factory(
             "server": {"base_url": f"http://127.0.0.1:{port}"},
             "store": {"url": f"sqlite:///{tmp_path / f'traces-{port}.db'}"},
             "packs": {"dir": str(ROOT / "rule_packs")},
-            "auth": {"clients": [{"iss": ES_ISSUER, "jwks_file": str(es)},
-                                 {"iss": RS_ISSUER, "jwks_file": str(rs)}]},
+            "auth": {
+                "clients": [
+                    {"iss": ES_ISSUER, "jwks_file": str(es)},
+                    {"iss": RS_ISSUER, "jwks_file": str(rs)},
+                ]
+            },
             "fhir": {"timeout_s": 1.0},
         }
         for section, values in overrides.items():

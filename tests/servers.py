@@ -59,14 +59,22 @@ def fhir_app(behaviour: FhirBehaviour) -> FastAPI:
 
     async def _prelude(request: Request) -> JSONResponse | None:
         behaviour.requests.append(
-            {"path": request.url.path, "query": str(request.url.query),
-             "authorization": request.headers.get("authorization")}
+            {
+                "path": request.url.path,
+                "query": str(request.url.query),
+                "authorization": request.headers.get("authorization"),
+            }
         )
         if behaviour.delay_s:
             await asyncio.sleep(behaviour.delay_s)
         if behaviour.fail_status:
-            return JSONResponse({"resourceType": "OperationOutcome", "issue": [
-                {"severity": "error", "code": "exception"}]}, status_code=behaviour.fail_status)
+            return JSONResponse(
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [{"severity": "error", "code": "exception"}],
+                },
+                status_code=behaviour.fail_status,
+            )
         return None
 
     @app.get("/fhir/Patient/{pid}")
@@ -76,8 +84,13 @@ def fhir_app(behaviour: FhirBehaviour) -> FastAPI:
         for p in behaviour.resources.get("Patient", []):
             if p["id"] == pid:
                 return p
-        return JSONResponse({"resourceType": "OperationOutcome", "issue": [
-            {"severity": "error", "code": "not-found"}]}, status_code=404)
+        return JSONResponse(
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "not-found"}],
+            },
+            status_code=404,
+        )
 
     @app.get("/fhir/{rtype}")
     async def search(rtype: str, request: Request) -> Any:
@@ -86,12 +99,20 @@ def fhir_app(behaviour: FhirBehaviour) -> FastAPI:
         offset = int(request.query_params.get("_offset", "0"))
         items = behaviour.resources.get(rtype, [])
         page = items[offset : offset + behaviour.page_size]
-        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
-                                  "total": len(items), "entry": [{"resource": r} for r in page]}
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(items),
+            "entry": [{"resource": r} for r in page],
+        }
         if offset + behaviour.page_size < len(items):
             base = behaviour.next_link_base or str(request.base_url).rstrip("/")
-            bundle["link"] = [{"relation": "next",
-                               "url": f"{base}/fhir/{rtype}?_offset={offset + behaviour.page_size}"}]
+            bundle["link"] = [
+                {
+                    "relation": "next",
+                    "url": f"{base}/fhir/{rtype}?_offset={offset + behaviour.page_size}",
+                }
+            ]
         return bundle
 
     return app

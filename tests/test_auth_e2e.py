@@ -79,22 +79,31 @@ def test_hmac_is_rejected_even_with_the_public_key_as_secret(
         {"jti": None},  # no jti
     ],
 )
-def test_bad_claims_are_401(live: LiveService, es_signer: JwtSigner, claims: dict[str, Any]) -> None:
+def test_bad_claims_are_401(
+    live: LiveService, es_signer: JwtSigner, claims: dict[str, Any]
+) -> None:
     url = live.url + "/cds-services"
     overrides = {k: v for k, v in claims.items() if v is not None}
     token = es_signer.token(url, **overrides)
     if claims.get("jti", "") is None:
         payload = jwt.decode(token, options={"verify_signature": False})
         payload.pop("jti")
-        token = jwt.encode(payload, es_signer.key, algorithm="ES384",  # type: ignore[arg-type]
-                           headers={"kid": es_signer.kid, "typ": "JWT"})
+        token = jwt.encode(
+            payload,
+            es_signer.key,
+            algorithm="ES384",  # type: ignore[arg-type]
+            headers={"kid": es_signer.kid, "typ": "JWT"},
+        )
     _assert_bare_401(_get(url, token))
 
 
 def test_aud_must_be_the_exact_endpoint(live: LiveService, es_signer: JwtSigner) -> None:
     token = es_signer.token(live.url + "/cds-services")
-    r = httpx.post(f"{live.url}/cds-services/{PV}", json=hook_request("patient-view", "p1"),
-                   headers={"Authorization": f"Bearer {token}"})
+    r = httpx.post(
+        f"{live.url}/cds-services/{PV}",
+        json=hook_request("patient-view", "p1"),
+        headers={"Authorization": f"Bearer {token}"},
+    )
     _assert_bare_401(r)
 
 
@@ -115,8 +124,11 @@ def test_signature_from_another_key_with_same_kid_is_rejected(
 
 def test_feedback_endpoint_checks_its_own_audience(live: LiveService, es_signer: JwtSigner) -> None:
     url = f"{live.url}/cds-services/{PV}"
-    r = httpx.post(url + "/feedback", json={"feedback": []},
-                   headers={"Authorization": f"Bearer {es_signer.token(url)}"})
+    r = httpx.post(
+        url + "/feedback",
+        json={"feedback": []},
+        headers={"Authorization": f"Bearer {es_signer.token(url)}"},
+    )
     _assert_bare_401(r)
 
 
@@ -132,8 +144,9 @@ def test_jku_keys_are_fetched_from_the_allowlisted_url(
     jwks_app.get("/jwks.json")(lambda: signer.jwks())
     port = free_port()
     with serve(jwks_app, port) as jwks_url:
-        live = service_factory(auth={"clients": [
-            {"iss": signer.iss, "jku": f"{jwks_url}/jwks.json"}]})
+        live = service_factory(
+            auth={"clients": [{"iss": signer.iss, "jku": f"{jwks_url}/jwks.json"}]}
+        )
         client = CdsClient(live.url, signer)
         assert client.discovery().status_code == 200
         wrong = JwtSigner(iss=signer.iss, alg="ES384")
@@ -161,8 +174,13 @@ def test_tokens_never_reach_the_store_or_logs(
     behaviour.resources["Patient"] = [patient("p1")]
     body["prefetch"].pop("patient")
     body["fhirServer"] = base
-    body["fhirAuthorization"] = {"access_token": "SECRET-ACCESS-TOKEN-123", "token_type": "Bearer",
-                                 "expires_in": 300, "scope": "user/Patient.read", "subject": "cds"}
+    body["fhirAuthorization"] = {
+        "access_token": "SECRET-ACCESS-TOKEN-123",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "user/Patient.read",
+        "subject": "cds",
+    }
     url = f"{live.url}/cds-services/{PV}"
     token = es_signer.token(url)
     r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"})

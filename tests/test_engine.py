@@ -21,22 +21,29 @@ from tests.packs import core_data, write_pack
 def _factset(left: dict[str, Any], right: dict[str, Any], patient: dict[str, Any]) -> FactSet:
     return FactSet(
         patient={"kind": "patient", **patient},
-        sides={"left": {"kind": "side", "side": "left", **patient, **left},
-               "right": {"kind": "side", "side": "right", **patient, **right}},
-        used=[], excluded=[],
+        sides={
+            "left": {"kind": "side", "side": "left", **patient, **left},
+            "right": {"kind": "side", "side": "right", **patient, **right},
+        },
+        used=[],
+        excluded=[],
     )
 
 
 def test_same_facts_twice_never_trigger_duplicate_errors(core_pack: CompiledPack) -> None:
     engine = RuleEngine()
-    facts = _factset({"contralateral_pelvic_drop": 8.0, "contralateral_pelvic_drop__present": 1},
-                     {}, {"dx_patellofemoral_pain": 1})
+    facts = _factset(
+        {"contralateral_pelvic_drop": 8.0, "contralateral_pelvic_drop__present": 1},
+        {},
+        {"dx_patellofemoral_pain": 1},
+    )
     stamped = [{**f, "hook": "patient-view", "n": i} for i, f in enumerate(facts.all_facts())]
     first = engine.evaluate(core_pack, stamped)
     for _ in range(50):
         again = engine.evaluate(core_pack, stamped)
         assert [(f.rule_id, f.fact_id.split("-")[0] != "") for f in again.firings] == [
-            (f.rule_id, True) for f in first.firings]
+            (f.rule_id, True) for f in first.firings
+        ]
 
 
 def test_session_state_is_deleted_after_each_evaluation(
@@ -71,12 +78,14 @@ def test_an_exception_in_a_rule_action_fails_the_evaluation(
     def broken(rule_id: str) -> Any:
         def run(c: Any) -> None:
             raise RuntimeError(f"boom in {rule_id}")
+
         return run
 
     monkeypatch.setattr(engine_mod, "_action", broken)
-    with pytest.raises(EngineError, match="a rule action failed.*boom in remeasure-stale"):
-        RuleEngine().evaluate(pack, [{"kind": "patient", "hook": "patient-view", "q_stale": 1,
-                                      "n": 0}])
+    with pytest.raises(EngineError, match=r"a rule action failed.*boom in remeasure-stale"):
+        RuleEngine().evaluate(
+            pack, [{"kind": "patient", "hook": "patient-view", "q_stale": 1, "n": 0}]
+        )
 
 
 def test_reloading_the_same_pack_version_is_idempotent(core_pack: CompiledPack) -> None:
@@ -93,13 +102,15 @@ def test_large_packs_are_split_into_small_rulesets(tmp_path: Path) -> None:
     engine = RuleEngine()
     names = engine.load(pack)
     assert len(names) == -(-120 // RULESET_SIZE)
-    result = engine.evaluate(pack, [{"kind": "patient", "hook": "patient-view", "q_stale": 2,
-                                     "n": 0}])
+    result = engine.evaluate(
+        pack, [{"kind": "patient", "hook": "patient-view", "q_stale": 2, "n": 0}]
+    )
     assert len({f.rule_id for f in result.firings}) == 120
 
 
 _METRIC_FIELDS = {
-    "contralateral_pelvic_drop": (0.0, 12.0), "peak_hip_adduction": (5.0, 30.0),
+    "contralateral_pelvic_drop": (0.0, 12.0),
+    "peak_hip_adduction": (5.0, 30.0),
     "hip_abduction_strength": (0.6, 2.4),
 }
 
@@ -123,8 +134,12 @@ def _random_patient(rng: random.Random) -> dict[str, Any]:
     p: dict[str, Any] = {}
     if rng.random() < 0.9:
         p["age_years"] = rng.choice([12, 17, 18, 30, 60])
-    for key in ("dx_patellofemoral_pain", "dx_iliotibial_band_syndrome",
-                "order_hip_strengthening_program", "order_gait_retraining_video_feedback"):
+    for key in (
+        "dx_patellofemoral_pain",
+        "dx_iliotibial_band_syndrome",
+        "order_hip_strengthening_program",
+        "order_gait_retraining_video_feedback",
+    ):
         if rng.random() < 0.4:
             p[key] = 1
     for key in ("q_low_strides", "q_stale", "q_excluded", "q_unreadable"):
@@ -184,8 +199,9 @@ def test_evaluation_where_nothing_matches_does_not_crash_the_process() -> None:
         "print('survived')\n"
     )
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "survived" in done.stdout
 

@@ -8,14 +8,24 @@ from cds.fhir.observations import metric_observation
 from cds.fhir.parse import Condition, Observation, Patient, parse_entries
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
-POLICY = FactPolicy(min_strides=7, max_age_days=90, diagnoses={
-    "pfp": (DiagnosisCode("http://hl7.org/fhir/sid/icd-10-cm", "M22.2", prefix=True),)})
+POLICY = FactPolicy(
+    min_strides=7,
+    max_age_days=90,
+    diagnoses={"pfp": (DiagnosisCode("http://hl7.org/fhir/sid/icd-10-cm", "M22.2", prefix=True),)},
+)
 
 
-def obs(code: str, value: Any, unit: str | None = None, side: Any = None, days: float = 1,
-        strides: int | None = None) -> dict[str, Any]:
-    return metric_observation("p", code, value, unit, side=side, strides=strides,
-                              effective=NOW - timedelta(days=days))
+def obs(
+    code: str,
+    value: Any,
+    unit: str | None = None,
+    side: Any = None,
+    days: float = 1,
+    strides: int | None = None,
+) -> dict[str, Any]:
+    return metric_observation(
+        "p", code, value, unit, side=side, strides=strides, effective=NOW - timedelta(days=days)
+    )
 
 
 def facts(*raw: dict[str, Any], **kw: Any) -> Any:
@@ -31,10 +41,12 @@ def test_pelvic_drop_is_attributed_to_the_stance_side_body_site() -> None:
 
 
 def test_units_are_converted_and_asymmetry_and_lsi_derived() -> None:
-    f = facts(obs("hip-abduction-strength", 1.0, "N.m/kg", "left"),
-              obs("hip-abduction-strength", 1.25, "N.m/kg", "right"),
-              obs("peak-hip-adduction", 0.349066, "rad", "left", strides=9),
-              obs("peak-hip-adduction", 15, "deg", "right", strides=9))
+    f = facts(
+        obs("hip-abduction-strength", 1.0, "N.m/kg", "left"),
+        obs("hip-abduction-strength", 1.25, "N.m/kg", "right"),
+        obs("peak-hip-adduction", 0.349066, "rad", "left", strides=9),
+        obs("peak-hip-adduction", 15, "deg", "right", strides=9),
+    )
     assert f.sides["left"]["hip_abduction_strength__lsi"] == 80.0
     assert f.sides["right"]["hip_abduction_strength__lsi"] == 125.0
     assert f.sides["left"]["peak_hip_adduction"] == pytest.approx(20.0, abs=1e-3)
@@ -48,8 +60,10 @@ def test_percent_body_weight_is_a_different_field_from_torque() -> None:
 
 
 def test_latest_observation_wins_and_older_one_is_recorded_as_superseded() -> None:
-    f = facts(obs("contralateral-pelvic-drop", 9.0, "deg", "left", days=10, strides=9),
-              obs("contralateral-pelvic-drop", 4.0, "deg", "left", days=2, strides=9))
+    f = facts(
+        obs("contralateral-pelvic-drop", 9.0, "deg", "left", days=10, strides=9),
+        obs("contralateral-pelvic-drop", 4.0, "deg", "left", days=2, strides=9),
+    )
     assert f.sides["left"]["contralateral_pelvic_drop"] == 4.0
     assert [e.reason for e in f.excluded] == ["superseded by a more recent Observation"]
 
@@ -57,9 +71,21 @@ def test_latest_observation_wins_and_older_one_is_recorded_as_superseded() -> No
 @pytest.mark.parametrize(
     ("raw", "reason", "flag"),
     [
-        (obs("contralateral-pelvic-drop", 7.0, "deg", "left", strides=6), "too few strides", "low_strides"),
-        (obs("contralateral-pelvic-drop", 7.0, "deg", "left", days=120, strides=10), "stale", "stale"),
-        (obs("contralateral-pelvic-drop", 7.0, "cm", "left", strides=10), "does not fit", "excluded"),
+        (
+            obs("contralateral-pelvic-drop", 7.0, "deg", "left", strides=6),
+            "too few strides",
+            "low_strides",
+        ),
+        (
+            obs("contralateral-pelvic-drop", 7.0, "deg", "left", days=120, strides=10),
+            "stale",
+            "stale",
+        ),
+        (
+            obs("contralateral-pelvic-drop", 7.0, "cm", "left", strides=10),
+            "does not fit",
+            "excluded",
+        ),
         (obs("contralateral-pelvic-drop", 7.0, "deg", None, strides=10), "laterality", "excluded"),
     ],
 )
@@ -89,16 +115,24 @@ def test_unreadable_observation_counts_and_is_listed() -> None:
 
 def test_context_age_diagnoses_and_orders() -> None:
     patient = Patient.model_validate({"resourceType": "Patient", "birthDate": "2000-11-24"})
-    cond = Condition.model_validate({
-        "resourceType": "Condition",
-        "clinicalStatus": {"coding": [{"code": "active"}]},
-        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "M22.2X1"}]},
-    })
-    resolved = Condition.model_validate({
-        "resourceType": "Condition",
-        "clinicalStatus": {"coding": [{"code": "resolved"}]},
-        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "M22.2X2"}]},
-    })
+    cond = Condition.model_validate(
+        {
+            "resourceType": "Condition",
+            "clinicalStatus": {"coding": [{"code": "active"}]},
+            "code": {
+                "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "M22.2X1"}]
+            },
+        }
+    )
+    resolved = Condition.model_validate(
+        {
+            "resourceType": "Condition",
+            "clinicalStatus": {"coding": [{"code": "resolved"}]},
+            "code": {
+                "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "M22.2X2"}]
+            },
+        }
+    )
     f = build_facts(ClinicalData(patient=patient, conditions=[resolved]), POLICY, now=NOW)
     assert "dx_pfp" not in f.patient
     assert f.patient["age_years"] == 25

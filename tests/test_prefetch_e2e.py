@@ -1,4 +1,7 @@
-"""Prefetch semantics against a real local FHIR server: present, null, absent, slow, failing, paged."""
+"""Prefetch semantics against a real local FHIR server.
+
+Present, null, absent, slow, failing and paged answers.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,18 @@ from cds.examples import demo_observations, hook_request, patient, pfp_condition
 from tests.conftest import LiveService
 
 PV = "runform-patient-view"
-AUTH = {"access_token": "tok-1", "token_type": "Bearer", "expires_in": 300,
-        "scope": "user/Observation.read", "subject": "runform-cds"}
+AUTH = {
+    "access_token": "tok-1",
+    "token_type": "Bearer",
+    "expires_in": 300,
+    "scope": "user/Observation.read",
+    "subject": "runform-cds",
+}
 
 
-def _absent(base: str, behaviour: Any, pid: str = "p1", keep: tuple[str, ...] = ()) -> dict[str, Any]:
+def _absent(
+    base: str, behaviour: Any, pid: str = "p1", keep: tuple[str, ...] = ()
+) -> dict[str, Any]:
     behaviour.resources = {
         "Patient": [patient(pid)],
         "Observation": demo_observations(pid),
@@ -122,15 +132,20 @@ def test_next_link_to_another_host_is_not_followed(live: LiveService, fhir_serve
     assert "refusing to follow" in r.json()["issue"][0]["diagnostics"]
 
 
-def test_paginated_prefetch_is_completed_from_the_server(live: LiveService, fhir_server: Any) -> None:
+def test_paginated_prefetch_is_completed_from_the_server(
+    live: LiveService, fhir_server: Any
+) -> None:
     base, behaviour = fhir_server
     body = _absent(base, behaviour, keep=("patient", "conditions"))
     all_obs = demo_observations("p1")
     behaviour.resources["Observation"] = all_obs
     behaviour.page_size = 3
-    first = {"resourceType": "Bundle", "type": "searchset",
-             "entry": [{"resource": o} for o in all_obs[:3]],
-             "link": [{"relation": "next", "url": f"{base}/Observation?_offset=3"}]}
+    first = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": o} for o in all_obs[:3]],
+        "link": [{"relation": "next", "url": f"{base}/Observation?_offset=3"}],
+    }
     body["prefetch"]["observations"] = first
     r = live.post(PV, body)
     assert r.status_code == 200
@@ -145,10 +160,12 @@ def test_operation_outcome_in_prefetch_triggers_a_fetch(
 ) -> None:
     base, behaviour = fhir_server
     body = _absent(base, behaviour, keep=("patient", "conditions"))
-    oo = {"resourceType": "OperationOutcome",
-          "issue": [{"severity": "error", "code": "timeout"}]}
-    body["prefetch"]["observations"] = oo if where == "value" else {
-        "resourceType": "Bundle", "type": "searchset", "entry": [{"resource": oo}]}
+    oo = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+    body["prefetch"]["observations"] = (
+        oo
+        if where == "value"
+        else {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": oo}]}
+    )
     r = live.post(PV, body)
     assert r.status_code == 200
     assert [q["path"] for q in behaviour.requests] == ["/fhir/Observation"]

@@ -20,9 +20,14 @@ def _rule(data: dict[str, Any], rule_id: str) -> dict[str, Any]:
 def test_core_pack_loads_and_every_rule_has_evidence(core_pack: Any) -> None:
     assert core_pack.pack.status == "active"
     ids = {r.rule.id for r in core_pack.rules}
-    assert {"weakness-and-run-form-same-side", "strengthening-order-without-gait-retraining",
-            "run-form-without-weakness", "weakness-without-run-form-impairment",
-            "remeasure-too-few-strides", "under-18-route-to-clinician"} <= ids
+    assert {
+        "weakness-and-run-form-same-side",
+        "strengthening-order-without-gait-retraining",
+        "run-form-without-weakness",
+        "weakness-without-run-form-impairment",
+        "remeasure-too-few-strides",
+        "under-18-route-to-clinician",
+    } <= ids
     for r in core_pack.rules:
         assert r.rule.card.source.url and r.rule.card.evidence.strength in "ABCD"
 
@@ -37,21 +42,43 @@ def test_unverified_thresholds_are_not_labelled_evidence(core_pack: Any) -> None
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: _rule(d, "remeasure-stale")["card"].update(summary="x" * 140),
-         "must be under 140 characters"),
-        (lambda d: d["findings"]["run_form_impaired"]["any"].append(
-            {"metric": "pelvic-dorp", "at_least": "pelvic_drop_high"}), "unknown metric 'pelvic-dorp'"),
-        (lambda d: d["findings"]["run_form_impaired"]["any"].append(
-            {"metric": "peak-hip-adduction", "at_least": "no_such"}), "threshold 'no_such' is not defined"),
+        (
+            lambda d: _rule(d, "remeasure-stale")["card"].update(summary="x" * 140),
+            "must be under 140 characters",
+        ),
+        (
+            lambda d: d["findings"]["run_form_impaired"]["any"].append(
+                {"metric": "pelvic-dorp", "at_least": "pelvic_drop_high"}
+            ),
+            "unknown metric 'pelvic-dorp'",
+        ),
+        (
+            lambda d: d["findings"]["run_form_impaired"]["any"].append(
+                {"metric": "peak-hip-adduction", "at_least": "no_such"}
+            ),
+            "threshold 'no_such' is not defined",
+        ),
         (lambda d: d["thresholds"]["pelvic_drop_high"].update(unit="N"), "does not fit"),
         (lambda d: d["rules"].append(d["rules"][0]), "duplicate rule id"),
-        (lambda d: d["findings"].update(loop={"finding": "loop"}) or
-         _rule(d, "remeasure-stale").update(when={"finding": "loop"}), "refers to itself"),
-        (lambda d: _rule(d, "remeasure-stale")["card"].update(detail="{nonsense}"),
-         "unknown placeholder"),
-        (lambda d: _rule(d, "remeasure-stale").update(when={"order": "yoga"}), "unknown plan 'yoga'"),
-        (lambda d: _rule(d, "remeasure-stale").update(when={"diagnosis": "gout"}),
-         "value set 'gout' is not defined"),
+        (
+            lambda d: (
+                d["findings"].update(loop={"finding": "loop"})
+                or _rule(d, "remeasure-stale").update(when={"finding": "loop"})
+            ),
+            "refers to itself",
+        ),
+        (
+            lambda d: _rule(d, "remeasure-stale")["card"].update(detail="{nonsense}"),
+            "unknown placeholder",
+        ),
+        (
+            lambda d: _rule(d, "remeasure-stale").update(when={"order": "yoga"}),
+            "unknown plan 'yoga'",
+        ),
+        (
+            lambda d: _rule(d, "remeasure-stale").update(when={"diagnosis": "gout"}),
+            "value set 'gout' is not defined",
+        ),
     ],
 )
 def test_semantic_problems_are_reported(tmp_path: Path, mutate: Any, message: str) -> None:
@@ -81,8 +108,14 @@ def test_yaml_syntax_error_has_position(tmp_path: Path) -> None:
 
 def test_overly_complex_rule_is_refused_before_the_engine_sees_it(tmp_path: Path) -> None:
     data = core_data()
-    leaves = [{"not": {"metric": m, "below": "hip_abduction_low"}} for m in
-              ("hip-abduction-strength", "hip-extension-strength", "hip-external-rotation-strength")]
+    leaves = [
+        {"not": {"metric": m, "below": "hip_abduction_low"}}
+        for m in (
+            "hip-abduction-strength",
+            "hip-extension-strength",
+            "hip-external-rotation-strength",
+        )
+    ]
     big = {"all": [{"any": [{"not": {"finding": "run_form_impaired"}}, *leaves]}] * 4}
     _rule(data, "remeasure-stale")["when"] = big
     with pytest.raises(PackError, match="too complex"):

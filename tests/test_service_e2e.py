@@ -44,8 +44,11 @@ def test_patient_view_recommends_strength_and_gait_retraining(live: LiveService)
     [card] = payload["cards"]
     assert card["indicator"] == "warning"
     assert "right" in card["summary"]
-    plans = {a["resource"]["code"]["coding"][0]["code"]
-             for s in card["suggestions"] for a in s["actions"]}
+    plans = {
+        a["resource"]["code"]["coding"][0]["code"]
+        for s in card["suggestions"]
+        for a in s["actions"]
+    }
     assert plans == {"hip-strengthening-program", "gait-retraining-video-feedback"}
     assert card["source"]["url"] == "https://doi.org/10.2519/jospt.2011.3470"
     assert "Evidence strength: C" in card["detail"]
@@ -67,12 +70,23 @@ def test_order_select_strengthening_alone_warns_and_suggests_retraining(live: Li
     assert action["resource"]["code"]["coding"][0]["code"] == "gait-retraining-video-feedback"
 
 
-def test_order_sign_with_gait_retraining_already_ordered_gives_no_warning(live: LiveService) -> None:
+def test_order_sign_with_gait_retraining_already_ordered_gives_no_warning(
+    live: LiveService,
+) -> None:
     from cds.examples import strengthening_order
 
-    retrain = {**strengthening_order("p1"), "id": "draft-retrain",
-               "code": {"coding": [{"system": "http://runform-cds.org/fhir/CodeSystem/plans",
-                                    "code": "gait-retraining-video-feedback"}]}}
+    retrain = {
+        **strengthening_order("p1"),
+        "id": "draft-retrain",
+        "code": {
+            "coding": [
+                {
+                    "system": "http://runform-cds.org/fhir/CodeSystem/plans",
+                    "code": "gait-retraining-video-feedback",
+                }
+            ]
+        },
+    }
     body = hook_request("order-sign", "p1", draft_orders=[strengthening_order("p1"), retrain])
     r = live.post(OSIGN, body)
     assert r.status_code == 200
@@ -85,14 +99,20 @@ def test_run_form_impairment_without_weakness_targets_gait_retraining(live: Live
     [card] = r.json()["cards"]
     assert card["indicator"] == "info"
     assert "gait retraining" in card["summary"]
-    plans = {a["resource"]["code"]["coding"][0]["code"]
-             for s in card["suggestions"] for a in s["actions"]}
+    plans = {
+        a["resource"]["code"]["coding"][0]["code"]
+        for s in card["suggestions"]
+        for a in s["actions"]
+    }
     assert plans == {"gait-retraining-video-feedback"}
 
 
 def test_weakness_without_impairment_gives_strengthening_care_plan(live: LiveService) -> None:
-    obs = [o for o in demo_observations("p3", right_pelvic_drop=2.9)
-           if o["code"]["coding"][0]["code"] != "peak-hip-adduction"]
+    obs = [
+        o
+        for o in demo_observations("p3", right_pelvic_drop=2.9)
+        if o["code"]["coding"][0]["code"] != "peak-hip-adduction"
+    ]
     r = live.post(PV, hook_request("patient-view", "p3", observations=obs))
     assert r.status_code == 200
     assert_valid_response(r.json())
@@ -132,8 +152,14 @@ def test_under_18_routes_to_clinician_without_plan(live: LiveService) -> None:
 
 def test_unreadable_observation_is_excluded_and_reported(live: LiveService) -> None:
     obs = demo_observations("p7")
-    obs.append({"resourceType": "Observation", "id": "broken", "status": "final",
-                "code": "not-a-codeable-concept"})
+    obs.append(
+        {
+            "resourceType": "Observation",
+            "id": "broken",
+            "status": "final",
+            "code": "not-a-codeable-concept",
+        }
+    )
     body = hook_request("patient-view", "p7", observations=obs)
     r = live.post(PV, body)
     assert r.status_code == 200
@@ -182,8 +208,10 @@ def _oo(r: httpx.Response, status: int) -> dict[str, Any]:
 
 def _raw_post(live: LiveService, path: str, content: bytes) -> httpx.Response:
     url = live.url + path
-    headers = {"Authorization": f"Bearer {live.client.signer.token(url)}",  # type: ignore[union-attr]
-               "Content-Type": "application/json"}
+    headers = {
+        "Authorization": f"Bearer {live.client.signer.token(url)}",  # type: ignore[union-attr]
+        "Content-Type": "application/json",
+    }
     return httpx.post(url, content=content, headers=headers)
 
 
@@ -200,9 +228,18 @@ def test_malformed_json_is_400(live: LiveService) -> None:
         (lambda b: b["context"].pop("patientId"), "context.patientId"),
         (lambda b: b["context"].update(userId=42), "context.userId"),
         (lambda b: b.update(context=[1, 2]), "context"),
-        (lambda b: b.update(fhirAuthorization={"access_token": "x", "token_type": "Bearer",
-                                               "expires_in": 300, "scope": "s", "subject": "c"}),
-         "fhirServer"),
+        (
+            lambda b: b.update(
+                fhirAuthorization={
+                    "access_token": "x",
+                    "token_type": "Bearer",
+                    "expires_in": 300,
+                    "scope": "s",
+                    "subject": "c",
+                }
+            ),
+            "fhirServer",
+        ),
     ],
 )
 def test_invalid_requests_name_the_problem(live: LiveService, mutate: Any, expression: str) -> None:
@@ -251,20 +288,28 @@ def test_trace_is_stored_with_inputs_pack_rules_and_cards(live: LiveService) -> 
     assert fired["matched"][0]["side"] == "right"
     assert {th["name"] for th in fired["thresholds"]} >= {"pelvic_drop_high"}
     assert [c["uuid"] for c in t["cards"]] == [c["uuid"] for c in cards]
-    assert t["prefetch"] == {"patient": "provided", "observations": "provided",
-                             "conditions": "provided"}
+    assert t["prefetch"] == {
+        "patient": "provided",
+        "observations": "provided",
+        "conditions": "provided",
+    }
 
 
 def test_feedback_is_recorded_once_against_the_card_trace(live: LiveService) -> None:
     body = hook_request("patient-view", "p1")
     card = live.post(PV, body).json()["cards"][0]
-    item = {"card": card["uuid"], "outcome": "overridden",
-            "overrideReason": {"reason": card["overrideReasons"][0],
-                               "userComment": "prefers to wait"},
-            "outcomeTimestamp": "2026-11-23T10:00:00Z"}
-    accepted = {"card": card["uuid"], "outcome": "accepted",
-                "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
-                "outcomeTimestamp": "2026-11-23T10:05:00Z"}
+    item = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"reason": card["overrideReasons"][0], "userComment": "prefers to wait"},
+        "outcomeTimestamp": "2026-11-23T10:00:00Z",
+    }
+    accepted = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+        "outcomeTimestamp": "2026-11-23T10:05:00Z",
+    }
     for _ in range(3):
         r = live.client.feedback(PV, [item, accepted])
         assert r.status_code == 200
@@ -278,8 +323,12 @@ def test_feedback_is_recorded_once_against_the_card_trace(live: LiveService) -> 
         {"card": "x", "outcome": "accepted", "outcomeTimestamp": "2026-11-23T10:00:00Z"},
         {"card": "x", "outcome": "maybe", "outcomeTimestamp": "2026-11-23T10:00:00Z"},
         {"card": "x", "outcome": "overridden", "outcomeTimestamp": "yesterday"},
-        {"card": "x", "outcome": "overridden", "overrideReason": {},
-         "outcomeTimestamp": "2026-11-23T10:00:00Z"},
+        {
+            "card": "x",
+            "outcome": "overridden",
+            "overrideReason": {},
+            "outcomeTimestamp": "2026-11-23T10:00:00Z",
+        },
     ],
 )
 def test_invalid_feedback_is_400(live: LiveService, item: dict[str, Any]) -> None:
@@ -289,15 +338,20 @@ def test_invalid_feedback_is_400(live: LiveService, item: dict[str, Any]) -> Non
 def test_feedback_for_unknown_card_is_404_and_records_nothing(live: LiveService) -> None:
     body = hook_request("patient-view", "p1")
     card = live.post(PV, body).json()["cards"][0]
-    good = {"card": card["uuid"], "outcome": "overridden",
-            "overrideReason": {"userComment": "no"}, "outcomeTimestamp": "2026-11-23T10:00:00Z"}
+    good = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"userComment": "no"},
+        "outcomeTimestamp": "2026-11-23T10:00:00Z",
+    }
     unknown = {**good, "card": "00000000-0000-0000-0000-000000000000"}
     _oo(live.client.feedback(PV, [good, unknown]), 404)
     assert [r.kind for r in live.store.records_for(body["hookInstance"])] == ["trace"]
 
 
-def test_audit_show_prints_the_trace(live: LiveService, capsys: pytest.CaptureFixture[str],
-                                     tmp_path: Any) -> None:
+def test_audit_show_prints_the_trace(
+    live: LiveService, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
     from cds.cli import main
 
     body = hook_request("patient-view", "p1")
@@ -308,8 +362,10 @@ def test_audit_show_prints_the_trace(live: LiveService, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert "weakness-and-run-form-same-side on right" in out
     assert "threshold pelvic_drop_high = 5.0 deg (X)" in out
-    assert main(["audit", "show", "00000000-0000-0000-0000-000000000000",
-                 "--config", str(config)]) == 1
+    assert (
+        main(["audit", "show", "00000000-0000-0000-0000-000000000000", "--config", str(config)])
+        == 1
+    )
 
 
 def test_prefetch_with_patient_none_means_no_data_not_fetch(live: LiveService) -> None:

@@ -7,11 +7,29 @@ from fhir.resources.R4B.codesystem import CodeSystem
 from cds.fhir.codes import code_system, metric, metrics
 from cds.fhir.units import UnitError, convert
 
-REQUIRED = """contralateral-pelvic-drop peak-hip-adduction knee-fppa knee-flexion-initial-contact
-peak-knee-flexion-stance foot-inclination-initial-contact overstride trunk-forward-lean
-trunk-lateral-lean cadence step-width hip-abduction-strength hip-extension-strength
-hip-external-rotation-strength side-plank-hold single-leg-squat-rating single-leg-squat-fppa
-trendelenburg-test strides-analyzed visible-fraction frame-rate""".split()
+REQUIRED = [
+    "contralateral-pelvic-drop",
+    "peak-hip-adduction",
+    "knee-fppa",
+    "knee-flexion-initial-contact",
+    "peak-knee-flexion-stance",
+    "foot-inclination-initial-contact",
+    "overstride",
+    "trunk-forward-lean",
+    "trunk-lateral-lean",
+    "cadence",
+    "step-width",
+    "hip-abduction-strength",
+    "hip-extension-strength",
+    "hip-external-rotation-strength",
+    "side-plank-hold",
+    "single-leg-squat-rating",
+    "single-leg-squat-fppa",
+    "trendelenburg-test",
+    "strides-analyzed",
+    "visible-fraction",
+    "frame-rate",
+]
 
 
 def test_metrics_code_system_has_every_contract_code_with_definition_and_unit() -> None:
@@ -29,8 +47,12 @@ def test_shipped_code_systems_validate_as_r4(name: str) -> None:
 
 def test_plans_code_system_has_the_contract_plans() -> None:
     codes = {c["code"] for c in code_system("plans")["concept"]}
-    assert codes >= {"hip-strengthening-program", "gait-retraining-video-feedback",
-                     "cadence-retraining", "single-leg-squat-training"}
+    assert codes >= {
+        "hip-strengthening-program",
+        "gait-retraining-video-feedback",
+        "cadence-retraining",
+        "single-leg-squat-training",
+    }
 
 
 @pytest.mark.parametrize(
@@ -45,15 +67,17 @@ def test_plans_code_system_has_the_contract_plans() -> None:
         (0.25, "1", ("fraction",), 25.0, "fraction"),
     ],
 )
-def test_convert(value: float, unit: str, dims: tuple[str, ...], expected: float,
-                 dimension: str) -> None:
+def test_convert(
+    value: float, unit: str, dims: tuple[str, ...], expected: float, dimension: str
+) -> None:
     got, dim = convert(value, unit, dims)
     assert got == pytest.approx(expected, rel=1e-5)
     assert dim == dimension
 
 
-@pytest.mark.parametrize(("unit", "dims"), [("cm", ("angle",)), ("furlong", ("time",)),
-                                            ("deg", ("force",))])
+@pytest.mark.parametrize(
+    ("unit", "dims"), [("cm", ("angle",)), ("furlong", ("time",)), ("deg", ("force",))]
+)
 def test_unknown_or_mismatched_units_raise(unit: str, dims: tuple[str, ...]) -> None:
     with pytest.raises(UnitError, match="does not fit"):
         convert(1.0, unit, dims)
