@@ -144,3 +144,28 @@ def test_whole_body_metrics_reach_every_fact() -> None:
     f = facts(obs("cadence", 2.9, "/s", strides=10))
     assert f.patient["cadence"] == pytest.approx(174.0)
     assert f.sides["left"]["cadence"] == pytest.approx(174.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11", datetime(2026, 11, 1, tzinfo=UTC)),
+        ("2026", datetime(2026, 1, 1, tzinfo=UTC)),
+        ("2026-11-20", datetime(2026, 11, 20, tzinfo=UTC)),
+        ("2026-11-20T10:00:00Z", datetime(2026, 11, 20, 10, tzinfo=UTC)),
+        ("2026-11-20T10:00:00+02:00", datetime(2026, 11, 20, 8, tzinfo=UTC)),
+    ],
+)
+def test_fhir_partial_and_full_datetimes_are_read(text: str, expected: datetime) -> None:
+    raw = obs("cadence", 170, "/min")
+    raw["effectiveDateTime"] = text
+    parsed = Observation.model_validate(raw)
+    assert parsed.effective == expected
+
+
+def test_an_unparseable_date_makes_the_observation_unreadable() -> None:
+    raw = obs("cadence", 170, "/min")
+    raw["effectiveDateTime"] = "last tuesday"
+    f = facts(raw)
+    assert f.patient["q_unreadable"] == 1
+    assert "effectiveDateTime" in f.excluded[0].reason

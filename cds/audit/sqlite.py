@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS feedback_keys (key TEXT PRIMARY KEY);
 """
 
 
+_LAST = "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
+
+
 class SqliteTraceStore:
     def __init__(self, path: str) -> None:
         if path != ":memory:":
@@ -42,16 +45,15 @@ class SqliteTraceStore:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
-    def _append(
+    def _append_many(
         self,
-        kind: str,
-        trace_id: str,
-        hook_instance: str | None,
-        body: dict[str, Any],
+        rows: list[tuple[str, str, str | None, dict[str, Any]]],
         extra: list[tuple[str, tuple[Any, ...]]],
-    ) -> StoredRecord:
-        body_json = canonical_json(body)
+    ) -> list[StoredRecord]:
+        """Append ``(kind, trace_id, hook_instance, body)`` rows in one durable transaction."""
+        encoded = [(kind, tid, hi, body, canonical_json(body)) for kind, tid, hi, body in rows]
         now = datetime.now(UTC).isoformat()
+        out: list[StoredRecord] = []
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -59,24 +61,35 @@ class SqliteTraceStore:
                 row = cur.execute(
                     "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
                 ).fetchone()
-                seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
-                digest = record_hash(prev, seq, kind, body_json)
-                cur.execute(
-                    "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, kind, trace_id, hook_instance, now, body_json, prev, digest),
-                )
+                seq, prev = (row[0], row[1]) if row else (0, GENESIS)
+                for kind, tid, hi, body, body_json in encoded:
+                    seq += 1
+                    digest = record_hash(prev, seq, kind, body_json)
+                    cur.execute(
+                        "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (seq, kind, tid, hi, now, body_json, prev, digest),
+                    )
+                    out.append(StoredRecord(seq, kind, tid, hi, now, body, prev, digest))
+                    prev = digest
                 for sql, params in extra:
                     cur.execute(sql, params)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-        return StoredRecord(seq, kind, trace_id, hook_instance, now, body, prev, digest)
+        return out
+
+    def append_traces(self, traces: list[dict[str, Any]]) -> list[StoredRecord]:
+        rows = [("trace", t["trace_id"], t.get("hook_instance"), t) for t in traces]
+        extra = [
+            ("INSERT INTO card_index VALUES (?, ?)", (c["uuid"], t["trace_id"]))
+            for t in traces
+            for c in t.get("cards", [])
+        ]
+        return self._append_many(rows, extra)
 
     def append_trace(self, trace: dict[str, Any]) -> StoredRecord:
-        cards = [(c["uuid"],) for c in trace.get("cards", [])]
-        extra = [("INSERT INTO card_index VALUES (?, ?)", (u[0], trace["trace_id"])) for u in cards]
-        return self._append("trace", trace["trace_id"], trace.get("hook_instance"), trace, extra)
+        return self.append_traces([trace])[0]
 
     def append_feedback(self, trace_id: str, key: str, feedback: dict[str, Any]) -> bool:
         with self._lock:
@@ -85,11 +98,8 @@ class SqliteTraceStore:
             return False
         hook_instance = self._hook_instance_of(trace_id)
         try:
-            self._append(
-                "feedback",
-                trace_id,
-                hook_instance,
-                feedback,
+            self._append_many(
+                [("feedback", trace_id, hook_instance, feedback)],
                 [("INSERT INTO feedback_keys VALUES (?)", (key,))],
             )
         except sqlite3.IntegrityError:

@@ -30,6 +30,10 @@ class TraceStore(Protocol):
 
     def append_trace(self, trace: dict[str, Any]) -> StoredRecord: ...
 
+    def append_traces(self, traces: list[dict[str, Any]]) -> list[StoredRecord]:
+        """Append several traces in one durable commit (group commit)."""
+        ...
+
     def append_feedback(self, trace_id: str, key: str, feedback: dict[str, Any]) -> bool:
         """Record feedback once per ``key``; return False if it was already recorded."""
         ...

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -10,6 +9,7 @@ from typing import Any
 
 import anyio
 import httpx
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from cds.audit.store import TraceStore, open_store
+from cds.audit.writer import TraceWriter
 from cds.config import Settings
 from cds.errors import AuthError, CdsError, PayloadTooLargeError, RequestError, operation_outcome
 from cds.rules.compile import CompiledPack
@@ -29,7 +30,7 @@ from cds.service.pipeline import Runtime, run_call
 __all__ = ["create_app"]
 
 log = logging.getLogger("cds.service")
-FHIR_JSON = "application/json"
+JSON = "application/json"
 
 
 def _error(exc: CdsError) -> JSONResponse:
@@ -53,8 +54,8 @@ async def _read_json(request: Request, limit: int) -> Any:
             raise PayloadTooLargeError(f"request body over {limit} bytes")
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError) as exc:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
         raise RequestError(f"the request body is not valid JSON: {exc}") from None
 
 
@@ -87,13 +88,15 @@ def create_app(
     )
     store = store if store is not None else open_store(settings.store.url)
     http = httpx.AsyncClient(follow_redirects=False)
-    runtime = Runtime(settings=settings, packs=packs, store=store, http=http)
+    writer = TraceWriter(store)
+    runtime = Runtime(settings=settings, packs=packs, store=store, writer=writer, http=http)
     authenticate = _auth_check(settings, JwtVerifier(settings.auth, http))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await http.aclose()
+        writer.close()
         store.close()
 
     app = FastAPI(
@@ -138,11 +141,12 @@ def create_app(
         return discovery()
 
     @app.post("/cds-services/{service_id}")
-    async def call_service(service_id: str, request: Request) -> dict[str, Any]:
+    async def call_service(service_id: str, request: Request) -> Response:
         await authenticate(request)
         svc = service(service_id)
         body = await _read_json(request, settings.server.max_body_bytes)
-        return await run_call(runtime, svc, parse_request(svc, body))
+        result = await run_call(runtime, svc, parse_request(svc, body))
+        return Response(orjson.dumps(result), media_type=JSON)
 
     @app.post("/cds-services/{service_id}/feedback")
     async def feedback(service_id: str, request: Request) -> Response:

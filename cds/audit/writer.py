@@ -1,0 +1,75 @@
+"""Group commit: one writer thread turns many concurrent trace appends into few fsyncs.
+
+``await writer.append(trace)`` returns only after the trace is durably committed,
+so the service still never answers before its trace is stored; under load,
+traces that arrive together share one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any
+
+from cds.audit.store import StoredRecord, TraceStore
+
+__all__ = ["TraceWriter"]
+
+_Item = tuple[dict[str, Any], asyncio.Future[StoredRecord], asyncio.AbstractEventLoop]
+MAX_BATCH = 64
+
+
+class TraceWriter:
+    def __init__(self, store: TraceStore) -> None:
+        self._store = store
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="trace-writer", daemon=True)
+        self._thread.start()
+
+    async def append(self, trace: dict[str, Any]) -> StoredRecord:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[StoredRecord] = loop.create_future()
+        self._queue.put((trace, future, loop))
+        return await future
+
+    def _batch(self, first: _Item) -> tuple[list[_Item], bool]:
+        batch, stop = [first], False
+        while len(batch) < MAX_BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                stop = True
+                break
+            batch.append(item)
+        return batch, stop
+
+    def _run(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch, stop = self._batch(first)
+            try:
+                records = self._store.append_traces([trace for trace, _, _ in batch])
+            except BaseException as exc:
+                for _, future, loop in batch:
+                    loop.call_soon_threadsafe(_fail, future, exc)
+            else:
+                for (_, future, loop), record in zip(batch, records, strict=True):
+                    loop.call_soon_threadsafe(_succeed, future, record)
+            if stop:
+                return
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+
+def _succeed(future: asyncio.Future[StoredRecord], record: StoredRecord) -> None:
+    if not future.done():
+        future.set_result(record)
+
+
+def _fail(future: asyncio.Future[StoredRecord], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
