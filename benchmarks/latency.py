@@ -1,6 +1,6 @@
 """CDS Hooks latency benchmark: patient-view with a 60-Observation prefetch.
 
-Drives the real service (one uvicorn process, SQLite traces, signed ES384 JWTs)
+Drives the real service (uvicorn, SQLite traces, signed ES384 JWTs)
 with wrk at concurrency 1, 10 and 50 over loopback, next to a bare echo
 endpoint of the same app that parses and returns the same payload, and prints
 p50/p99 latency, throughput and the ratio between the two.
@@ -117,6 +117,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--levels", default="1,10,50")
+    parser.add_argument("--workers", type=int, default=1, help="service processes")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
@@ -153,6 +154,8 @@ def main() -> int:
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                "--workers",
+                str(args.workers),
             ],
             env=env,
             cwd=ROOT,
@@ -168,7 +171,8 @@ def main() -> int:
                 raise RuntimeError("the service did not start")
             print(
                 f"payload: {len(json.dumps(body)) / 1024:.0f} KiB, 60 Observations; "
-                f"{args.seconds} s per run; one uvicorn process; SQLite traces (fsync)"
+                f"{args.seconds} s per run; {args.workers} service process(es); "
+                "SQLite traces (fsync)"
             )
             print(
                 f"{'conc':>4} {'endpoint':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "

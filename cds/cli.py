@@ -21,15 +21,31 @@ def _settings(path: str | None):  # type: ignore[no-untyped-def]
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import os
+
     import uvicorn
 
+    from cds.config import CONFIG_ENV_VAR
     from cds.service.app import create_app
 
     settings = _settings(args.config)
-    app = create_app(settings)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    workers = args.workers or settings.server.workers
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        return 0
+    create_app(settings)  # fail fast, in this process, on a bad pack or store
+    if args.config:
+        os.environ[CONFIG_ENV_VAR] = str(Path(args.config).resolve())
+    uvicorn.run(
+        "cds.service.app:app_from_env",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="info",
+    )
     return 0
 
 
@@ -72,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (default: server.host)")
     serve.add_argument("--port", type=int, help="port (default: server.port)")
     serve.add_argument("--config", help="TOML config file (default: $RUNFORM_CDS_CONFIG)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
     serve.set_defaults(func=_serve)
 
     demo = sub.add_parser("demo", help="start the service with a demo EHR client and show cards")

@@ -29,6 +29,7 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=5_000_000, gt=0)
+    workers: int = Field(default=1, ge=1, le=64)
 
     @property
     def public_base(self) -> str:

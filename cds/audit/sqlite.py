@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ CREATE INDEX IF NOT EXISTS records_hook_instance ON records(hook_instance);
 CREATE INDEX IF NOT EXISTS records_trace_id ON records(trace_id);
 CREATE TABLE IF NOT EXISTS card_index (card_uuid TEXT PRIMARY KEY, trace_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS feedback_keys (key TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS jti_seen (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);
 """
 
 
@@ -44,6 +46,14 @@ class SqliteTraceStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        # replay-cache writes need no fsync of their own: a second connection
+        # with synchronous=NORMAL keeps them off the durable trace path
+        self._jti = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._jti.execute("PRAGMA synchronous=NORMAL")
+        self._jti.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._jti_lock = threading.Lock()
+        self._claims = 0
 
     def _append_many(
         self,
@@ -121,6 +131,23 @@ class SqliteTraceStore:
             ).fetchone()
         return row[0] if row else None
 
+    def claim_jti(self, iss: str, jti: str, expires_at: float) -> bool:
+        key = f"{iss}\x00{jti}"
+        now = time.time()
+        with self._jti_lock:
+            self._claims += 1
+            if self._claims % 1000 == 0:
+                self._jti.execute("DELETE FROM jti_seen WHERE expires_at < ?", (now,))
+            try:
+                self._jti.execute("INSERT INTO jti_seen VALUES (?, ?)", (key, expires_at))
+            except sqlite3.IntegrityError:
+                updated = self._jti.execute(
+                    "UPDATE jti_seen SET expires_at = ? WHERE key = ? AND expires_at < ?",
+                    (expires_at, key, now),
+                )
+                return updated.rowcount == 1
+        return True
+
     def records_for(self, hook_instance: str) -> list[StoredRecord]:
         with self._lock:
             rows = self._db.execute(
@@ -133,5 +160,6 @@ class SqliteTraceStore:
         ]
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._jti_lock:
             self._db.close()
+            self._jti.close()

@@ -40,6 +40,13 @@ class TraceStore(Protocol):
 
     def trace_of_card(self, card_uuid: str) -> str | None: ...
 
+    def claim_jti(self, iss: str, jti: str, expires_at: float) -> bool:
+        """Record a JWT id; False if it was already used and has not expired (a replay).
+
+        Shared by every service process that uses the store.
+        """
+        ...
+
     def records_for(self, hook_instance: str) -> list[StoredRecord]: ...
 
     def close(self) -> None: ...

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 
 from cds.audit.store import TraceStore, open_store
 from cds.audit.writer import TraceWriter
-from cds.config import Settings
+from cds.config import Settings, load_settings
 from cds.errors import AuthError, CdsError, PayloadTooLargeError, RequestError, operation_outcome
 from cds.rules.compile import CompiledPack
 from cds.rules.load import load_serving_packs
@@ -27,7 +27,7 @@ from cds.service.feedback import parse_feedback, record_feedback
 from cds.service.hooks import discovery, parse_request, service
 from cds.service.pipeline import Runtime, run_call
 
-__all__ = ["create_app"]
+__all__ = ["app_from_env", "create_app"]
 
 log = logging.getLogger("cds.service")
 JSON = "application/json"
@@ -90,7 +90,7 @@ def create_app(
     http = httpx.AsyncClient(follow_redirects=False)
     writer = TraceWriter(store)
     runtime = Runtime(settings=settings, packs=packs, store=store, writer=writer, http=http)
-    authenticate = _auth_check(settings, JwtVerifier(settings.auth, http))
+    authenticate = _auth_check(settings, JwtVerifier(settings.auth, http, store.claim_jti))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -157,3 +157,8 @@ def create_app(
         return JSONResponse({}, status_code=200)
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for ``uvicorn --factory`` worker processes (reads $RUNFORM_CDS_CONFIG)."""
+    return create_app(load_settings())

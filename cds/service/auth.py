@@ -12,8 +12,8 @@ before. Any failure is an :class:`AuthError`; the client only ever sees a bare
 from __future__ import annotations
 
 import json
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,10 @@ import jwt
 from cds.config import AuthClient, AuthSettings
 from cds.errors import AuthError
 
-__all__ = ["ClientIdentity", "JwtVerifier", "ReplayCache"]
+__all__ = ["ClientIdentity", "JwtVerifier", "ReplayClaim"]
+
+#: records a (iss, jti) until it expires; False when it was already seen
+ReplayClaim = Callable[[str, str, float], bool]
 
 
 @dataclass(frozen=True)
@@ -31,25 +34,6 @@ class ClientIdentity:
     iss: str
     jti: str
     tenant: str | None
-
-
-class ReplayCache:
-    """``jti`` values seen, kept until their token expires (per process)."""
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
-
-    def first_use(self, iss: str, jti: str, expires_at: float) -> bool:
-        now = time.time()
-        with self._lock:
-            if len(self._seen) > 10_000:
-                self._seen = {k: exp for k, exp in self._seen.items() if exp > now}
-            key = (iss, jti)
-            if key in self._seen and self._seen[key] > now:
-                return False
-            self._seen[key] = expires_at
-            return True
 
 
 class _KeySet:
@@ -99,11 +83,13 @@ def _parse_jwks(data: Any) -> dict[str, jwt.PyJWK]:
 
 
 class JwtVerifier:
-    def __init__(self, settings: AuthSettings, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self, settings: AuthSettings, http: httpx.AsyncClient, claim_jti: ReplayClaim
+    ) -> None:
         self._settings = settings
         self._http = http
         self._clients = {c.iss: _KeySet(c, settings.jwks_cache_s) for c in settings.clients}
-        self._replay = ReplayCache()
+        self._claim_jti = claim_jti
 
     async def verify(self, authorization: str | None, audience: str) -> ClientIdentity:
         if not authorization or not authorization.startswith("Bearer "):
@@ -149,6 +135,6 @@ class JwtVerifier:
         tenant = claims.get("tenant")
         if client.tenants and tenant not in client.tenants:
             raise AuthError("tenant not on the allowlist")
-        if not self._replay.first_use(client.iss, str(claims["jti"]), exp + s.clock_skew_s):
+        if not self._claim_jti(client.iss, str(claims["jti"]), exp + s.clock_skew_s):
             raise AuthError("jti replayed")
         return ClientIdentity(client.iss, str(claims["jti"]), tenant)
