@@ -137,7 +137,7 @@ def _random_patient(rng: random.Random) -> dict[str, Any]:
     for key in (
         "dx_patellofemoral_pain",
         "dx_iliotibial_band_syndrome",
-        "order_hip_strengthening_program",
+        "order_draft_hip_strengthening_program",
         "order_gait_retraining_video_feedback",
     ):
         if rng.random() < 0.4:

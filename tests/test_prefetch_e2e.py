@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cds.examples import demo_observations, hook_request, patient, pfp_condition
+from cds.examples import demo_observations, hook_request, patient, pfp_condition, searchset
 from tests.conftest import LiveService
 
 PV = "runform-patient-view"
@@ -32,6 +32,7 @@ def _absent(
         "Condition": [pfp_condition(pid)],
     }
     body = hook_request("patient-view", pid)
+    body["prefetch"]["orders"] = searchset([])
     body["prefetch"] = {k: v for k, v in body["prefetch"].items() if k in keep}
     body["fhirServer"] = base
     body["fhirAuthorization"] = AUTH
@@ -45,7 +46,12 @@ def test_absent_keys_are_fetched_with_the_bearer_token(live: LiveService, fhir_s
     assert r.status_code == 200, r.text
     assert "strengthen AND retrain" in r.json()["cards"][0]["summary"]
     paths = sorted(q["path"] for q in behaviour.requests)
-    assert paths == ["/fhir/Condition", "/fhir/Observation", "/fhir/Patient/p1"]
+    assert paths == [
+        "/fhir/Condition",
+        "/fhir/Observation",
+        "/fhir/Patient/p1",
+        "/fhir/ServiceRequest",
+    ]
     assert {q["authorization"] for q in behaviour.requests} == {"Bearer tok-1"}
     obs_query = next(q["query"] for q in behaviour.requests if q["path"] == "/fhir/Observation")
     assert "patient=p1" in obs_query and "_sort=-date" in obs_query
@@ -55,14 +61,14 @@ def test_absent_keys_are_fetched_with_the_bearer_token(live: LiveService, fhir_s
 
 def test_present_keys_are_not_refetched(live: LiveService, fhir_server: Any) -> None:
     base, behaviour = fhir_server
-    body = _absent(base, behaviour, keep=("patient", "conditions"))
+    body = _absent(base, behaviour, keep=("patient", "conditions", "orders"))
     assert live.post(PV, body).status_code == 200
     assert [q["path"] for q in behaviour.requests] == ["/fhir/Observation"]
 
 
 def test_null_key_is_no_data_and_not_fetched(live: LiveService, fhir_server: Any) -> None:
     base, behaviour = fhir_server
-    body = _absent(base, behaviour, keep=("patient", "conditions"))
+    body = _absent(base, behaviour, keep=("patient", "conditions", "orders"))
     body["prefetch"]["observations"] = None
     r = live.post(PV, body)
     assert r.status_code == 200 and r.json() == {"cards": []}
@@ -159,7 +165,7 @@ def test_operation_outcome_in_prefetch_triggers_a_fetch(
     live: LiveService, fhir_server: Any, where: str
 ) -> None:
     base, behaviour = fhir_server
-    body = _absent(base, behaviour, keep=("patient", "conditions"))
+    body = _absent(base, behaviour, keep=("patient", "conditions", "orders"))
     oo = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
     body["prefetch"]["observations"] = (
         oo
@@ -171,3 +177,15 @@ def test_operation_outcome_in_prefetch_triggers_a_fetch(
     assert [q["path"] for q in behaviour.requests] == ["/fhir/Observation"]
     trace = live.store.records_for(body["hookInstance"])[0].body
     assert "OperationOutcome" in trace["notes"][0]
+
+
+def test_optional_orders_that_cannot_be_fetched_do_not_fail_the_call(
+    live: LiveService, fhir_server: Any
+) -> None:
+    base, behaviour = fhir_server
+    body = _absent(base, behaviour, keep=("patient", "observations", "conditions"))
+    behaviour.fail_status = 500
+    r = live.post(PV, body)
+    assert r.status_code == 200
+    trace = live.store.records_for(body["hookInstance"])[0].body
+    assert trace["prefetch"]["orders"].startswith("unavailable (optional)")

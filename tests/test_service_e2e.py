@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cds.examples import demo_observations, hook_request
+from cds.examples import demo_observations, hook_request, searchset
 from tests.cardcheck import assert_valid_response
 from tests.conftest import LiveService
 
@@ -288,11 +288,47 @@ def test_trace_is_stored_with_inputs_pack_rules_and_cards(live: LiveService) -> 
     assert fired["matched"][0]["side"] == "right"
     assert {th["name"] for th in fired["thresholds"]} >= {"pelvic_drop_high"}
     assert [c["uuid"] for c in t["cards"]] == [c["uuid"] for c in cards]
+    orders = t["prefetch"].pop("orders")
     assert t["prefetch"] == {
         "patient": "provided",
         "observations": "provided",
         "conditions": "provided",
     }
+    assert orders.startswith("unavailable (optional)")
+
+
+def _service_request(pid: str, plan: str, status: str) -> dict[str, Any]:
+    return {
+        "resourceType": "ServiceRequest",
+        "id": f"{plan}-{status}",
+        "status": status,
+        "intent": "order",
+        "subject": {"reference": f"Patient/{pid}"},
+        "code": {
+            "coding": [{"system": "http://runform-cds.org/fhir/CodeSystem/plans", "code": plan}]
+        },
+    }
+
+
+def test_active_gait_retraining_order_in_the_chart_silences_the_warning(
+    live: LiveService,
+) -> None:
+    body = hook_request("order-select", "p1")
+    body["prefetch"]["orders"] = searchset(
+        [_service_request("p1", "gait-retraining-video-feedback", "active")]
+    )
+    r = live.post(OS, body)
+    assert r.status_code == 200 and r.json() == {"cards": []}
+
+
+def test_an_active_strengthening_order_alone_is_not_a_draft_order(live: LiveService) -> None:
+    other = {**_service_request("p1", "cadence-retraining", "draft")}
+    body = hook_request("order-select", "p1", draft_orders=[other])
+    body["prefetch"]["orders"] = searchset(
+        [_service_request("p1", "hip-strengthening-program", "active")]
+    )
+    r = live.post(OS, body)
+    assert r.status_code == 200 and r.json() == {"cards": []}
 
 
 def test_feedback_is_recorded_once_against_the_card_trace(live: LiveService) -> None:

@@ -29,7 +29,15 @@ from cds.fhir.codes import (
 from cds.fhir.parse import CarePlan, Condition, Observation, Patient, ServiceRequest, Unreadable
 from cds.fhir.units import UnitError, convert
 
-__all__ = ["ClinicalData", "DiagnosisCode", "FactPolicy", "FactSet", "InputRecord", "build_facts"]
+__all__ = [
+    "ClinicalData",
+    "DiagnosisCode",
+    "FactPolicy",
+    "FactSet",
+    "InputRecord",
+    "build_facts",
+    "order_field",
+]
 
 SIDES: tuple[Side, Side] = ("left", "right")
 _CLINICAL_OK = {"active", "recurrence", "relapse"}
@@ -63,6 +71,7 @@ class ClinicalData:
     observations: list[Observation] = field(default_factory=list)
     conditions: list[Condition] = field(default_factory=list)
     draft_orders: list[ServiceRequest | CarePlan] = field(default_factory=list)
+    active_orders: list[ServiceRequest | CarePlan] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)
 
 
@@ -277,12 +286,20 @@ def _context(data: ClinicalData, policy: FactPolicy, now: datetime) -> dict[str,
             codings = cond.code.coding if cond.code else []
             if any(dc.matches(c.system, c.code) for dc in codes for c in codings):
                 ctx[f"dx_{name.replace('-', '_')}"] = 1
-    for order in data.draft_orders:
-        if order.status not in _ORDER_LIVE:
-            continue
-        for plan in _plans_of(order):
-            ctx[f"order_{plan.replace('-', '_')}"] = 1
+    for state, orders in (("draft", data.draft_orders), ("active", data.active_orders)):
+        for order in orders:
+            if order.status not in _ORDER_LIVE:
+                continue
+            for plan in _plans_of(order):
+                ctx[order_field(plan, state)] = 1
+                ctx[order_field(plan, "any")] = 1
     return ctx
+
+
+def order_field(plan: str, state: str) -> str:
+    """Fact field flagging an order for ``plan`` in ``state`` (draft, active or any)."""
+    prefix = "order" if state == "any" else f"order_{state}"
+    return f"{prefix}_{plan.replace('-', '_')}"
 
 
 def _plans_of(order: ServiceRequest | CarePlan) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from cds.errors import PackError
 from cds.fhir.codes import metric, plan_display
-from cds.fhir.facts import DiagnosisCode, FactPolicy
+from cds.fhir.facts import DiagnosisCode, FactPolicy, order_field
 from cds.fhir.units import UnitError, convert
 from cds.rules.pack import (
     AgeCondition,
@@ -178,7 +178,7 @@ class _Compiler:
         if isinstance(c, OrderCondition):
             if plan_display(c.order) is None:
                 self.fail(where, f"unknown plan {c.order!r}")
-            return _flag(f"order_{c.order.replace('-', '_')}", neg, out)
+            return _flag(order_field(c.order, c.state), neg, out)
         if isinstance(c, QualityCondition):
             fld = f"q_{c.quality}"
             out.fields.add(fld)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cds.fhir.codes import metric
+from cds.fhir.facts import order_field
 from cds.fhir.units import convert
 from cds.rules.compile import resolve_metric_fields
 from cds.rules.pack import (
@@ -86,7 +87,7 @@ def _atom(pack: Pack, c: Condition, fact: dict[str, Any]) -> tuple[bool, str | N
     if isinstance(c, DiagnosisCondition):
         return fact.get(f"dx_{c.diagnosis.replace('-', '_')}") == 1, None
     if isinstance(c, OrderCondition):
-        return fact.get(f"order_{c.order.replace('-', '_')}") == 1, None
+        return fact.get(order_field(c.order, c.state)) == 1, None
     if isinstance(c, QualityCondition):
         value = fact.get(f"q_{c.quality}")
         return isinstance(value, int) and value > 0, None

@@ -102,6 +102,7 @@ class DiagnosisCondition(_Model):
 
 class OrderCondition(_Model):
     order: str
+    state: Literal["any", "draft", "active"] = "any"
 
 
 class QualityCondition(_Model):

@@ -12,7 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cds.errors import RequestError, UnknownServiceError
 from cds.fhir.codes import METRICS_SYSTEM
 
-__all__ = ["SERVICES", "HookRequest", "Service", "discovery", "parse_request", "service"]
+__all__ = [
+    "OPTIONAL_PREFETCH",
+    "PREFETCH",
+    "SERVICES",
+    "HookRequest",
+    "Service",
+    "discovery",
+    "parse_request",
+    "service",
+]
 
 PREFETCH: dict[str, str] = {
     "patient": "Patient/{{context.patientId}}",
@@ -21,7 +30,11 @@ PREFETCH: dict[str, str] = {
         f"&code={METRICS_SYSTEM}|&_sort=-date&_count=100"
     ),
     "conditions": "Condition?patient={{context.patientId}}&clinical-status=active",
+    "orders": "ServiceRequest?patient={{context.patientId}}&status=active",
 }
+#: keys the rules can do without: if they cannot be obtained, the call goes on
+#: and the trace records the gap
+OPTIONAL_PREFETCH = frozenset({"orders"})
 
 
 @dataclass(frozen=True)

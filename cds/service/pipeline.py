@@ -84,6 +84,9 @@ def _clinical_data(req: HookRequest, pre: Prefetched) -> ClinicalData:
         _search(pre.data.get("conditions")), "prefetch.conditions", Condition
     )
     data.unreadable += bad_obs + bad_cond
+    data.active_orders, _ = parse_entries(
+        _search(pre.data.get("orders")), "prefetch.orders", ServiceRequest
+    )
     for i, raw in enumerate(_search(req.context.get("draftOrders"))):
         parsed = parse_resource(raw, f"context.draftOrders.entry[{i}]")
         if isinstance(parsed, ServiceRequest | CarePlan):

@@ -17,7 +17,7 @@ import httpx
 
 from cds.errors import PrefetchError
 from cds.fhir.fetch import FetchError, FhirFetcher
-from cds.service.hooks import PREFETCH, HookRequest, resolve_template
+from cds.service.hooks import OPTIONAL_PREFETCH, PREFETCH, HookRequest, resolve_template
 
 __all__ = ["Prefetched", "resolve_prefetch"]
 
@@ -52,55 +52,67 @@ def _has_next(value: Any) -> bool:
     )
 
 
-async def _resolve(req: HookRequest, fetcher: FhirFetcher | None, out: Prefetched) -> None:
+async def _resolve_key(
+    key: str, template: str, req: HookRequest, fetcher: FhirFetcher | None, out: Prefetched
+) -> None:
     provided = req.prefetch or {}
-    for key, template in PREFETCH.items():
-        if key in provided and provided[key] is None:
-            out.data[key], out.how[key] = None, "null (client has no data)"
-            continue
-        if key in provided:
-            problem = _outcome_problem(provided[key])
-            if problem is None:
-                value = provided[key]
-                if _has_next(value):
-                    if fetcher is None:
-                        raise PrefetchError(
-                            f"prefetch {key!r} is paginated and there is no fhirServer "
-                            "to follow it",
-                            expression=f"prefetch.{key}",
-                        )
-                    await fetcher.complete(value)
-                    out.how[key] = "provided (pages followed)"
-                else:
-                    out.how[key] = "provided"
-                out.data[key] = value
-                continue
-            out.notes.append(f"prefetch {key}: {problem}; fetching instead")
-        if fetcher is None:
-            raise PrefetchError(
-                f"prefetch key {key!r} was not provided and no fhirServer was given to fetch it",
-                expression=f"prefetch.{key}",
-            )
-        out.data[key] = await fetcher.read(resolve_template(template, req))
-        out.how[key] = "fetched"
+    if key in provided and provided[key] is None:
+        out.data[key], out.how[key] = None, "null (client has no data)"
+        return
+    if key in provided:
+        problem = _outcome_problem(provided[key])
+        if problem is None:
+            value = provided[key]
+            if _has_next(value):
+                if fetcher is None:
+                    raise PrefetchError(
+                        f"prefetch {key!r} is paginated and there is no fhirServer to follow it",
+                        expression=f"prefetch.{key}",
+                    )
+                await fetcher.complete(value)
+                out.how[key] = "provided (pages followed)"
+            else:
+                out.how[key] = "provided"
+            out.data[key] = value
+            return
+        out.notes.append(f"prefetch {key}: {problem}; fetching instead")
+    if fetcher is None:
+        raise PrefetchError(
+            f"prefetch key {key!r} was not provided and no fhirServer was given to fetch it",
+            expression=f"prefetch.{key}",
+        )
+    out.data[key] = await fetcher.read(resolve_template(template, req))
+    out.how[key] = "fetched"
 
 
 async def resolve_prefetch(
     req: HookRequest, client: httpx.AsyncClient, *, timeout_s: float, max_pages: int
 ) -> Prefetched:
-    """Every prefetch key's data, or :class:`PrefetchError` within ``timeout_s``."""
+    """Every prefetch key's data, or :class:`PrefetchError`, within ``timeout_s`` in total."""
     fetcher = None
     if req.fhirServer:
         token = req.fhirAuthorization.access_token if req.fhirAuthorization else None
         fetcher = FhirFetcher(client, req.fhirServer, token, max_pages=max_pages)
     out = Prefetched()
-    try:
-        async with asyncio.timeout(timeout_s):
-            await _resolve(req, fetcher, out)
-    except TimeoutError:
-        raise PrefetchError(
-            f"the FHIR server did not provide the data within {timeout_s:g} s"
-        ) from None
-    except FetchError as exc:
-        raise PrefetchError(f"could not fetch required FHIR data: {exc}") from None
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    for key, template in PREFETCH.items():
+        try:
+            async with asyncio.timeout_at(deadline):
+                await _resolve_key(key, template, req, fetcher, out)
+        except (TimeoutError, FetchError, PrefetchError) as exc:
+            reason = _reason(exc, timeout_s)
+            if key not in OPTIONAL_PREFETCH:
+                if isinstance(exc, PrefetchError):
+                    raise
+                raise PrefetchError(reason, expression=f"prefetch.{key}") from None
+            out.data[key] = None
+            out.how[key] = f"unavailable (optional): {reason}"
     return out
+
+
+def _reason(exc: Exception, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"the FHIR server did not provide the data within {timeout_s:g} s"
+    if isinstance(exc, PrefetchError):
+        return exc.message
+    return f"could not fetch required FHIR data: {exc}"
