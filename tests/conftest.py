@@ -84,9 +84,14 @@ def service_factory(tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner) 
         ctx = serve(app, port)
         url = ctx.__enter__()
         stack.append(ctx)
-        return LiveService(url, store, settings, es_signer)
+        live = LiveService(url, store, settings, es_signer)
+        clients.append(live.client)
+        return live
 
+    clients: list[CdsClient] = []
     yield start
+    for client in clients:
+        client.close()
     for ctx in reversed(stack):
         ctx.__exit__(None, None, None)
 
