@@ -77,3 +77,24 @@ def render_records(records: list[StoredRecord]) -> str:
         lines.extend(_trace(rec) if rec.kind == "trace" else _feedback(rec))
         lines.append("")
     return "\n".join(lines)
+
+
+def render_list(items: list[tuple[StoredRecord, list[StoredRecord]]]) -> str:
+    """One line per trace: time, hookInstance, patient, pack, cards, feedback."""
+    lines = [
+        f"{'recorded':<20} {'hookInstance':<36} {'patient':<20} {'pack':<18} "
+        f"{'status':>6}  cards / feedback"
+    ]
+    for rec, feedback in items:
+        b = rec.body
+        pack = (b.get("packs") or [{}])[0]
+        cards = ", ".join(f"{c['indicator']}:{c.get('rule_id')}" for c in b.get("cards", []))
+        fb = ", ".join(str(f.body.get("outcome")) for f in feedback)
+        lines.append(
+            f"{rec.recorded_at[:19]:<20} {rec.hook_instance or '-':<36} "
+            f"{str(b.get('patient'))[:20]:<20} {pack.get('id', '-')}@{pack.get('version', '-'):<8} "
+            f"{b.get('outcome', {}).get('status', '-'):>6}  {cards or '-'}"
+            + (f" / {fb}" if fb else "")
+        )
+    lines.append(f"{len(items)} trace(s)")
+    return "\n".join(lines)

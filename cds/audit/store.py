@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cds.audit.chain import Checkpoint, RawRecord, VerifyResult
 from cds.errors import ConfigError
 
-__all__ = ["StoredRecord", "TraceStore", "open_store"]
+__all__ = ["StoredRecord", "TraceFilter", "TraceStore", "open_store"]
 
 
 @dataclass(frozen=True)
@@ -22,23 +24,43 @@ class StoredRecord:
     hash: str
 
 
+@dataclass(frozen=True)
+class TraceFilter:
+    """What ``audit list`` and ``audit export`` select; every field is optional."""
+
+    patient: str | None = None
+    since: str | None = None  # ISO 8601, inclusive
+    until: str | None = None  # ISO 8601, exclusive
+    rule: str | None = None
+    pack_version: str | None = None
+    indicator: str | None = None
+    outcome: str | None = None  # accepted | overridden | none (no feedback) | error
+    limit: int | None = None
+
+
 class TraceStore(Protocol):
     """Append-only, hash-chained storage of traces and feedback.
 
-    ``append_trace`` returns only after the record is durably committed.
+    Appends return only after the record is durably committed.
     """
-
-    def append_trace(self, trace: dict[str, Any]) -> StoredRecord: ...
 
     def append_traces(self, traces: list[dict[str, Any]]) -> list[StoredRecord]:
         """Append several traces in one durable commit (group commit)."""
         ...
+
+    def append_trace(self, trace: dict[str, Any]) -> StoredRecord: ...
 
     def append_feedback(self, trace_id: str, key: str, feedback: dict[str, Any]) -> bool:
         """Record feedback once per ``key``; return False if it was already recorded."""
         ...
 
     def trace_of_card(self, card_uuid: str) -> str | None: ...
+
+    def records_for(self, hook_instance: str) -> list[StoredRecord]: ...
+
+    def search(self, where: TraceFilter) -> list[tuple[StoredRecord, list[StoredRecord]]]:
+        """Matching traces, oldest first, each with its feedback records."""
+        ...
 
     def claim_jti(self, iss: str, jti: str, expires_at: float) -> bool:
         """Record a JWT id; False if it was already used and has not expired (a replay).
@@ -47,17 +69,33 @@ class TraceStore(Protocol):
         """
         ...
 
-    def records_for(self, hook_instance: str) -> list[StoredRecord]: ...
+    def iter_raw(self, start: int = 1) -> Iterator[RawRecord]: ...
+
+    def verify(self) -> VerifyResult: ...
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None: ...
+
+    def checkpoints(self) -> list[Checkpoint]: ...
+
+    def hash_at(self, seq: int) -> str | None:
+        """The stored hash of the record at position ``seq``."""
+        ...
 
     def close(self) -> None: ...
 
 
 def open_store(url: str) -> TraceStore:
-    """Open the store named by ``url`` (``sqlite:///path`` or ``sqlite://:memory:``)."""
+    """Open the store named by ``url``.
+
+    ``sqlite:///path`` (or ``sqlite://:memory:``), or
+    ``postgresql://user@host:port/db[?schema=name]``.
+    """
     if url.startswith("sqlite://"):
         from cds.audit.sqlite import SqliteTraceStore
 
         return SqliteTraceStore(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
     if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("the PostgreSQL trace store is not available in this version")
+        from cds.audit.postgres import PostgresTraceStore
+
+        return PostgresTraceStore(url)
     raise ConfigError(f"store.url: unsupported scheme in {url!r} (use sqlite:/// or postgresql://)")

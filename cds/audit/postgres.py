@@ -1,0 +1,103 @@
+"""PostgreSQL trace store: the scale-out backend.
+
+Several service processes may append at once: every append transaction first
+takes a transaction-scoped advisory lock, so the chain stays one sequence.
+Commits are durable (``synchronous_commit`` on) except for the replay cache,
+which does not need it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import psycopg
+
+from cds.audit.sql import SqlTraceStore
+from cds.errors import ConfigError
+
+__all__ = ["PostgresTraceStore"]
+
+_CHAIN_LOCK = 0x52554E46  # "RUNF"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq BIGINT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    hook_instance TEXT,
+    patient TEXT,
+    recorded_at TEXT NOT NULL,
+    body TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_hook_instance ON records(hook_instance);
+CREATE INDEX IF NOT EXISTS records_trace_id ON records(trace_id);
+CREATE INDEX IF NOT EXISTS records_patient ON records(patient);
+CREATE INDEX IF NOT EXISTS records_recorded_at ON records(recorded_at);
+CREATE TABLE IF NOT EXISTS card_index (card_uuid TEXT PRIMARY KEY, trace_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback_keys (key TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS jti_seen (key TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq BIGINT NOT NULL, hash TEXT NOT NULL, signed_at TEXT NOT NULL,
+    key_id TEXT NOT NULL, signature TEXT NOT NULL
+);
+"""
+_CLAIM = (
+    "INSERT INTO jti_seen (key, expires_at) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE "
+    "SET expires_at = excluded.expires_at WHERE jti_seen.expires_at < %s"
+)
+
+
+def _split_schema(url: str) -> tuple[str, str | None]:
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    schema = query.pop("schema", [None])[0]
+    if schema is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+        raise ConfigError(f"store.url: schema {schema!r} must be a lower-case SQL identifier")
+    rest = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+class PostgresTraceStore(SqlTraceStore):
+    P = "%s"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        dsn, schema = _split_schema(url)
+        try:
+            self._db = psycopg.connect(dsn, autocommit=True)
+        except psycopg.Error as exc:
+            raise ConfigError(f"store.url: cannot connect to PostgreSQL: {exc}") from exc
+        with self._db.transaction(), self._db.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK,))
+            if schema:
+                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                cur.execute(f'SET search_path TO "{schema}"')
+            cur.execute(_SCHEMA)
+        if schema:
+            self._db.execute(f'SET search_path TO "{schema}"')
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        with self._lock, self._db.transaction(), self._db.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK,))
+            yield cur
+
+    @contextmanager
+    def _read(self) -> Iterator[Any]:
+        with self._lock, self._db.cursor() as cur:
+            yield cur
+
+    def _claim(self, key: str, expires_at: float, now: float) -> bool:
+        with self._lock, self._db.transaction(), self._db.cursor() as cur:
+            cur.execute("SET LOCAL synchronous_commit TO OFF")
+            cur.execute(_CLAIM, (key, expires_at, now))
+            return cur.rowcount == 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,244 @@
+"""What the SQLite and PostgreSQL trace stores share: schema, chain, queries, verify."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any
+
+from cds.audit.chain import (
+    GENESIS,
+    Checkpoint,
+    RawRecord,
+    VerifyResult,
+    canonical_json,
+    record_hash,
+    verify_rows,
+)
+from cds.audit.store import StoredRecord, TraceFilter
+
+__all__ = ["SqlTraceStore"]
+
+Row = tuple[str, str, str | None, str | None, dict[str, Any]]  # kind, trace_id, hook, patient, body
+_COLUMNS = "seq, kind, trace_id, hook_instance, recorded_at, body, prev_hash, hash"
+
+
+def _record(row: Any) -> StoredRecord:
+    return StoredRecord(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6], row[7])
+
+
+class SqlTraceStore(ABC):
+    """A trace store over a DB-API connection; subclasses supply the dialect."""
+
+    #: DB-API parameter placeholder of the driver
+    P = "?"
+    BATCH = 5000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    # -- dialect -------------------------------------------------------------------
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Any]:
+        """A cursor in a transaction that holds the chain's write lock; commits on exit."""
+
+    @abstractmethod
+    def _read(self) -> AbstractContextManager[Any]:
+        """A cursor for reading."""
+
+    @abstractmethod
+    def _claim(self, key: str, expires_at: float, now: float) -> bool: ...
+
+    def _q(self, sql: str) -> str:
+        return sql.replace("?", self.P)
+
+    # -- appends -------------------------------------------------------------------
+    def _append_many(
+        self, rows: list[Row], extra: list[tuple[str, tuple[Any, ...]]]
+    ) -> list[StoredRecord]:
+        encoded = [(k, tid, hi, pat, body, canonical_json(body)) for k, tid, hi, pat, body in rows]
+        now = datetime.now(UTC).isoformat()
+        out: list[StoredRecord] = []
+        insert = self._q(
+            f"INSERT INTO records ({_COLUMNS}, patient) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        with self._write() as cur:
+            cur.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1")
+            last = cur.fetchone()
+            seq, prev = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+            for kind, tid, hi, patient, body, body_json in encoded:
+                seq += 1
+                digest = record_hash(prev, seq, kind, now, body_json)
+                cur.execute(insert, (seq, kind, tid, hi, now, body_json, prev, digest, patient))
+                out.append(StoredRecord(seq, kind, tid, hi, now, body, prev, digest))
+                prev = digest
+            for sql, params in extra:
+                cur.execute(self._q(sql), params)
+        return out
+
+    def append_traces(self, traces: list[dict[str, Any]]) -> list[StoredRecord]:
+        rows: list[Row] = [
+            ("trace", t["trace_id"], t.get("hook_instance"), t.get("patient"), t) for t in traces
+        ]
+        extra = [
+            (
+                "INSERT INTO card_index (card_uuid, trace_id) VALUES (?, ?)",
+                (c["uuid"], t["trace_id"]),
+            )
+            for t in traces
+            for c in t.get("cards", [])
+        ]
+        return self._append_many(rows, extra)
+
+    def append_trace(self, trace: dict[str, Any]) -> StoredRecord:
+        return self.append_traces([trace])[0]
+
+    def append_feedback(self, trace_id: str, key: str, feedback: dict[str, Any]) -> bool:
+        with self._read() as cur:
+            cur.execute(self._q("SELECT 1 FROM feedback_keys WHERE key = ?"), (key,))
+            if cur.fetchone():
+                return False
+            cur.execute(
+                self._q(
+                    "SELECT hook_instance, patient FROM records "
+                    "WHERE trace_id = ? AND kind = 'trace'"
+                ),
+                (trace_id,),
+            )
+            found = cur.fetchone()
+        hook_instance, patient = (found[0], found[1]) if found else (None, None)
+        try:
+            self._append_many(
+                [("feedback", trace_id, hook_instance, patient, feedback)],
+                [("INSERT INTO feedback_keys (key) VALUES (?)", (key,))],
+            )
+        except Exception as exc:  # unique violation: a concurrent duplicate won the race
+            if "unique" in str(exc).lower() or "duplicate" in str(exc).lower():
+                return False
+            raise
+        return True
+
+    def claim_jti(self, iss: str, jti: str, expires_at: float) -> bool:
+        return self._claim(f"{iss} {jti}", expires_at, time.time())
+
+    # -- reads -----------------------------------------------------------------------
+    def trace_of_card(self, card_uuid: str) -> str | None:
+        with self._read() as cur:
+            cur.execute(
+                self._q("SELECT trace_id FROM card_index WHERE card_uuid = ?"), (card_uuid,)
+            )
+            row = cur.fetchone()
+        return str(row[0]) if row else None
+
+    def records_for(self, hook_instance: str) -> list[StoredRecord]:
+        with self._read() as cur:
+            cur.execute(
+                self._q(f"SELECT {_COLUMNS} FROM records WHERE hook_instance = ? ORDER BY seq"),
+                (hook_instance,),
+            )
+            return [_record(r) for r in cur.fetchall()]
+
+    def search(self, where: TraceFilter) -> list[tuple[StoredRecord, list[StoredRecord]]]:
+        sql, params = f"SELECT {_COLUMNS} FROM records WHERE 1 = 1", []
+        if where.patient:
+            sql += " AND patient = ?"
+            params.append(where.patient if "/" in where.patient else f"Patient/{where.patient}")
+        if where.since:
+            sql += " AND recorded_at >= ?"
+            params.append(where.since)
+        if where.until:
+            sql += " AND recorded_at < ?"
+            params.append(where.until)
+        with self._read() as cur:
+            cur.execute(self._q(sql + " ORDER BY seq"), tuple(params))
+            records = [_record(r) for r in cur.fetchall()]
+        feedback: dict[str, list[StoredRecord]] = {}
+        for rec in records:
+            if rec.kind == "feedback":
+                feedback.setdefault(rec.trace_id, []).append(rec)
+        out = []
+        for rec in records:
+            if rec.kind == "trace" and _matches(rec, feedback.get(rec.trace_id, []), where):
+                out.append((rec, feedback.get(rec.trace_id, [])))
+        return out[: where.limit] if where.limit else out
+
+    # -- the chain -------------------------------------------------------------------
+    def iter_raw(self, start: int = 1) -> Iterator[RawRecord]:
+        sql = self._q(
+            "SELECT seq, kind, recorded_at, body, prev_hash, hash FROM records "
+            "WHERE seq >= ? ORDER BY seq LIMIT ?"
+        )
+        while True:
+            with self._read() as cur:
+                cur.execute(sql, (start, self.BATCH))
+                rows = cur.fetchall()
+            for r in rows:
+                yield RawRecord(int(r[0]), r[1], r[2], r[3], r[4], r[5])
+            if len(rows) < self.BATCH:
+                return
+            start = int(rows[-1][0]) + 1
+
+    def seq_of_hash(self, digest: str) -> int | None:
+        with self._read() as cur:
+            cur.execute(self._q("SELECT seq FROM records WHERE hash = ?"), (digest,))
+            row = cur.fetchone()
+        return int(row[0]) if row else None
+
+    def verify(self) -> VerifyResult:
+        return verify_rows(self.iter_raw(), self.seq_of_hash)
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        with self._write() as cur:
+            cur.execute(
+                self._q(
+                    "INSERT INTO checkpoints (seq, hash, signed_at, key_id, signature) "
+                    "VALUES (?, ?, ?, ?, ?)"
+                ),
+                (
+                    checkpoint.seq,
+                    checkpoint.hash,
+                    checkpoint.signed_at,
+                    checkpoint.key_id,
+                    checkpoint.signature,
+                ),
+            )
+
+    def checkpoints(self) -> list[Checkpoint]:
+        with self._read() as cur:
+            cur.execute(
+                "SELECT seq, hash, signed_at, key_id, signature FROM checkpoints ORDER BY seq"
+            )
+            return [Checkpoint(int(r[0]), r[1], r[2], r[3], r[4]) for r in cur.fetchall()]
+
+    def hash_at(self, seq: int) -> str | None:
+        with self._read() as cur:
+            cur.execute(self._q("SELECT hash FROM records WHERE seq = ?"), (seq,))
+            row = cur.fetchone()
+        return str(row[0]) if row else None
+
+
+def _matches(rec: StoredRecord, feedback: list[StoredRecord], where: TraceFilter) -> bool:
+    body = rec.body
+    if where.rule and where.rule not in {r.get("rule_id") for r in body.get("rules_fired", [])}:
+        return False
+    if where.pack_version and where.pack_version not in {
+        p.get("version") for p in body.get("packs", [])
+    }:
+        return False
+    if where.indicator and where.indicator not in {
+        c.get("indicator") for c in body.get("cards", [])
+    }:
+        return False
+    if where.outcome:
+        outcomes = {f.body.get("outcome") for f in feedback}
+        if body.get("outcome", {}).get("status", 200) != 200:
+            outcomes.add("error")
+        if where.outcome == "none":
+            return not outcomes
+        return where.outcome in outcomes
+    return True

@@ -1,0 +1,349 @@
+"""The audit trail: chain verification against tampering, checkpoints, queries, exports,
+on SQLite and on the real PostgreSQL at 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from cds.audit.chain import canonical_json, record_hash, sign_checkpoint
+from cds.audit.export import Pseudonymiser, to_csv, to_fhir_bundle
+from cds.audit.keys import load_private_key, write_keypair
+from cds.audit.store import TraceFilter, TraceStore, open_store
+from cds.audit.verify import verify_store
+
+PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def pg_available() -> bool:
+    try:
+        psycopg.connect(PG_BASE, connect_timeout=3).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _trace(
+    i: int, patient: str = "p1", rule: str = "r1", indicator: str = "warning", status: int = 200
+) -> dict[str, Any]:
+    trace_id = str(uuid.uuid4())
+    return {
+        "trace_id": trace_id,
+        "hook_instance": str(uuid.uuid4()),
+        "service": "runform-patient-view",
+        "hook": "patient-view",
+        "received_at": f"2026-11-23T10:00:{i % 60:02d}+00:00",
+        "patient": f"Patient/{patient}",
+        "user": "Practitioner/x",
+        "packs": [
+            {
+                "id": "runform-core",
+                "url": "http://runform-cds.org/fhir/PlanDefinition/x",
+                "version": "1.0.0",
+                "sha256": "0" * 64,
+                "status": "active",
+            }
+        ],
+        "engine": {"name": "durable-rules", "version": "2.0.28", "runform_cds": "0.1.0"},
+        "inputs": {
+            "used": [
+                {
+                    "resource": f"Observation/o{i}/_history/1",
+                    "code": "cadence",
+                    "value": 170.0,
+                    "unit": "/min",
+                }
+            ],
+            "excluded": [],
+        },
+        "rules_fired": [
+            {
+                "rule_id": rule,
+                "category": "recommendation",
+                "sides": ["right"],
+                "card_uuid": f"card-{trace_id}",
+                "thresholds": [{"name": "t", "value": 5, "unit": "deg", "label": "X"}],
+            }
+        ],
+        "cards": [
+            {
+                "uuid": f"card-{trace_id}",
+                "summary": f"card {i}",
+                "indicator": indicator,
+                "rule_id": rule,
+            }
+        ],
+        "outcome": {"status": status},
+    }
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema in the real PostgreSQL, dropped afterwards."""
+    if not pg_available():
+        pytest.fail("PostgreSQL at 127.0.0.1:5432 is required for this test")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield f"{PG_BASE}?schema={schema}"
+    with psycopg.connect(PG_BASE, autocommit=True) as db:
+        db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'audit.db'}"
+    else:
+        yield request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[TraceStore]:
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+class Raw:
+    """Direct SQL on the store's database, bypassing the store: the tamperer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        if self.url.startswith("sqlite"):
+            import sqlite3
+
+            db = sqlite3.connect(self.url.removeprefix("sqlite:///"), isolation_level=None)
+            try:
+                return db.execute(sql, params).fetchall()
+            finally:
+                db.close()
+        base, _, schema = self.url.partition("?schema=")
+        with psycopg.connect(base, autocommit=True) as db:
+            db.execute(f'SET search_path TO "{schema}"')
+            cur = db.execute(sql.replace("?", "%s"), params)
+            return cur.fetchall() if cur.description else []
+
+    def row(self, seq: int) -> tuple[Any, ...]:
+        return tuple(
+            self.execute(
+                "SELECT kind, recorded_at, body, prev_hash, hash FROM records WHERE seq = ?", (seq,)
+            )[0]
+        )
+
+
+def _fill(store: TraceStore, n: int = 10) -> None:
+    store.append_traces([_trace(i) for i in range(n // 2)])
+    for i in range(n // 2, n):
+        store.append_trace(_trace(i))
+
+
+def test_an_untouched_chain_verifies(store: TraceStore) -> None:
+    _fill(store)
+    result = store.verify()
+    assert result.ok and result.records == 10 and result.head_seq == 10
+
+
+def test_an_altered_record_is_found_at_its_position(store: TraceStore, store_url: str) -> None:
+    _fill(store)
+    raw = Raw(store_url)
+    body = json.loads(raw.row(5)[2])
+    body["cards"][0]["indicator"] = "info"
+    raw.execute("UPDATE records SET body = ? WHERE seq = 5", (canonical_json(body),))
+    problem = store.verify().problem
+    assert problem is not None and (problem.kind, problem.position) == ("altered", 5)
+
+
+def test_an_altered_and_rehashed_record_breaks_the_next_link(
+    store: TraceStore, store_url: str
+) -> None:
+    _fill(store)
+    raw = Raw(store_url)
+    kind, at, body_json, prev, _ = raw.row(5)
+    forged = body_json.replace("warning", "info")
+    assert forged != body_json
+    raw.execute(
+        "UPDATE records SET body = ?, hash = ? WHERE seq = 5",
+        (forged, record_hash(prev, 5, kind, at, forged)),
+    )
+    problem = store.verify().problem
+    assert problem is not None and (problem.kind, problem.position) == ("broken-link", 6)
+
+
+def test_a_removed_record_is_found(store: TraceStore, store_url: str) -> None:
+    _fill(store)
+    Raw(store_url).execute("DELETE FROM records WHERE seq = 4")
+    problem = store.verify().problem
+    assert problem is not None and (problem.kind, problem.position) == ("removed", 4)
+
+
+def test_reordered_records_are_found(store: TraceStore, store_url: str) -> None:
+    _fill(store)
+    raw = Raw(store_url)
+    three, seven = raw.row(3), raw.row(7)
+    for seq, row in ((3, seven), (7, three)):
+        raw.execute(
+            "UPDATE records SET kind = ?, recorded_at = ?, body = ?, prev_hash = ?, "
+            "hash = ? WHERE seq = ?",
+            (*row, seq),
+        )
+    problem = store.verify().problem
+    assert problem is not None and (problem.kind, problem.position) == ("reordered", 3)
+    assert "written at position 7" in problem.detail
+
+
+def test_signed_checkpoints_expose_a_rewritten_chain(
+    store: TraceStore, store_url: str, tmp_path: Path
+) -> None:
+    _fill(store, 6)
+    private, public = write_keypair(tmp_path / "audit")
+    head = store.verify()
+    cp = sign_checkpoint(head.head_seq, head.head_hash, load_private_key(private))
+    store.save_checkpoint(cp)
+    exported = tmp_path / "cp.json"
+    exported.write_text(json.dumps(cp.as_dict()))
+    assert verify_store(store, public_key=public, checkpoint_files=[exported]).ok
+    # rewrite the whole chain consistently from record 2 on: the chain alone verifies ...
+    raw = Raw(store_url)
+    prev = raw.row(1)[4]
+    for seq in range(2, 7):
+        kind, at, body_json, _, _ = raw.row(seq)
+        body_json = body_json.replace("warning", "info")
+        digest = record_hash(prev, seq, kind, at, body_json)
+        raw.execute(
+            "UPDATE records SET body = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            (body_json, prev, digest, seq),
+        )
+        prev = digest
+    report = verify_store(store, public_key=public, checkpoint_files=[exported])
+    assert report.chain.ok
+    assert not report.ok and "no longer has the signed hash at position 6" in report.text
+    # ... and a checkpoint signed by another key is refused
+    _, other_public = write_keypair(tmp_path / "other")
+    assert not verify_store(store, public_key=other_public).ok
+
+
+def test_truncating_the_tail_is_caught_by_a_checkpoint(
+    store: TraceStore, store_url: str, tmp_path: Path
+) -> None:
+    _fill(store, 6)
+    private, public = write_keypair(tmp_path / "k")
+    head = store.verify()
+    store.save_checkpoint(sign_checkpoint(head.head_seq, head.head_hash, load_private_key(private)))
+    Raw(store_url).execute("DELETE FROM records WHERE seq >= 5")
+    report = verify_store(store, public_key=public)
+    assert report.chain.ok and not report.ok
+
+
+def test_feedback_links_to_the_trace_and_is_idempotent(store: TraceStore) -> None:
+    t = _trace(1)
+    store.append_trace(t)
+    fb = {"card": t["cards"][0]["uuid"], "outcome": "accepted"}
+    assert store.trace_of_card(t["cards"][0]["uuid"]) == t["trace_id"]
+    assert store.append_feedback(t["trace_id"], "k1", fb) is True
+    assert store.append_feedback(t["trace_id"], "k1", fb) is False
+    kinds = [r.kind for r in store.records_for(t["hook_instance"])]
+    assert kinds == ["trace", "feedback"]
+    assert store.verify().ok
+
+
+def test_search_filters(store: TraceStore) -> None:
+    a, b, c = (
+        _trace(1, "p1", "r1"),
+        _trace(2, "p2", "r2", "info"),
+        _trace(3, "p1", "r2", status=412),
+    )
+    store.append_traces([a, b, c])
+    store.append_feedback(
+        a["trace_id"], "f", {"card": a["cards"][0]["uuid"], "outcome": "overridden"}
+    )
+    ids = lambda f: [r.trace_id for r, _ in store.search(f)]  # noqa: E731
+    assert ids(TraceFilter(patient="p1")) == [a["trace_id"], c["trace_id"]]
+    assert ids(TraceFilter(rule="r2")) == [b["trace_id"], c["trace_id"]]
+    assert ids(TraceFilter(indicator="info")) == [b["trace_id"]]
+    assert ids(TraceFilter(outcome="overridden")) == [a["trace_id"]]
+    assert ids(TraceFilter(outcome="none")) == [b["trace_id"]]
+    assert ids(TraceFilter(outcome="error")) == [c["trace_id"]]
+    assert ids(TraceFilter(pack_version="9.9.9")) == []
+    assert ids(TraceFilter(since="2000-01-01", until="2000-01-02")) == []
+
+
+def test_jti_claims_are_shared_and_expire(store: TraceStore) -> None:
+    import time
+
+    assert store.claim_jti("iss", "j1", time.time() + 60)
+    assert not store.claim_jti("iss", "j1", time.time() + 60)
+    assert store.claim_jti("iss", "j2", time.time() - 1)
+    assert store.claim_jti("iss", "j2", time.time() + 60)  # expired entry may be reused
+
+
+def test_exports_csv_and_a_valid_fhir_bundle_with_pseudonyms(store: TraceStore) -> None:
+    t = _trace(1, "secret-patient")
+    store.append_trace(t)
+    store.append_feedback(
+        t["trace_id"],
+        "f",
+        {
+            "card": t["cards"][0]["uuid"],
+            "outcome": "overridden",
+            "overrideReason": {"userComment": "patient declined"},
+        },
+    )
+    items = store.search(TraceFilter())
+    rows = list(csv.DictReader(io.StringIO(to_csv(items, Pseudonymiser(None)))))
+    assert rows[0]["patient"] == "Patient/secret-patient"
+    assert rows[0]["feedback"] == "overridden" and rows[0]["override_reason"] == "patient declined"
+    pseudo = Pseudonymiser(b"export-key")
+    text = json.dumps(to_fhir_bundle(items, pseudo))
+    assert "secret-patient" not in text
+    bundle = json.loads(text)
+    types = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert types == ["GuidanceResponse", "Parameters", "Provenance", "AuditEvent"]
+    gr = bundle["entry"][0]["resource"]
+    assert gr["requestIdentifier"]["value"] == f"urn:uuid:{t['hook_instance']}"
+    assert gr["moduleCanonical"].endswith("|1.0.0")
+    assert gr["subject"]["reference"] == pseudo.patient("Patient/secret-patient")
+    params = bundle["entry"][1]["resource"]
+    assert params["parameter"][0]["part"][0] == {"name": "rule", "valueString": "r1"}
+    prov = bundle["entry"][2]["resource"]
+    assert prov["entity"][0]["what"]["reference"] == "Observation/o1"
+
+
+def _writer(url: str, n: int, tag: str) -> None:
+    store = open_store(url)
+    for i in range(n):
+        store.append_trace(_trace(i, patient=tag))
+    store.close()
+
+
+@pytest.mark.postgres
+def test_concurrent_writer_processes_keep_one_valid_chain(pg_url: str) -> None:
+    store_url = pg_url
+    open_store(store_url).close()  # create the schema once
+    code = (
+        "import sys; from tests.test_audit import _writer; "
+        "_writer(sys.argv[1], int(sys.argv[2]), sys.argv[3])"
+    )
+    root = Path(__file__).resolve().parent.parent
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, store_url, "40", f"w{i}"], cwd=root)
+        for i in range(4)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    store = open_store(store_url)
+    try:
+        result = store.verify()
+        assert result.ok and result.records == 160
+        assert len(store.search(TraceFilter(patient="w3"))) == 40
+    finally:
+        store.close()
