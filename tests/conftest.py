@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cds.audit.sqlite import SqliteTraceStore
+from cds.audit.store import TraceStore, open_store
 from cds.client import CdsClient, JwtSigner
 from cds.config import Settings
 from cds.rules.compile import CompiledPack
@@ -18,6 +18,7 @@ from tests.servers import FhirBehaviour, fhir_app, free_port, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE_PACK = ROOT / "rule_packs" / "runform-core"
+PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
 ES_ISSUER = "https://ehr-es.example.org"
 RS_ISSUER = "https://ehr-rs.example.org"
 
@@ -43,9 +44,7 @@ def rs_signer() -> JwtSigner:
 
 
 class LiveService:
-    def __init__(
-        self, url: str, store: SqliteTraceStore, settings: Settings, signer: JwtSigner
-    ) -> None:
+    def __init__(self, url: str, store: TraceStore, settings: Settings, signer: JwtSigner) -> None:
         self.url = url
         self.store = store
         self.settings = settings
@@ -79,7 +78,7 @@ def service_factory(tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner) 
         for section, values in overrides.items():
             data.setdefault(section, {}).update(values)
         settings = Settings.model_validate(data)
-        store = SqliteTraceStore(str(tmp_path / f"traces-{port}.db"))
+        store = open_store(settings.store.url)
         app = create_app(settings, store=store)
         ctx = serve(app, port)
         url = ctx.__enter__()
@@ -117,3 +116,28 @@ def caplog_all(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 def dumps(x: Any) -> str:
     return json.dumps(x, sort_keys=True)
+
+
+def pg_available() -> bool:
+    import psycopg
+
+    try:
+        psycopg.connect(PG_BASE, connect_timeout=3).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema in the real PostgreSQL at 127.0.0.1:5432, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    if not pg_available():
+        pytest.fail("PostgreSQL at 127.0.0.1:5432 is required for this test")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield f"{PG_BASE}?schema={schema}"
+    with psycopg.connect(PG_BASE, autocommit=True) as db:
+        db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -22,16 +22,6 @@ from cds.audit.keys import load_private_key, write_keypair
 from cds.audit.store import TraceFilter, TraceStore, open_store
 from cds.audit.verify import verify_store
 
-PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def pg_available() -> bool:
-    try:
-        psycopg.connect(PG_BASE, connect_timeout=3).close()
-    except psycopg.Error:
-        return False
-    return True
-
 
 def _trace(
     i: int, patient: str = "p1", rule: str = "r1", indicator: str = "warning", status: int = 200
@@ -85,17 +75,6 @@ def _trace(
         ],
         "outcome": {"status": status},
     }
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh schema in the real PostgreSQL, dropped afterwards."""
-    if not pg_available():
-        pytest.fail("PostgreSQL at 127.0.0.1:5432 is required for this test")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield f"{PG_BASE}?schema={schema}"
-    with psycopg.connect(PG_BASE, autocommit=True) as db:
-        db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
