@@ -191,6 +191,22 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _audit_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from cds.audit.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("viewer password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 12:
+        print("runform-cds: use at least 12 characters", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runform-cds", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -260,6 +276,11 @@ def _parser() -> argparse.ArgumentParser:
     checkpoint.add_argument("--key", required=True, help="Ed25519 private key (PEM)")
     checkpoint.add_argument("--out", help="also write the checkpoint JSON to this file")
     checkpoint.set_defaults(func=_audit_checkpoint)
+
+    hashpw = audit_sub.add_parser(
+        "hash-password", help="hash a trace-viewer password (read from the terminal or stdin)"
+    )
+    hashpw.set_defaults(func=_audit_hash_password)
     return parser
 
 

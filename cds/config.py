@@ -85,6 +85,21 @@ class CorsSettings(_Section):
     origins: list[str] = Field(default_factory=list)
 
 
+class ViewerUser(_Section):
+    name: str = Field(min_length=1)
+    password_hash: str = Field(pattern=r"^pbkdf2_sha256\$\d+\$[0-9a-f]+\$[0-9a-f]+$")
+
+
+class ViewerSettings(_Section):
+    users: list[ViewerUser] = Field(default_factory=list)
+    session_secret: str | None = Field(default=None, min_length=32)
+    session_minutes: int = Field(default=60, ge=1, le=24 * 60)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.users)
+
+
 class Settings(_Section):
     """The whole configuration. Defaults run the service on embedded storage."""
 
@@ -94,6 +109,7 @@ class Settings(_Section):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     fhir: FhirSettings = Field(default_factory=FhirSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
+    viewer: ViewerSettings = Field(default_factory=ViewerSettings)
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:

@@ -112,10 +112,16 @@ def _diagnose(
 
 
 def verify_rows(
-    rows: Iterable[RawRecord], seq_of_hash: Callable[[str], int | None]
+    rows: Iterable[RawRecord],
+    seq_of_hash: Callable[[str], int | None],
+    *,
+    after: tuple[int, str] = (0, GENESIS),
 ) -> VerifyResult:
-    """Walk ``rows`` in position order; report the first break in the chain."""
-    prev, expected, count = GENESIS, 1, 0
+    """Walk ``rows`` in position order; report the first break in the chain.
+
+    ``after`` is a (position, hash) already verified: the walk continues from it.
+    """
+    prev, expected, count = after[1], after[0] + 1, 0
     for rec in rows:
         if rec.seq != expected:
             problem = ChainProblem(

@@ -143,6 +143,14 @@ class SqlTraceStore(ABC):
             )
             return [_record(r) for r in cur.fetchall()]
 
+    def records_of_trace(self, trace_id: str) -> list[StoredRecord]:
+        with self._read() as cur:
+            cur.execute(
+                self._q(f"SELECT {_COLUMNS} FROM records WHERE trace_id = ? ORDER BY seq"),
+                (trace_id,),
+            )
+            return [_record(r) for r in cur.fetchall()]
+
     def search(self, where: TraceFilter) -> list[tuple[StoredRecord, list[StoredRecord]]]:
         sql, params = f"SELECT {_COLUMNS} FROM records WHERE 1 = 1", []
         if where.patient:

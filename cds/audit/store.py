@@ -58,6 +58,10 @@ class TraceStore(Protocol):
 
     def records_for(self, hook_instance: str) -> list[StoredRecord]: ...
 
+    def records_of_trace(self, trace_id: str) -> list[StoredRecord]:
+        """The trace record and its feedback records, in order."""
+        ...
+
     def search(self, where: TraceFilter) -> list[tuple[StoredRecord, list[StoredRecord]]]:
         """Matching traces, oldest first, each with its feedback records."""
         ...

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from cds.audit.store import TraceStore, open_store
+from cds.audit.viewer import viewer_router
 from cds.audit.writer import TraceWriter
 from cds.config import Settings, load_settings
 from cds.errors import AuthError, CdsError, PayloadTooLargeError, RequestError, operation_outcome
@@ -111,6 +112,10 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
+
+    if settings.viewer.enabled:
+        secure = settings.server.base_url.startswith("https://")
+        app.include_router(viewer_router(settings.viewer, store, secure))
 
     @app.exception_handler(CdsError)
     async def cds_error(_: Request, exc: CdsError) -> JSONResponse:

@@ -1,0 +1,356 @@
+"""The read-only trace viewer: ``/audit/`` pages served by the service.
+
+It has its own credentials (``[viewer]`` users with PBKDF2 password hashes and
+a signed session cookie), separate from the CDS clients' JWTs. Pages: a list of
+traces with filters, and one trace as a timeline (request, inputs with units
+and quality, rules fired with the thresholds that decided them, cards,
+feedback, chain status).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import threading
+from typing import Any
+from urllib.parse import urlencode
+
+import anyio
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from cds.audit.chain import RawRecord, VerifyResult, verify_rows
+from cds.audit.passwords import SessionSigner, verify_password
+from cds.audit.store import StoredRecord, TraceFilter, TraceStore
+from cds.config import ViewerSettings
+
+__all__ = ["viewer_router"]
+
+COOKIE = "runform_audit"
+_FILTERS = ("patient", "since", "until", "rule", "pack_version", "indicator", "outcome")
+_CSS = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2430;background:#f5f7fa}
+header{background:#17324d;color:#fff;padding:12px 24px;display:flex;gap:16px;align-items:center}
+header a{color:#cfe3ff}main{padding:20px 24px;max-width:1200px}
+h1{font-size:20px;margin:0}h2{font-size:17px;margin:0 0 6px}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{border-bottom:1px solid #e1e6ed;padding:6px 8px;text-align:left;vertical-align:top}
+th{background:#eef2f7;font-weight:600}code{font-size:13px}
+.badge{display:inline-block;border-radius:10px;padding:1px 8px;font-size:12px;color:#fff}
+.info{background:#2f6fb3}.warning{background:#c77800}.critical{background:#b3261e}
+.ok{background:#2e7d32}.bad{background:#b3261e}.muted{color:#6b7788}
+.banner{padding:10px 14px;border-radius:6px;margin-bottom:16px;color:#fff}
+form.filters{display:flex;flex-wrap:wrap;gap:8px;margin-bottom:14px}
+form.filters input,form.filters select{padding:4px 6px}
+.timeline{border-left:3px solid #9db4cc;margin-left:10px;padding-left:22px}
+.event{position:relative;background:#fff;border:1px solid #e1e6ed;border-radius:6px;
+padding:12px 14px;margin-bottom:14px}
+.event:before{content:"";position:absolute;left:-32px;top:14px;width:14px;height:14px;
+border-radius:50%;background:#17324d;border:3px solid #f5f7fa}
+.login{max-width:340px;margin:60px auto;background:#fff;padding:24px;border-radius:8px;
+border:1px solid #e1e6ed}.login input{width:100%;padding:6px;margin:4px 0 12px;box-sizing:border-box}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _page(title: str, body: str, user: str | None = None) -> HTMLResponse:
+    nav = (
+        (
+            f'<a href="/audit/">traces</a><span class="muted">{_e(user)}</span>'
+            '<form method="post" action="/audit/logout" style="margin:0">'
+            '<button type="submit">log out</button></form>'
+        )
+        if user
+        else ""
+    )
+    doc = (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}"
+        f"</title><style>{_CSS}</style></head><body><header><h1>runform-cds audit</h1>{nav}"
+        f"</header><main>{body}</main></body></html>"
+    )
+    return HTMLResponse(
+        doc,
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'",
+        },
+    )
+
+
+class _ChainStatus:
+    """Incremental chain verification: only records added since the last look are walked."""
+
+    def __init__(self, store: TraceStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._verified: tuple[int, str] | None = None
+        self.last: VerifyResult | None = None
+
+    def check(self, full: bool = False) -> VerifyResult:
+        with self._lock:
+            after = None if full or self._verified is None else self._verified
+            rows = self._store.iter_raw(after[0] + 1 if after else 1)
+            seq_of_hash = getattr(self._store, "seq_of_hash", lambda _: None)
+            result = (
+                verify_rows(rows, seq_of_hash, after=after)
+                if after
+                else verify_rows(rows, seq_of_hash)
+            )
+            if result.ok:
+                self._verified = (result.head_seq, result.head_hash)
+            self.last = result
+            return result
+
+
+def _banner(result: VerifyResult) -> str:
+    if result.ok:
+        return (
+            f'<div class="banner ok" id="chain-status">Hash chain verified: '
+            f"{result.head_seq} records, head <code>{_e(result.head_hash[:16])}…</code></div>"
+        )
+    p = result.problem
+    assert p is not None
+    return (
+        f'<div class="banner bad" id="chain-status">Hash chain BROKEN at position '
+        f"{p.position} ({_e(p.kind)}): {_e(p.detail)}</div>"
+    )
+
+
+def _filter_form(values: dict[str, str]) -> str:
+    def field(name: str, label: str, kind: str = "text") -> str:
+        return (
+            f'<label>{label} <input name="{name}" type="{kind}" '
+            f'value="{_e(values.get(name, ""))}"></label>'
+        )
+
+    def choice(name: str, label: str, options: list[str]) -> str:
+        opts = "".join(
+            f'<option value="{o}"{" selected" if values.get(name) == o else ""}>'
+            f"{o or 'any'}</option>"
+            for o in options
+        )
+        return f'<label>{label} <select name="{name}">{opts}</select></label>'
+
+    return (
+        '<form class="filters" method="get" action="/audit/">'
+        + field("patient", "patient")
+        + field("since", "since")
+        + field("until", "until")
+        + field("rule", "rule")
+        + field("pack_version", "pack version")
+        + choice("indicator", "indicator", ["", "info", "warning", "critical"])
+        + choice("outcome", "outcome", ["", "accepted", "overridden", "none", "error"])
+        + '<button type="submit">filter</button></form>'
+    )
+
+
+def _list_rows(items: list[tuple[StoredRecord, list[StoredRecord]]]) -> str:
+    rows = []
+    for rec, feedback in reversed(items):
+        b = rec.body
+        pack = (b.get("packs") or [{}])[0]
+        cards = " ".join(
+            f'<span class="badge {_e(c["indicator"])}">{_e(c.get("rule_id"))}</span>'
+            for c in b.get("cards", [])
+        )
+        fb = (
+            ", ".join(_e(f.body.get("outcome")) for f in feedback) or '<span class="muted">-</span>'
+        )
+        rows.append(
+            f'<tr class="trace-row"><td>{_e(rec.recorded_at[:19])}</td>'
+            f'<td><a href="/audit/trace/{_e(rec.trace_id)}"><code>{_e(rec.hook_instance)}</code></a></td>'
+            f"<td>{_e(b.get('patient'))}</td><td>{_e(pack.get('id'))} {_e(pack.get('version'))}</td>"
+            f"<td>{_e(b.get('outcome', {}).get('status'))}</td><td>{cards}</td><td>{fb}</td></tr>"
+        )
+    head = (
+        "<tr><th>recorded (UTC)</th><th>hookInstance</th><th>patient</th><th>rule pack</th>"
+        "<th>HTTP</th><th>cards</th><th>feedback</th></tr>"
+    )
+    return f'<table id="traces">{head}{"".join(rows)}</table><p>{len(items)} trace(s)</p>'
+
+
+def _inputs(b: dict[str, Any]) -> str:
+    used = "".join(
+        f"<tr><td>{_e(i.get('code'))}</td><td>{_e(i.get('side', '-'))}</td>"
+        f"<td>{_e(i.get('value'))} {_e(i.get('unit', ''))}</td><td>{_e(i.get('canonical'))}</td>"
+        f"<td>{_e(i.get('strides', '-'))}</td><td>{_e(i.get('effective', '')[:10])}</td>"
+        f"<td><code>{_e(i.get('resource'))}</code></td></tr>"
+        for i in b.get("inputs", {}).get("used", [])
+    )
+    excluded = "".join(
+        f"<li><code>{_e(i.get('resource'))}</code> {_e(i.get('code') or '')}: "
+        f"{_e(i.get('reason'))}</li>"
+        for i in b.get("inputs", {}).get("excluded", [])
+    )
+    table = (
+        "<table><tr><th>metric</th><th>side</th><th>value</th><th>canonical</th>"
+        f"<th>strides</th><th>measured</th><th>resource</th></tr>{used}</table>"
+    )
+    return table + (f"<p><b>Excluded</b></p><ul>{excluded}</ul>" if excluded else "")
+
+
+def _rules(b: dict[str, Any]) -> str:
+    items = []
+    for r in b.get("rules_fired", []):
+        thresholds = ", ".join(
+            f"{_e(t['name'])} = {_e(t['value'])} {_e(t['unit'])} ({_e(t['label'])})"
+            for t in r.get("thresholds", [])
+        )
+        fate = (
+            f"suppressed by {_e(r['suppressed_by'])}"
+            if r.get("suppressed_by")
+            else f"card <code>{_e(r.get('card_uuid'))}</code>"
+        )
+        sides = f" on {_e(', '.join(r['sides']))}" if r.get("sides") else ""
+        items.append(
+            f"<li><b>{_e(r['rule_id'])}</b>{sides} → {fate}"
+            + (f"<br><span class='muted'>thresholds: {thresholds}</span>" if thresholds else "")
+            + "</li>"
+        )
+    return f"<ul>{''.join(items)}</ul>" if items else "<p class='muted'>no rule fired</p>"
+
+
+def _timeline(records: list[StoredRecord], integrity: str) -> str:
+    trace = records[0]
+    b = trace.body
+    packs = ", ".join(
+        f"{_e(p['id'])} {_e(p['version'])} ({_e(p['status'])}, sha256 "
+        f"<code>{_e(p['sha256'][:12])}…</code>)"
+        for p in b.get("packs", [])
+    )
+    cards = (
+        "".join(
+            f"<li><span class='badge {_e(c['indicator'])}'>{_e(c['indicator'])}</span> "
+            f"{_e(c['summary'])} <span class='muted'>({_e(c.get('source', {}).get('label'))})</span></li>"
+            for c in b.get("cards", [])
+        )
+        or "<li class='muted'>no cards</li>"
+    )
+    feedback = "".join(
+        f"<div class='event feedback'><h2>Feedback: {_e(f.body.get('outcome'))}</h2>"
+        f"card <code>{_e(f.body.get('card'))}</code> at {_e(f.body.get('outcomeTimestamp'))} "
+        f"{_e(((f.body.get('overrideReason') or {}).get('reason') or {}).get('display') or '')} "
+        f"{_e((f.body.get('overrideReason') or {}).get('userComment') or '')}"
+        f" <span class='muted'>(record #{f.seq})</span></div>"
+        for f in records[1:]
+    )
+    prefetch = ", ".join(f"{_e(k)}: {_e(v)}" for k, v in b.get("prefetch", {}).items())
+    outcome = b.get("outcome", {})
+    return (
+        "<div class='timeline'>"
+        f"<div class='event'><h2>Request</h2>{_e(b.get('received_at'))} · {_e(b.get('hook'))} via "
+        f"{_e(b.get('service'))} · {_e(b.get('user'))} · {_e(b.get('patient'))}<br>"
+        f"<span class='muted'>hookInstance {_e(b.get('hook_instance'))}; prefetch: {prefetch}</span></div>"
+        f"<div class='event'><h2>Inputs</h2>{_inputs(b)}</div>"
+        f"<div class='event'><h2>Rules</h2><p>rule pack: {packs}</p>{_rules(b)}</div>"
+        f"<div class='event'><h2>Response: HTTP {_e(outcome.get('status'))}</h2>"
+        f"{_e(outcome.get('message', ''))}<ul id='cards'>{cards}</ul></div>"
+        f"{feedback}"
+        f"<div class='event'><h2>Chain</h2>record #{trace.seq}, hash <code>{_e(trace.hash)}</code>, "
+        f"previous <code>{_e(trace.prev_hash)}</code><br>{integrity}</div>"
+        "</div>"
+    )
+
+
+def _record_integrity(store: TraceStore, rec: StoredRecord) -> str:
+    raws: list[RawRecord] = list(store.iter_raw(max(rec.seq - 1, 1)))[:2]
+    mine = next((r for r in raws if r.seq == rec.seq), None)
+    before = next((r for r in raws if r.seq == rec.seq - 1), None)
+    ok = (
+        mine is not None
+        and mine.recomputed() == mine.hash
+        and (rec.seq == 1 or (before is not None and before.hash == mine.prev_hash))
+    )
+    return (
+        "<span class='badge ok'>this record matches its hash and links to the previous one</span>"
+        if ok
+        else "<span class='badge bad'>this record does NOT verify</span>"
+    )
+
+
+def viewer_router(settings: ViewerSettings, store: TraceStore, secure_cookie: bool) -> APIRouter:
+    router = APIRouter(prefix="/audit", include_in_schema=False)
+    secret = settings.session_secret.encode() if settings.session_secret else os.urandom(32)
+    sessions = SessionSigner(secret, settings.session_minutes)
+    users = {u.name: u.password_hash for u in settings.users}
+    chain = _ChainStatus(store)
+
+    def current(request: Request) -> str | None:
+        return sessions.user(request.cookies.get(COOKIE))
+
+    def to_login() -> Response:
+        return RedirectResponse("/audit/login", status_code=303)
+
+    @router.get("/login")
+    async def login_form(error: str = "") -> HTMLResponse:
+        msg = "<p style='color:#b3261e'>Wrong name or password.</p>" if error else ""
+        return _page(
+            "log in",
+            f"<form class='login' method='post' action='/audit/login'>"
+            f"<h2>Audit trail</h2>{msg}<label>Name<input name='username' "
+            "autocomplete='username'></label><label>Password<input name='password' "
+            "type='password' autocomplete='current-password'></label>"
+            "<button type='submit'>Log in</button></form>",
+        )
+
+    @router.post("/login")
+    async def login(username: str = Form(""), password: str = Form("")) -> Response:
+        stored = users.get(username)
+        ok = stored is not None and await anyio.to_thread.run_sync(
+            verify_password, password, stored
+        )
+        if not ok:
+            return RedirectResponse("/audit/login?error=1", status_code=303)
+        response = RedirectResponse("/audit/", status_code=303)
+        response.set_cookie(
+            COOKIE,
+            sessions.issue(username),
+            httponly=True,
+            samesite="strict",
+            secure=secure_cookie,
+            max_age=settings.session_minutes * 60,
+            path="/audit",
+        )
+        return response
+
+    @router.post("/logout")
+    async def logout() -> Response:
+        response = RedirectResponse("/audit/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/audit")
+        return response
+
+    @router.get("/")
+    async def list_traces(request: Request) -> Response:
+        user = current(request)
+        if user is None:
+            return to_login()
+        values = {k: v for k in _FILTERS if (v := request.query_params.get(k, "").strip())}
+        where = TraceFilter(**values, limit=None)
+        items = await anyio.to_thread.run_sync(store.search, where)
+        status = await anyio.to_thread.run_sync(chain.check)
+        query = f"?{urlencode(values)}" if values else ""
+        return _page(
+            "traces",
+            _banner(status)
+            + _filter_form(values)
+            + _list_rows(items[-500:])
+            + f"<p class='muted'>filters: {_e(query) or 'none'}</p>",
+            user,
+        )
+
+    @router.get("/trace/{trace_id}")
+    async def show_trace(trace_id: str, request: Request) -> Response:
+        user = current(request)
+        if user is None:
+            return to_login()
+        records = await anyio.to_thread.run_sync(store.records_of_trace, trace_id)
+        if not records or records[0].kind != "trace":
+            return _page("not found", "<p>No such trace.</p>", user)
+        integrity = await anyio.to_thread.run_sync(_record_integrity, store, records[0])
+        status = await anyio.to_thread.run_sync(chain.check)
+        return _page(f"trace {trace_id}", _banner(status) + _timeline(records, integrity), user)
+
+    return router
