@@ -29,7 +29,7 @@ PV = "runform-patient-view"
 class ServiceProcess:
     """`runform-cds serve` in a child process, with its log captured to a file."""
 
-    def __init__(self, tmp: Path, signer: JwtSigner, store_url: str) -> None:
+    def __init__(self, tmp: Path, signer: JwtSigner, store_url: str, workers: int = 1) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         jwks = signer.write_jwks(tmp / "jwks.json")
@@ -51,6 +51,8 @@ class ServiceProcess:
                 str(self.port),
                 "--config",
                 str(self.config),
+                "--workers",
+                str(workers),
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -285,5 +287,40 @@ def test_the_service_runs_on_postgresql(service_factory: Any, pg_url: str) -> No
     try:
         assert [r.kind for r in store.records_for(body["hookInstance"])] == ["trace"]
         assert store.verify().ok
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_two_service_processes_on_postgresql_keep_one_chain(
+    tmp_path: Path, es_signer: JwtSigner, pg_url: str
+) -> None:
+    svc = ServiceProcess(tmp_path, es_signer, pg_url, workers=2)
+    answered: list[str] = []
+    lock = threading.Lock()
+
+    def load() -> None:
+        client = CdsClient(svc.base, es_signer, timeout=10)
+        for _ in range(15):
+            body = hook_request("patient-view", "p1")
+            if client.call(PV, body).status_code == 200:
+                with lock:
+                    answered.append(body["hookInstance"])
+        client.close()
+
+    try:
+        threads = [threading.Thread(target=load) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        svc.stop()
+    assert len(answered) == 90
+    store = open_store(pg_url)
+    try:
+        result = store.verify()
+        assert result.ok and result.records == 90
+        assert all(store.records_for(h) for h in answered)
     finally:
         store.close()
