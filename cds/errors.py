@@ -130,8 +130,16 @@ class PrefetchError(CdsError):
 
 
 class PackError(CdsError):
+    """A rule pack does not load; ``problems`` lists each problem with its place."""
+
     code = "pack-invalid"
     issue_type = "invalid"
+
+    def __init__(
+        self, message: str, *, expression: str | None = None, problems: list[Any] | None = None
+    ) -> None:
+        super().__init__(message, expression=expression)
+        self.problems = problems or []
 
 
 class EngineError(CdsError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,53 +40,107 @@ def test_unverified_thresholds_are_not_labelled_evidence(core_pack: Any) -> None
         assert t[name].provenance == "placeholder"
 
 
+def _reported(path: Path, message: str) -> list[tuple[str, str, str]]:
+    """(text of the reported line, code, hint) for each problem in ``message``."""
+    lines = path.read_text().splitlines()
+    out = []
+    for block in message.split(f"{path}:")[1:]:
+        line_no = int(block.split(":")[0])
+        code = re.search(r"\[((?:pack|scenario)-[a-z-]+)\]", block).group(1)  # type: ignore[union-attr]
+        hint = block.split("hint: ")[1].strip() if "hint: " in block else ""
+        out.append((lines[line_no - 1], code, hint))
+    return out
+
+
+def _summary_too_long(d: dict[str, Any]) -> None:
+    _rule(d, "remeasure-stale")["card"]["summary"] = "LONG " + "x" * 140
+
+
+def _unknown_metric(d: dict[str, Any]) -> None:
+    d["findings"]["run_form_impaired"]["any"].append(
+        {"metric": "contralateral-pelvic-dorp", "at_least": "pelvic_drop_high"}
+    )
+
+
+def _undefined_threshold(d: dict[str, Any]) -> None:
+    d["findings"]["run_form_impaired"]["any"].append(
+        {"metric": "peak-hip-adduction", "at_least": "hip_adduction_hihg"}
+    )
+
+
+def _wrong_unit(d: dict[str, Any]) -> None:
+    d["thresholds"]["pelvic_drop_high"]["unit"] = "N"
+
+
+def _duplicate(d: dict[str, Any]) -> None:
+    d["rules"].append({**d["rules"][0], "title": "DUPLICATE"})
+
+
+def _no_citation(d: dict[str, Any]) -> None:
+    _rule(d, "remeasure-stale")["card"]["source"] = {"label": "NO-CITATION"}
+
+
+def _cycle(d: dict[str, Any]) -> None:
+    d["findings"]["loop"] = {"finding": "loop"}
+    _rule(d, "remeasure-stale")["when"] = {"finding": "loop"}
+
+
+def _placeholder(d: dict[str, Any]) -> None:
+    _rule(d, "remeasure-stale")["card"]["detail"] = "PLACEHOLDER {nonsense}"
+
+
+def _unknown_plan(d: dict[str, Any]) -> None:
+    _rule(d, "remeasure-stale")["when"] = {"order": "gait-retrainng-video-feedback"}
+
+
+def _unknown_value_set(d: dict[str, Any]) -> None:
+    _rule(d, "remeasure-stale")["when"] = {"diagnosis": "patellofemoral-pian"}
+
+
 @pytest.mark.parametrize(
-    ("mutate", "message"),
+    ("mutate", "code", "on_line", "hint"),
     [
+        (_summary_too_long, "pack-summary-too-long", "LONG", "shorten"),
         (
-            lambda d: _rule(d, "remeasure-stale")["card"].update(summary="x" * 140),
-            "must be under 140 characters",
+            _unknown_metric,
+            "pack-unknown-metric",
+            "pelvic-dorp",
+            "did you mean 'contralateral-pelvic-drop'",
         ),
         (
-            lambda d: d["findings"]["run_form_impaired"]["any"].append(
-                {"metric": "pelvic-dorp", "at_least": "pelvic_drop_high"}
-            ),
-            "unknown metric 'pelvic-dorp'",
+            _undefined_threshold,
+            "pack-unknown-threshold",
+            "hip_adduction_hihg",
+            "did you mean 'hip_adduction_high'",
         ),
+        (_wrong_unit, "pack-unit-mismatch", "unit: N", "unit of the metric's kind"),
+        (_duplicate, "pack-duplicate-rule", "id: remeasure-too-few-strides", "own id"),
+        (_no_citation, "pack-missing-citation", "source", "DOI"),
+        (_cycle, "pack-finding-cycle", "finding: loop", "may not use itself"),
+        (_placeholder, "pack-unknown-placeholder", "PLACEHOLDER", "{side}"),
+        (_unknown_plan, "pack-unknown-plan", "gait-retrainng", "did you mean"),
         (
-            lambda d: d["findings"]["run_form_impaired"]["any"].append(
-                {"metric": "peak-hip-adduction", "at_least": "no_such"}
-            ),
-            "threshold 'no_such' is not defined",
-        ),
-        (lambda d: d["thresholds"]["pelvic_drop_high"].update(unit="N"), "does not fit"),
-        (lambda d: d["rules"].append(d["rules"][0]), "duplicate rule id"),
-        (
-            lambda d: (
-                d["findings"].update(loop={"finding": "loop"})
-                or _rule(d, "remeasure-stale").update(when={"finding": "loop"})
-            ),
-            "refers to itself",
-        ),
-        (
-            lambda d: _rule(d, "remeasure-stale")["card"].update(detail="{nonsense}"),
-            "unknown placeholder",
-        ),
-        (
-            lambda d: _rule(d, "remeasure-stale").update(when={"order": "yoga"}),
-            "unknown plan 'yoga'",
-        ),
-        (
-            lambda d: _rule(d, "remeasure-stale").update(when={"diagnosis": "gout"}),
-            "value set 'gout' is not defined",
+            _unknown_value_set,
+            "pack-unknown-value-set",
+            "patellofemoral-pian",
+            "did you mean 'patellofemoral-pain'",
         ),
     ],
 )
-def test_semantic_problems_are_reported(tmp_path: Path, mutate: Any, message: str) -> None:
+def test_problems_name_file_line_column_code_and_a_fix(
+    tmp_path: Path, mutate: Any, code: str, on_line: str, hint: str
+) -> None:
     data = core_data()
     mutate(data)
-    with pytest.raises(PackError, match=message):
-        load_pack(write_pack(tmp_path, data))
+    path = write_pack(tmp_path, data)
+    with pytest.raises(PackError) as info:
+        load_pack(path)
+    reported = _reported(path, info.value.message)
+    matching = [r for r in reported if r[1] == code]
+    assert matching, info.value.message
+    line, _, fix = matching[0]
+    assert on_line in line, (line, info.value.message)
+    assert hint in fix
 
 
 def test_schema_problems_carry_file_line_and_column(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cds.errors import PackError
-from cds.fhir.codes import metric, plan_display
+from cds.fhir.codes import code_system, metric, metrics, plan_display
 from cds.fhir.facts import DiagnosisCode, FactPolicy, order_field
 from cds.fhir.units import UnitError, convert
 from cds.rules.pack import (
@@ -32,6 +32,7 @@ from cds.rules.pack import (
     Rule,
     Threshold,
 )
+from cds.rules.problems import Loc, PackProblem, did_you_mean
 from cds.rules.template import check_placeholders
 
 __all__ = ["RULESET_SIZE", "CompiledPack", "CompiledRule", "compile_pack", "resolve_metric_fields"]
@@ -108,30 +109,42 @@ def resolve_metric_fields(cond: MetricCondition, unit: str | None) -> list[str]:
 class _Compiler:
     def __init__(self, pack: Pack) -> None:
         self.pack = pack
-        self.problems: list[str] = []
+        self.problems: list[PackProblem] = []
 
-    def fail(self, where: str, message: str) -> None:
-        self.problems.append(f"{where}: {message}")
+    def fail(self, code: str, loc: Loc, message: str, hint: str | None = None) -> None:
+        self.problems.append(PackProblem(code, loc, message, hint))
 
     # -- atoms ----------------------------------------------------------------
-    def _threshold(self, where: str, name: str, dims: tuple[str, ...], out: CompiledRule) -> float:
+    def _threshold(self, loc: Loc, name: str, dims: tuple[str, ...], out: CompiledRule) -> float:
         t = self.pack.thresholds.get(name)
         if t is None:
-            self.fail(where, f"threshold {name!r} is not defined under thresholds")
+            hint = did_you_mean(name, self.pack.thresholds) or "define it under thresholds:"
+            self.fail("pack-unknown-threshold", loc, f"threshold {name!r} is not defined", hint)
             return 0.0
         try:
             value, _ = convert(t.value, t.unit, dims)
         except UnitError as exc:
-            self.fail(where, f"threshold {name!r}: {exc}")
+            self.fail(
+                "pack-unit-mismatch",
+                ("thresholds", name, "unit"),
+                f"threshold {name!r} is used at {_path(loc)} but its {exc}",
+                "give the threshold a unit of the metric's kind (see the data contract)",
+            )
             return 0.0
         out.thresholds[name] = UsedThreshold(name, t, value)
         return value
 
-    def _metric(self, where: str, c: MetricCondition, neg: bool, out: CompiledRule) -> Any:
+    def _metric(self, loc: Loc, c: MetricCondition, neg: bool, out: CompiledRule) -> Any:
         m = metric(c.metric)
         if m is None or m.group == "quality":
-            self.fail(where, f"unknown metric {c.metric!r}")
-            return {"$ex": {"__invalid__": 1}}
+            known = [k for k, v in metrics().items() if v.group != "quality"]
+            self.fail(
+                "pack-unknown-metric",
+                (*loc, "metric"),
+                f"unknown metric {c.metric!r}",
+                did_you_mean(c.metric, known) or "see docs/data-contract.md for the codes",
+            )
+            return _INVALID
         if m.lateral:
             out.scope = "side"
         if c.present is not None:
@@ -148,36 +161,46 @@ class _Compiler:
         assert comparison is not None
         op, name = comparison
         if m.coded:
-            self.fail(where, f"metric {c.metric!r} is coded: use 'is', not {op!r}")
-            return {"$ex": {"__invalid__": 1}}
+            self.fail(
+                "pack-coded-metric-comparison",
+                (*loc, op),
+                f"metric {c.metric!r} is a coded result and cannot be compared with {op!r}",
+                "use is: poor (or good, fair, positive, negative)",
+            )
+            return _INVALID
         t = self.pack.thresholds.get(name)
         dims = ("fraction",) if c.measure == "lsi" else m.dimensions
-        value = self._threshold(where, name, dims, out)
+        value = self._threshold((*loc, op), name, dims, out)
         unit = t.unit if t is not None and c.measure != "lsi" else None
         try:
             fields = resolve_metric_fields(c, unit)
         except UnitError:
-            return {"$ex": {"__invalid__": 1}}
+            return _INVALID
         out.fields.update(fields)
         return _join("$or", [_compare(f, op, value, neg) for f in fields])
 
-    def _atom(self, where: str, c: Condition, neg: bool, out: CompiledRule) -> Any:
+    def _atom(self, loc: Loc, c: Condition, neg: bool, out: CompiledRule) -> Any:
         if isinstance(c, MetricCondition):
-            return self._metric(where, c, neg, out)
+            return self._metric(loc, c, neg, out)
         if isinstance(c, AgeCondition):
             comparison = c.age.comparison
             assert comparison is not None
             op, name = comparison
-            value = self._threshold(where, name, ("years",), out)
+            value = self._threshold((*loc, "age", op), name, ("years",), out)
             out.fields.add("age_years")
             return _compare("age_years", op, value, neg)
         if isinstance(c, DiagnosisCondition):
             if c.diagnosis not in self.pack.value_sets:
-                self.fail(where, f"value set {c.diagnosis!r} is not defined under value_sets")
+                self.fail(
+                    "pack-unknown-value-set",
+                    (*loc, "diagnosis"),
+                    f"value set {c.diagnosis!r} is not defined",
+                    did_you_mean(c.diagnosis, self.pack.value_sets)
+                    or "define it under value_sets:",
+                )
             return _flag(f"dx_{c.diagnosis.replace('-', '_')}", neg, out)
         if isinstance(c, OrderCondition):
-            if plan_display(c.order) is None:
-                self.fail(where, f"unknown plan {c.order!r}")
+            self._plan((*loc, "order"), c.order)
             return _flag(order_field(c.order, c.state), neg, out)
         if isinstance(c, QualityCondition):
             fld = f"q_{c.quality}"
@@ -185,68 +208,116 @@ class _Compiler:
             return {"$nex": {fld: 1}} if neg else {"$gt": {fld: 0}}
         raise TypeError(type(c))
 
+    def _plan(self, loc: Loc, plan: str) -> None:
+        if plan_display(plan) is None:
+            codes = [c["code"] for c in code_system("plans")["concept"]]
+            self.fail(
+                "pack-unknown-plan",
+                loc,
+                f"unknown plan {plan!r}",
+                did_you_mean(plan, codes) or f"known plans: {', '.join(codes)}",
+            )
+
     # -- tree -------------------------------------------------------------------
     def expr(
-        self, where: str, c: Condition, neg: bool, out: CompiledRule, seen: tuple[str, ...]
+        self, loc: Loc, c: Condition, neg: bool, out: CompiledRule, seen: tuple[str, ...]
     ) -> Any:
         if isinstance(c, NotOf):
-            return self.expr(where, c.not_, not neg, out, seen)
+            return self.expr((*loc, "not"), c.not_, not neg, out, seen)
         if isinstance(c, AllOf | AnyOf):
+            key = "all" if isinstance(c, AllOf) else "any"
             items = c.all if isinstance(c, AllOf) else c.any
             conj = isinstance(c, AllOf) != neg
-            parts = [self.expr(f"{where}[{i}]", x, neg, out, seen) for i, x in enumerate(items)]
+            parts = [self.expr((*loc, key, i), x, neg, out, seen) for i, x in enumerate(items)]
             return _join("$and" if conj else "$or", parts)
         if isinstance(c, FindingCondition):
             if c.finding in seen:
-                self.fail(where, f"finding {c.finding!r} refers to itself")
-                return {"$ex": {"__invalid__": 1}}
+                self.fail(
+                    "pack-finding-cycle",
+                    (*loc, "finding"),
+                    f"finding {c.finding!r} refers to itself",
+                    "a finding may not use itself, directly or through another finding",
+                )
+                return _INVALID
             sub = self.pack.findings.get(c.finding)
             if sub is None:
-                self.fail(where, f"finding {c.finding!r} is not defined under findings")
-                return {"$ex": {"__invalid__": 1}}
-            return self.expr(f"findings.{c.finding}", sub, neg, out, (*seen, c.finding))
-        return self._atom(where, c, neg, out)
+                self.fail(
+                    "pack-unknown-finding",
+                    (*loc, "finding"),
+                    f"finding {c.finding!r} is not defined",
+                    did_you_mean(c.finding, self.pack.findings) or "define it under findings:",
+                )
+                return _INVALID
+            return self.expr(("findings", c.finding), sub, neg, out, (*seen, c.finding))
+        return self._atom(loc, c, neg, out)
 
     def rule(self, index: int, rule: Rule) -> CompiledRule:
-        where = f"rules[{index}] ({rule.id})"
+        loc: Loc = ("rules", index)
         out = CompiledRule(rule=rule, scope="patient", pattern={})
-        cond = self.expr(f"{where}.when", rule.when, False, out, ())
+        cond = self.expr((*loc, "when"), rule.when, False, out, ())
         hooks = _join("$or", [{"hook": h} for h in rule.hooks])
         out.pattern = {"$and": [{"kind": out.scope}, hooks, cond]}
         size = alternatives(cond)
         if size > MAX_ALTERNATIVES:
             self.fail(
-                f"{where}.when",
-                f"too complex: {size} alternative matches (limit {MAX_ALTERNATIVES}); "
-                "split the rule, or avoid negating large findings",
+                "pack-too-complex",
+                (*loc, "when"),
+                f"rule {rule.id!r} is too complex for the engine: {size} alternative "
+                f"matches (limit {MAX_ALTERNATIVES})",
+                "split the rule in two, or avoid 'not' around large findings",
             )
-        self._check_card(where, rule)
+        self._check_card(loc, rule)
         return out
 
-    def _check_card(self, where: str, rule: Rule) -> None:
+    def _check_card(self, loc: Loc, rule: Rule) -> None:
+        card = (*loc, "card")
         names = set(self.pack.thresholds)
         for part in ("summary", "detail"):
             for problem in check_placeholders(getattr(rule.card, part), names):
-                self.fail(f"{where}.card.{part}", problem)
+                self.fail(
+                    "pack-unknown-placeholder",
+                    (*card, part),
+                    problem,
+                    "placeholders: {side}, {value:METRIC}, {threshold:NAME}, {age}, {quality}",
+                )
         if len(rule.card.summary) >= SUMMARY_LIMIT:
-            self.fail(f"{where}.card.summary", f"must be under {SUMMARY_LIMIT} characters")
-        for s in rule.card.suggestions:
-            for a in s.actions:
+            self.fail(
+                "pack-summary-too-long",
+                (*card, "summary"),
+                f"summary is {len(rule.card.summary)} characters; CDS Hooks needs fewer "
+                f"than {SUMMARY_LIMIT}",
+                "shorten it; put the rest in detail",
+            )
+        if not rule.card.source.url:
+            self.fail(
+                "pack-missing-citation",
+                (*card, "source"),
+                f"rule {rule.id!r} cites no evidence",
+                "add source.url with the DOI (https://doi.org/...) or URL of the evidence",
+            )
+        for i, s in enumerate(rule.card.suggestions):
+            for j, a in enumerate(s.actions):
                 for plan in a.plans:
-                    if plan_display(plan) is None:
-                        self.fail(f"{where}.card.suggestions", f"unknown plan {plan!r}")
+                    self._plan((*card, "suggestions", i, "actions", j, "plans"), plan)
 
     def policy(self) -> FactPolicy:
         out = CompiledRule(rule=self.pack.rules[0], scope="patient", pattern={})
         min_strides = self._threshold(
-            "quality.min_strides", self.pack.quality.min_strides, ("count",), out
+            ("quality", "min_strides"), self.pack.quality.min_strides, ("count",), out
         )
-        max_age = self._threshold("quality.max_age", self.pack.quality.max_age, ("days",), out)
+        max_age = self._threshold(("quality", "max_age"), self.pack.quality.max_age, ("days",), out)
         diagnoses = {
             name: tuple(DiagnosisCode(c.system, c.code, c.match == "prefix") for c in codes)
             for name, codes in self.pack.value_sets.items()
         }
         return FactPolicy(min_strides=min_strides, max_age_days=max_age, diagnoses=diagnoses)
+
+
+_INVALID: dict[str, Any] = {"$ex": {"__invalid__": 1}}
+
+
+def _path(loc: Loc) -> str:
+    return PackProblem("", loc, "").path
 
 
 def alternatives(expr: Any) -> int:
@@ -281,16 +352,24 @@ def _flag(fld: str, neg: bool, out: CompiledRule) -> Any:
 def compile_pack(pack: Pack, source_bytes: bytes) -> CompiledPack:
     """Check ``pack`` and compile it; raise :class:`PackError` listing every problem."""
     compiler = _Compiler(pack)
-    seen: set[str] = set()
+    first: dict[str, int] = {}
     rules = []
     for i, rule in enumerate(pack.rules):
-        if rule.id in seen:
-            compiler.fail(f"rules[{i}]", f"duplicate rule id {rule.id!r}")
-        seen.add(rule.id)
+        if rule.id in first:
+            compiler.fail(
+                "pack-duplicate-rule",
+                ("rules", i, "id"),
+                f"duplicate rule id {rule.id!r} (also rules[{first[rule.id]}])",
+                "every rule needs its own id",
+            )
+        first.setdefault(rule.id, i)
         rules.append(compiler.rule(i, rule))
     policy = compiler.policy()
     if compiler.problems:
-        raise PackError(f"rule pack {pack.id!r} has problems:\n  " + "\n  ".join(compiler.problems))
+        raise PackError(
+            f"rule pack {pack.id!r} has {len(compiler.problems)} problem(s)",
+            problems=compiler.problems,
+        )
     rules.sort(key=lambda r: (r.rule.priority, r.rule.id))
     digest = hashlib.sha256(source_bytes).hexdigest()
     return CompiledPack(pack=pack, sha256=digest, rules=rules, policy=policy)

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from cds.errors import PackError
 from cds.rules.compile import CompiledPack, compile_pack
 from cds.rules.pack import Pack
+from cds.rules.problems import PackProblem
 
 __all__ = ["find_pack_files", "load_pack", "load_serving_packs"]
 
@@ -74,16 +75,33 @@ def load_pack(path: Path | str) -> CompiledPack:
     try:
         pack = Pack.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            line, col = _locate(tuple(err["loc"]), marks)
-            field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"{path}:{line}:{col}: {field}: {err['msg']}")
-        raise PackError("\n".join(dict.fromkeys(lines))) from exc
+        raise _located(path, marks, _schema_problems(exc)) from None
     try:
         return compile_pack(pack, raw)
     except PackError as exc:
-        raise PackError(f"{path}: {exc.message}") from exc
+        raise _located(path, marks, exc.problems) from None
+
+
+def _schema_problems(exc: ValidationError) -> list[PackProblem]:
+    """pydantic errors as pack problems; union members' noise is dropped."""
+    problems: dict[tuple[Any, ...], PackProblem] = {}
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()))
+        hint = None
+        if err["type"] == "extra_forbidden":
+            hint = "remove it, or check its spelling and indentation"
+        elif err["type"] == "missing":
+            hint = "add it"
+        problems.setdefault(loc, PackProblem("pack-schema", loc, err["msg"], hint))
+    return list(problems.values())
+
+
+def _located(path: Path, marks: Marks, problems: list[PackProblem]) -> PackError:
+    lines = []
+    for problem in problems:
+        line, col = _locate(problem.loc, marks)
+        lines.append(problem.render(f"{path}:{line}:{col}"))
+    return PackError("\n".join(lines), problems=problems)
 
 
 def find_pack_files(directory: Path) -> list[Path]:
