@@ -207,6 +207,42 @@ def _audit_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def _packs_validate(args: argparse.Namespace) -> int:
+    from cds.rules.load import find_pack_files, load_pack
+
+    path = Path(args.path)
+    files = find_pack_files(path) if path.is_dir() and not (path / "pack.yaml").exists() else [path]
+    failed = 0
+    for file in files:
+        try:
+            compiled = load_pack(file)
+        except CdsError as exc:
+            failed += 1
+            print(exc.message, file=sys.stderr)
+            continue
+        p = compiled.pack
+        print(
+            f"{file}: OK  {p.id} {p.version} ({p.status}), {len(p.rules)} rules, "
+            f"sha256 {compiled.sha256[:16]}…"
+        )
+    return 1 if failed or not files else 0
+
+
+def _packs_schema(args: argparse.Namespace) -> int:
+    from cds.rules.pack import Pack
+
+    schema = Pack.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "runform-cds rule pack"
+    text = json.dumps(schema, indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runform-cds", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +259,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="TOML config file (default: embedded defaults)")
     demo.add_argument("--exit", action="store_true", help="stop after showing the demo")
     demo.set_defaults(func=_demo)
+
+    packs = sub.add_parser("packs", help="tools for the people who edit rule packs")
+    packs_sub = packs.add_subparsers(dest="packs_command", required=True)
+    validate = packs_sub.add_parser("validate", help="check a pack file or a folder of packs")
+    validate.add_argument("path")
+    validate.set_defaults(func=_packs_validate)
+    schema = packs_sub.add_parser("schema", help="write the JSON Schema of the pack format")
+    schema.add_argument("--out", help="file to write (default: standard output)")
+    schema.set_defaults(func=_packs_schema)
 
     audit = sub.add_parser("audit", help="read, verify and export the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

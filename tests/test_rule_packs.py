@@ -205,3 +205,31 @@ def test_a_broken_pack_does_not_stop_the_good_ones(tmp_path: Path) -> None:
 def test_no_serving_pack_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(PackError, match="no serving rule pack"):
         load_serving_packs(tmp_path)
+
+
+def test_packs_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cds.cli import main
+    from tests.conftest import ROOT
+
+    assert main(["packs", "validate", str(ROOT / "rule_packs")]) == 0
+    assert "OK  runform-core 1.0.0" in capsys.readouterr().out
+    data = core_data()
+    _unknown_metric(data)
+    path = write_pack(tmp_path, data)
+    assert main(["packs", "validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:" in err and "[pack-unknown-metric]" in err and "did you mean" in err
+
+
+def test_packs_schema_is_a_json_schema_of_the_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from cds.cli import main
+
+    out = tmp_path / "schema.json"
+    assert main(["packs", "schema", "--out", str(out)]) == 0
+    schema = json.loads(out.read_text())
+    assert schema["type"] == "object"
+    assert {"id", "version", "rules", "thresholds"} <= set(schema["properties"])
