@@ -22,7 +22,34 @@ from cds.audit.chain import (
 )
 from cds.audit.store import StoredRecord, TraceFilter
 
-__all__ = ["SqlTraceStore"]
+__all__ = ["SCHEMA_TEMPLATE", "SqlTraceStore"]
+
+#: the schema of both backends; {int} and {real} are the dialect's types
+SCHEMA_TEMPLATE = """
+CREATE TABLE IF NOT EXISTS records (
+    seq {int} PRIMARY KEY,
+    kind TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    hook_instance TEXT,
+    patient TEXT,
+    recorded_at TEXT NOT NULL,
+    body TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_hook_instance ON records(hook_instance);
+CREATE INDEX IF NOT EXISTS records_trace_id ON records(trace_id);
+CREATE INDEX IF NOT EXISTS records_patient ON records(patient);
+CREATE INDEX IF NOT EXISTS records_recorded_at ON records(recorded_at);
+CREATE TABLE IF NOT EXISTS card_index (card_uuid TEXT PRIMARY KEY, trace_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback_keys (key TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS jti_seen (key TEXT PRIMARY KEY, expires_at {real} NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq {int} NOT NULL, hash TEXT NOT NULL, signed_at TEXT NOT NULL,
+    key_id TEXT NOT NULL, signature TEXT NOT NULL
+);
+"""
+
 
 Row = tuple[str, str, str | None, str | None, dict[str, Any]]  # kind, trace_id, hook, patient, body
 _COLUMNS = "seq, kind, trace_id, hook_instance, recorded_at, body, prev_hash, hash"

@@ -9,34 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cds.audit.sql import SqlTraceStore
+from cds.audit.sql import SCHEMA_TEMPLATE, SqlTraceStore
 
 __all__ = ["SqliteTraceStore"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    trace_id TEXT NOT NULL,
-    hook_instance TEXT,
-    patient TEXT,
-    recorded_at TEXT NOT NULL,
-    body TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_hook_instance ON records(hook_instance);
-CREATE INDEX IF NOT EXISTS records_trace_id ON records(trace_id);
-CREATE INDEX IF NOT EXISTS records_patient ON records(patient);
-CREATE INDEX IF NOT EXISTS records_recorded_at ON records(recorded_at);
-CREATE TABLE IF NOT EXISTS card_index (card_uuid TEXT PRIMARY KEY, trace_id TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS feedback_keys (key TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS jti_seen (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    seq INTEGER NOT NULL, hash TEXT NOT NULL, signed_at TEXT NOT NULL,
-    key_id TEXT NOT NULL, signature TEXT NOT NULL
-);
-"""
+_SCHEMA = SCHEMA_TEMPLATE.format(int="INTEGER", real="REAL")
 
 _CLAIM = (
     "INSERT INTO jti_seen (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
