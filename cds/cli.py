@@ -57,6 +57,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emit(text: str, out: str | None, what: str) -> None:
+    """Write ``text`` to the file ``out``, or to standard output."""
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        print(f"wrote {what} to {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
 def _open_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from cds.audit.store import open_store
 
@@ -136,11 +145,7 @@ def _audit_export(args: argparse.Namespace) -> int:
         if args.format == "csv"
         else json.dumps(to_fhir_bundle(items, pseudo), indent=2)
     )
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"wrote {len(items)} trace(s) to {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    _emit(text, args.out, f"{len(items)} trace(s)")
     return 0
 
 
@@ -234,12 +239,7 @@ def _packs_schema(args: argparse.Namespace) -> int:
     schema = Pack.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "runform-cds rule pack"
-    text = json.dumps(schema, indent=2) + "\n"
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    _emit(json.dumps(schema, indent=2) + "\n", args.out, "the schema")
     return 0
 
 

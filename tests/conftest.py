@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,7 @@ class LiveService:
         self.settings = settings
         self.client = CdsClient(url, signer)
 
-    def post(self, service_id: str, body: Any, **kw: Any) -> Any:
+    def post(self, service_id: str, body: Any) -> Any:
         return self.client.call(service_id, body)
 
 
@@ -106,16 +104,6 @@ def fhir_server() -> Iterator[tuple[str, FhirBehaviour]]:
     port = free_port()
     with serve(fhir_app(behaviour), port) as url:
         yield f"{url}/fhir", behaviour
-
-
-@pytest.fixture
-def caplog_all(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG)
-    return caplog
-
-
-def dumps(x: Any) -> str:
-    return json.dumps(x, sort_keys=True)
 
 
 def pg_available() -> bool:

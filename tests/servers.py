@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+if TYPE_CHECKING:
+    from cds.client import JwtSigner
 
 
 def free_port() -> int:
@@ -116,3 +124,55 @@ def fhir_app(behaviour: FhirBehaviour) -> FastAPI:
         return bundle
 
     return app
+
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServiceProcess:
+    """`runform-cds serve` in a child process, with its log captured to a file."""
+
+    def __init__(self, tmp: Path, signer: JwtSigner, store_url: str, workers: int = 1) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        jwks = signer.write_jwks(tmp / "jwks.json")
+        self.config = tmp / "svc.toml"
+        self.config.write_text(
+            f'[server]\nbase_url = "{self.base}"\n[store]\nurl = "{store_url}"\n'
+            f'[packs]\ndir = "{_ROOT / "rule_packs"}"\n'
+            f'[[auth.clients]]\niss = "{signer.iss}"\njwks_file = "{jwks}"\n'
+        )
+        self.log = tmp / "service.log"
+        self._log = self.log.open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cds",
+                "serve",
+                "--port",
+                str(self.port),
+                "--config",
+                str(self.config),
+                "--workers",
+                str(workers),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(self.log.read_text())
+            time.sleep(0.2)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        self._log.close()

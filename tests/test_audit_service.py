@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,59 +18,10 @@ from cds.audit.store import TraceFilter, open_store
 from cds.cli import main
 from cds.client import CdsClient, JwtSigner
 from cds.examples import hook_request
-from tests.conftest import ROOT, LiveService
-from tests.servers import free_port
+from tests.conftest import LiveService
+from tests.servers import ServiceProcess
 
 PV = "runform-patient-view"
-
-
-class ServiceProcess:
-    """`runform-cds serve` in a child process, with its log captured to a file."""
-
-    def __init__(self, tmp: Path, signer: JwtSigner, store_url: str, workers: int = 1) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        jwks = signer.write_jwks(tmp / "jwks.json")
-        self.config = tmp / "svc.toml"
-        self.config.write_text(
-            f'[server]\nbase_url = "{self.base}"\n[store]\nurl = "{store_url}"\n'
-            f'[packs]\ndir = "{ROOT / "rule_packs"}"\n'
-            f'[[auth.clients]]\niss = "{signer.iss}"\njwks_file = "{jwks}"\n'
-        )
-        self.log = tmp / "service.log"
-        self._log = self.log.open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cds",
-                "serve",
-                "--port",
-                str(self.port),
-                "--config",
-                str(self.config),
-                "--workers",
-                str(workers),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(self.log.read_text())
-            time.sleep(0.2)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
-        self._log.close()
 
 
 @pytest.fixture

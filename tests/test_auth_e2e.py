@@ -196,54 +196,15 @@ def test_tokens_never_reach_the_store_or_logs(
 
 def test_replay_is_refused_across_worker_processes(tmp_path: Path, es_signer: JwtSigner) -> None:
     """Two `serve --workers 2` processes share the replay cache through the store."""
-    import subprocess
-    import sys
+    from tests.servers import ServiceProcess
 
-    from tests.servers import free_port
-
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    jwks = es_signer.write_jwks(tmp_path / "jwks.json")
-    root = Path(__file__).resolve().parent.parent
-    config = tmp_path / "workers.toml"
-    config.write_text(
-        f'[server]\nbase_url = "{base}"\n[store]\nurl = "sqlite:///{tmp_path}/t.db"\n'
-        f'[packs]\ndir = "{root / "rule_packs"}"\n'
-        f'[[auth.clients]]\niss = "{ES_ISSUER}"\njwks_file = "{jwks}"\n'
-    )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cds",
-            "serve",
-            "--workers",
-            "2",
-            "--port",
-            str(port),
-            "--config",
-            str(config),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    svc = ServiceProcess(tmp_path, es_signer, f"sqlite:///{tmp_path}/t.db", workers=2)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "service did not start"
-            time.sleep(0.2)
-        url = f"{base}/cds-services"
+        url = f"{svc.base}/cds-services"
         for _ in range(10):  # fresh connections spread over both workers
             token = es_signer.token(url)
             assert _get(url, token).status_code == 200
             statuses = {_get(url, token).status_code for _ in range(4)}
             assert statuses == {401}
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        svc.stop()

@@ -81,6 +81,10 @@ class TraceStore(Protocol):
 
     def checkpoints(self) -> list[Checkpoint]: ...
 
+    def seq_of_hash(self, digest: str) -> int | None:
+        """The position of the record with this hash, if any (for diagnosing a break)."""
+        ...
+
     def hash_at(self, seq: int) -> str | None:
         """The stored hash of the record at position ``seq``."""
         ...

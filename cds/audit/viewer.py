@@ -19,7 +19,7 @@ import anyio
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from cds.audit.chain import RawRecord, VerifyResult, verify_rows
+from cds.audit.chain import GENESIS, RawRecord, VerifyResult, verify_rows
 from cds.audit.passwords import SessionSigner, verify_password
 from cds.audit.store import StoredRecord, TraceFilter, TraceStore
 from cds.config import ViewerSettings
@@ -91,14 +91,9 @@ class _ChainStatus:
 
     def check(self, full: bool = False) -> VerifyResult:
         with self._lock:
-            after = None if full or self._verified is None else self._verified
-            rows = self._store.iter_raw(after[0] + 1 if after else 1)
-            seq_of_hash = getattr(self._store, "seq_of_hash", lambda _: None)
-            result = (
-                verify_rows(rows, seq_of_hash, after=after)
-                if after
-                else verify_rows(rows, seq_of_hash)
-            )
+            after = (0, GENESIS) if full or self._verified is None else self._verified
+            rows = self._store.iter_raw(after[0] + 1)
+            result = verify_rows(rows, self._store.seq_of_hash, after=after)
             if result.ok:
                 self._verified = (result.head_seq, result.head_hash)
             self.last = result
