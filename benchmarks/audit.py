@@ -67,7 +67,7 @@ def sample_trace(i: int) -> dict[str, Any]:
         "facts": [{"kind": "side", "side": "right", "contralateral_pelvic_drop": 7.5}] * 3,
         "rules_fired": [
             {
-                "rule_id": "weakness-and-run-form-same-side",
+                "rule_id": "r1-hip-drop-symptomatic",
                 "sides": ["right"],
                 "card_uuid": f"c-{tid}",
                 "thresholds": [
@@ -80,7 +80,7 @@ def sample_trace(i: int) -> dict[str, Any]:
                 "uuid": f"c-{tid}",
                 "summary": "Hip weakness and hip drop on the right side",
                 "indicator": "warning",
-                "rule_id": "weakness-and-run-form-same-side",
+                "rule_id": "r1-hip-drop-symptomatic",
             }
         ],
         "outcome": {"status": 200},

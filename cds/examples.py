@@ -6,37 +6,50 @@ Used by the demo (``runform-cds demo``), the benchmark and the tests.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from cds.fhir.codes import ICD10CM_SYSTEM, PLANS_SYSTEM
 from cds.fhir.observations import metric_observation
 
 __all__ = [
+    "condition",
     "demo_observations",
     "hook_request",
     "patient",
     "pfp_condition",
+    "plan_order",
     "searchset",
     "strengthening_order",
 ]
 
 
-def patient(patient_id: str, *, age_years: int = 29, gender: str = "female") -> dict[str, Any]:
-    today = datetime.now(UTC).date()
-    birth = today.replace(year=today.year - age_years) - timedelta(days=40)
-    return {
-        "resourceType": "Patient",
-        "id": patient_id,
-        "gender": gender,
-        "birthDate": birth.isoformat(),
-    }
+def patient(
+    patient_id: str, *, age_years: int | None = 29, gender: str | None = "female"
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"resourceType": "Patient", "id": patient_id}
+    if gender is not None:
+        out["gender"] = gender
+    if age_years is not None:
+        today = datetime.now(UTC).date()
+        # 40 days past the birthday, clear of leap days and month ends
+        birth = date(today.year - age_years, today.month, 1) - timedelta(days=40)
+        out["birthDate"] = birth.isoformat()
+    return out
 
 
-def pfp_condition(patient_id: str, code: str = "M22.2X1") -> dict[str, Any]:
-    return {
+def condition(
+    patient_id: str,
+    system: str,
+    code: str,
+    *,
+    since: datetime | None = None,
+    condition_id: str | None = None,
+) -> dict[str, Any]:
+    """An active Condition coded ``system|code``, with its onset if known."""
+    out: dict[str, Any] = {
         "resourceType": "Condition",
-        "id": f"{patient_id}-pfp",
+        "id": condition_id or f"{patient_id}-{code.lower().replace('.', '')}",
         "clinicalStatus": {
             "coding": [
                 {
@@ -45,17 +58,16 @@ def pfp_condition(patient_id: str, code: str = "M22.2X1") -> dict[str, Any]:
                 }
             ]
         },
-        "code": {
-            "coding": [
-                {
-                    "system": ICD10CM_SYSTEM,
-                    "code": code,
-                    "display": "Patellofemoral disorders, right knee",
-                }
-            ]
-        },
+        "code": {"coding": [{"system": system, "code": code}]},
         "subject": {"reference": f"Patient/{patient_id}"},
     }
+    if since is not None:
+        out["onsetDateTime"] = since.isoformat()
+    return out
+
+
+def pfp_condition(patient_id: str, code: str = "M22.2X1") -> dict[str, Any]:
+    return condition(patient_id, ICD10CM_SYSTEM, code, condition_id=f"{patient_id}-pfp")
 
 
 def searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -75,7 +87,8 @@ def demo_observations(
     right_pelvic_drop: float = 7.5,
     right_abduction: float = 1.2,
 ) -> list[dict[str, Any]]:
-    """A runner with right-stance hip drop and right hip abductor weakness."""
+    """A runner with right-stance hip drop and right hip abductor weakness, filmed
+    from behind and from the side (landing within the clinic's thresholds)."""
     when = datetime.now(UTC) - timedelta(days=days_ago)
 
     def obs(code: str, value: float, unit: str, side: Any = None, n: int | None = None) -> Any:
@@ -91,18 +104,42 @@ def demo_observations(
         obs("hip-abduction-strength", right_abduction, "N.m/kg", "right"),
         obs("hip-abduction-strength", 1.65, "N.m/kg", "left"),
         obs("cadence", 164, "/min", None, strides),
+        *(
+            obs(code, value, unit, side, strides)
+            for side in ("left", "right")
+            for code, value, unit in (
+                ("knee-flexion-initial-contact", 19.0, "deg"),
+                ("foot-inclination-initial-contact", 8.0, "deg"),
+                ("overstride", 9.0, "%"),
+            )
+        ),
     ]
 
 
-def strengthening_order(patient_id: str) -> dict[str, Any]:
-    return {
+def plan_order(
+    patient_id: str,
+    plan: str,
+    *,
+    status: str = "draft",
+    started: datetime | None = None,
+    order_id: str | None = None,
+) -> dict[str, Any]:
+    """A ServiceRequest for one of our plans."""
+    out: dict[str, Any] = {
         "resourceType": "ServiceRequest",
-        "id": "draft-hip-strength",
-        "status": "draft",
+        "id": order_id or f"{status}-{plan}",
+        "status": status,
         "intent": "order",
-        "code": {"coding": [{"system": PLANS_SYSTEM, "code": "hip-strengthening-program"}]},
+        "code": {"coding": [{"system": PLANS_SYSTEM, "code": plan}]},
         "subject": {"reference": f"Patient/{patient_id}"},
     }
+    if started is not None:
+        out["authoredOn"] = started.isoformat()
+    return out
+
+
+def strengthening_order(patient_id: str) -> dict[str, Any]:
+    return plan_order(patient_id, "hip-strengthening-program", order_id="draft-hip-strength")
 
 
 def hook_request(

@@ -200,7 +200,7 @@ def test_audit_cli_list_verify_checkpoint_export(
                 "--format",
                 "csv",
                 "--rule",
-                "weakness-and-run-form-same-side",
+                "r1-hip-drop-symptomatic",
             ]
         )
         == 0

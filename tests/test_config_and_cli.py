@@ -119,10 +119,10 @@ def test_demo_starts_the_service_and_shows_cards(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "runform-patient-view" in out and "hook=order-select" in out
-    assert "[WARNING] Hip weakness and hip drop on the right side" in out
+    assert "[WARNING] Hip drop/adduction while running (right)" in out
     assert "[WARNING] Strengthening alone will not change running mechanics" in out
-    assert "route to clinician" in out and "re-measure" in out
-    assert "TRACE" in out and "weakness-and-run-form-same-side on right" in out
+    assert "route to clinician" in out and "re-capture" in out
+    assert "TRACE" in out and "r1-hip-drop-symptomatic on right" in out
 
 
 def test_cors_preflight_and_headers(service_factory: Any) -> None:

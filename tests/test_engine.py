@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from cds.errors import EngineError
+from cds.fhir.codes import metrics
 from cds.fhir.facts import FactSet
 from cds.rules import engine as engine_mod
 from cds.rules.compile import RULESET_SIZE, CompiledPack
@@ -41,9 +42,10 @@ def test_same_facts_twice_never_trigger_duplicate_errors(core_pack: CompiledPack
     first = engine.evaluate(core_pack, stamped)
     for _ in range(50):
         again = engine.evaluate(core_pack, stamped)
-        assert [(f.rule_id, f.fact_id.split("-")[0] != "") for f in again.firings] == [
-            (f.rule_id, True) for f in first.firings
+        assert [(f.rule_id, f.index) for f in again.firings] == [
+            (f.rule_id, f.index) for f in first.firings
         ]
+    assert first.firings
 
 
 def test_session_state_is_deleted_after_each_evaluation(
@@ -59,11 +61,11 @@ def test_session_state_is_deleted_after_each_evaluation(
 
     monkeypatch.setattr(engine_mod.uuid, "uuid4", spy)
     engine = RuleEngine()
-    names = engine.load(core_pack)
+    names = [name for stage in engine.load(core_pack) for name in stage]
     engine.evaluate(core_pack, [{"kind": "patient", "hook": "patient-view", "q_stale": 1, "n": 0}])
     host = engine_mod._shared_host()
-    assert sids
-    for name, sid in zip(names, sids, strict=False):
+    assert len(sids) == len(names)
+    for name, sid in zip(names, sids, strict=True):
         with pytest.raises(Exception, match="309"):
             host.get_state(name, sid)
 
@@ -82,7 +84,7 @@ def test_an_exception_in_a_rule_action_fails_the_evaluation(
         return run
 
     monkeypatch.setattr(engine_mod, "_action", broken)
-    with pytest.raises(EngineError, match=r"a rule action failed.*boom in remeasure-stale"):
+    with pytest.raises(EngineError, match=r"a rule action failed.*boom in q2-stale"):
         RuleEngine().evaluate(
             pack, [{"kind": "patient", "hook": "patient-view", "q_stale": 1, "n": 0}]
         )
@@ -96,56 +98,65 @@ def test_reloading_the_same_pack_version_is_idempotent(core_pack: CompiledPack) 
 def test_large_packs_are_split_into_small_rulesets(tmp_path: Path) -> None:
     data = core_data()
     data["version"] = "9.9.9-large"
-    template = next(r for r in data["rules"] if r["id"] == "remeasure-stale")
+    template = next(r for r in data["rules"] if r["id"] == "q2-stale")
     data["rules"] = [{**template, "id": f"stale-{i}", "priority": i % 100} for i in range(120)]
     pack = load_pack(write_pack(tmp_path, data))
     engine = RuleEngine()
-    names = engine.load(pack)
-    assert len(names) == -(-120 // RULESET_SIZE)
+    _findings, rules = engine.load(pack)
+    assert len(rules) == -(-120 // RULESET_SIZE)
     result = engine.evaluate(
         pack, [{"kind": "patient", "hook": "patient-view", "q_stale": 2, "n": 0}]
     )
     assert len({f.rule_id for f in result.firings}) == 120
 
 
-_METRIC_FIELDS = {
-    "contralateral_pelvic_drop": (0.0, 12.0),
-    "peak_hip_adduction": (5.0, 30.0),
-    "hip_abduction_strength": (0.6, 2.4),
-}
+_COMPARISONS = {"$gte", "$gt", "$lt", "$lte", "$neq", "$ex", "$nex"}
 
 
-def _random_side(rng: random.Random) -> dict[str, Any]:
-    side: dict[str, Any] = {}
-    for fld, (lo, hi) in _METRIC_FIELDS.items():
-        if rng.random() < 0.7:
-            side[fld] = round(rng.uniform(lo, hi), 1)
-            side[f"{fld}__present"] = 1
-    if rng.random() < 0.5:
-        side["contralateral_pelvic_drop__asym"] = round(rng.uniform(-6, 6), 1)
-    if rng.random() < 0.5:
-        side["hip_abduction_strength__lsi"] = round(rng.uniform(60, 140), 1)
-    if rng.random() < 0.3:
-        side["hip_extension_strength__lsi"] = round(rng.uniform(60, 140), 1)
-    return side
+def _tested_values(pattern: Any, out: dict[str, set[Any]]) -> None:
+    """Every fact field a compiled pattern tests, with the values it compares against."""
+    if isinstance(pattern, list):
+        for part in pattern:
+            _tested_values(part, out)
+        return
+    for key, arg in pattern.items():
+        if key in ("$and", "$or"):
+            _tested_values(arg, out)
+        elif key in _COMPARISONS:
+            for fld, value in arg.items():
+                out.setdefault(fld, set()).add(1 if key in ("$ex", "$nex") else value)
+        else:
+            out.setdefault(key, set()).add(arg)
 
 
-def _random_patient(rng: random.Random) -> dict[str, Any]:
-    p: dict[str, Any] = {}
-    if rng.random() < 0.9:
-        p["age_years"] = rng.choice([12, 17, 18, 30, 60])
-    for key in (
-        "dx_patellofemoral_pain",
-        "dx_iliotibial_band_syndrome",
-        "order_draft_hip_strengthening_program",
-        "order_gait_retraining_video_feedback",
-    ):
-        if rng.random() < 0.4:
-            p[key] = 1
-    for key in ("q_low_strides", "q_stale", "q_excluded", "q_unreadable"):
-        if rng.random() < 0.15:
-            p[key] = rng.randint(1, 3)
-    return p
+def _fuzz_fields(pack: CompiledPack) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """(lateral fields, patient-wide fields) the pack tests, engine-set flags left out."""
+    tested: dict[str, set[Any]] = {}
+    for item in [*pack.rules, *pack.findings]:
+        _tested_values(item.pattern, tested)
+    lateral_prefixes = tuple(m.field for m in metrics().values() if m.lateral)
+    lateral, shared = {}, {}
+    for fld, values in tested.items():
+        if fld in ("kind", "hook") or fld.startswith("f_"):
+            continue
+        target = lateral if fld.startswith(lateral_prefixes) else shared
+        target[fld] = sorted(values, key=str)
+    return lateral, shared
+
+
+def _random_value(rng: random.Random, candidates: list[Any]) -> Any:
+    pick = rng.choice(candidates)
+    if isinstance(pick, str):
+        return rng.choice([*candidates, "good"])
+    if pick == 1 and len(candidates) == 1:
+        return 1
+    if pick == 0:  # a count tested with "> 0"
+        return rng.randint(0, 3)
+    return pick if rng.random() < 0.2 else round(pick * rng.uniform(0.3, 1.7), 2)
+
+
+def _random_fields(rng: random.Random, fields: dict[str, list[Any]], p: float) -> dict[str, Any]:
+    return {f: _random_value(rng, c) for f, c in fields.items() if rng.random() < p}
 
 
 @pytest.mark.parametrize("hook", ["patient-view", "order-select", "order-sign"])
@@ -155,9 +166,12 @@ def test_engine_agrees_with_the_independent_evaluator_on_random_facts(
     """decide() cross-checks every call and raises EngineError on any disagreement."""
     rng = random.Random(hook)
     engine = RuleEngine()
+    lateral, shared = _fuzz_fields(core_pack)
     fired_rules: set[str] = set()
-    for _ in range(300):
-        facts = _factset(_random_side(rng), _random_side(rng), _random_patient(rng))
+    for _ in range(400):
+        patient = _random_fields(rng, shared, 0.3)
+        left, right = _random_fields(rng, lateral, 0.5), _random_fields(rng, lateral, 0.5)
+        facts = _factset(left, right, patient)
         decision = decide(core_pack, engine, facts, hook=hook, patient_id="p")
         fired_rules.update(f.rule_id for f in decision.fired)
     expected = {r.rule.id for r in core_pack.rules if hook in r.rule.hooks}

@@ -3,9 +3,10 @@ from typing import Any
 
 import pytest
 
+from cds.fhir.codes import PLANS_SYSTEM
 from cds.fhir.facts import ClinicalData, DiagnosisCode, FactPolicy, build_facts
 from cds.fhir.observations import metric_observation
-from cds.fhir.parse import Condition, Observation, Patient, parse_entries
+from cds.fhir.parse import Condition, Observation, Patient, ServiceRequest, parse_entries
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 POLICY = FactPolicy(
@@ -59,13 +60,52 @@ def test_percent_body_weight_is_a_different_field_from_torque() -> None:
     assert "hip_abduction_strength" not in f.sides["left"]
 
 
-def test_latest_observation_wins_and_older_one_is_recorded_as_superseded() -> None:
+def test_latest_observation_wins_and_the_previous_usable_one_is_the_baseline() -> None:
     f = facts(
-        obs("contralateral-pelvic-drop", 9.0, "deg", "left", days=10, strides=9),
+        obs("contralateral-pelvic-drop", 7.0, "deg", "left", days=40, strides=9),
+        obs("contralateral-pelvic-drop", 9.0, "deg", "left", days=10, strides=3),
         obs("contralateral-pelvic-drop", 4.0, "deg", "left", days=2, strides=9),
     )
-    assert f.sides["left"]["contralateral_pelvic_drop"] == 4.0
+    left = f.sides["left"]
+    assert left["contralateral_pelvic_drop"] == 4.0
+    # the 3-stride capture is too short to be a baseline; the 40-day-old one is used
+    assert left["contralateral_pelvic_drop__increase"] == -3.0
+    assert left["contralateral_pelvic_drop__change"] == 3.0
+    assert [r.role for r in f.used] == [None, "baseline"]
     assert [e.reason for e in f.excluded] == ["superseded by a more recent Observation"]
+
+
+def test_a_single_capture_has_no_change() -> None:
+    f = facts(obs("contralateral-pelvic-drop", 4.0, "deg", "left", strides=9))
+    assert "contralateral_pelvic_drop__change" not in f.sides["left"]
+
+
+def test_an_active_order_shortens_the_freshness_window() -> None:
+    policy = FactPolicy(min_strides=7, max_age_days=90, max_age_in_care_days=30)
+    parsed, _ = parse_entries(
+        [obs("contralateral-pelvic-drop", 6.0, "deg", "left", days=45, strides=9)], "t", Observation
+    )
+    order = ServiceRequest.model_validate(
+        {
+            "resourceType": "ServiceRequest",
+            "status": "active",
+            "intent": "order",
+            "authoredOn": (NOW - timedelta(days=50)).date().isoformat(),
+            "code": {"coding": [{"system": PLANS_SYSTEM, "code": "hip-strengthening-program"}]},
+        }
+    )
+    out_of_care = build_facts(ClinicalData(observations=parsed), policy, now=NOW)
+    in_care = build_facts(ClinicalData(observations=parsed, active_orders=[order]), policy, now=NOW)
+    assert out_of_care.sides["left"]["contralateral_pelvic_drop"] == 6.0
+    assert "contralateral_pelvic_drop" not in in_care.sides["left"]
+    assert in_care.sides["left"]["q_stale"] == 1
+    assert in_care.patient["order_active_hip_strengthening_program__days"] == 50.5
+
+
+def test_raw_force_without_body_mass_is_flagged_unnormalised() -> None:
+    f = facts(obs("hip-abduction-strength", 180, "N", "left"))
+    assert f.sides["left"]["q_unnormalised"] == 1
+    assert "q_unnormalised" not in f.sides["right"]
 
 
 @pytest.mark.parametrize(

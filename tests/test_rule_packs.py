@@ -22,12 +22,12 @@ def test_core_pack_loads_and_every_rule_has_evidence(core_pack: Any) -> None:
     assert core_pack.pack.status == "active"
     ids = {r.rule.id for r in core_pack.rules}
     assert {
-        "weakness-and-run-form-same-side",
-        "strengthening-order-without-gait-retraining",
-        "run-form-without-weakness",
-        "weakness-without-run-form-impairment",
-        "remeasure-too-few-strides",
-        "under-18-route-to-clinician",
+        "r1-hip-drop-symptomatic",
+        "t1-strengthening-order-alone",
+        "r3-deviation-normal-strength",
+        "r4-hip-weakness-acceptable-form",
+        "q1-too-few-strides",
+        "s2-under-18",
     } <= ids
     for r in core_pack.rules:
         assert r.rule.card.source.url and r.rule.card.evidence.strength in "ABCD"
@@ -53,7 +53,7 @@ def _reported(path: Path, message: str) -> list[tuple[str, str, str]]:
 
 
 def _summary_too_long(d: dict[str, Any]) -> None:
-    _rule(d, "remeasure-stale")["card"]["summary"] = "LONG " + "x" * 140
+    _rule(d, "q2-stale")["card"]["summary"] = "LONG " + "x" * 140
 
 
 def _unknown_metric(d: dict[str, Any]) -> None:
@@ -77,24 +77,24 @@ def _duplicate(d: dict[str, Any]) -> None:
 
 
 def _no_citation(d: dict[str, Any]) -> None:
-    _rule(d, "remeasure-stale")["card"]["source"] = {"label": "NO-CITATION"}
+    _rule(d, "q2-stale")["card"]["source"] = {"label": "NO-CITATION"}
 
 
 def _cycle(d: dict[str, Any]) -> None:
     d["findings"]["loop"] = {"finding": "loop"}
-    _rule(d, "remeasure-stale")["when"] = {"finding": "loop"}
+    _rule(d, "q2-stale")["when"] = {"finding": "loop"}
 
 
 def _placeholder(d: dict[str, Any]) -> None:
-    _rule(d, "remeasure-stale")["card"]["detail"] = "PLACEHOLDER {nonsense}"
+    _rule(d, "q2-stale")["card"]["detail"] = "PLACEHOLDER {nonsense}"
 
 
 def _unknown_plan(d: dict[str, Any]) -> None:
-    _rule(d, "remeasure-stale")["when"] = {"order": "gait-retrainng-video-feedback"}
+    _rule(d, "q2-stale")["when"] = {"order": "gait-retrainng-video-feedback"}
 
 
 def _unknown_value_set(d: dict[str, Any]) -> None:
-    _rule(d, "remeasure-stale")["when"] = {"diagnosis": "patellofemoral-pian"}
+    _rule(d, "q2-stale")["when"] = {"diagnosis": "patellofemoral-pian"}
 
 
 @pytest.mark.parametrize(
@@ -114,7 +114,7 @@ def _unknown_value_set(d: dict[str, Any]) -> None:
             "did you mean 'hip_adduction_high'",
         ),
         (_wrong_unit, "pack-unit-mismatch", "unit: N", "unit of the metric's kind"),
-        (_duplicate, "pack-duplicate-rule", "id: remeasure-too-few-strides", "own id"),
+        (_duplicate, "pack-duplicate-rule", "id: q1-too-few-strides", "own id"),
         (_no_citation, "pack-missing-citation", "source", "DOI"),
         (_cycle, "pack-finding-cycle", "finding: loop", "may not use itself"),
         (_placeholder, "pack-unknown-placeholder", "PLACEHOLDER", "{side}"),
@@ -172,7 +172,7 @@ def test_overly_complex_rule_is_refused_before_the_engine_sees_it(tmp_path: Path
         )
     ]
     big = {"all": [{"any": [{"not": {"finding": "run_form_impaired"}}, *leaves]}] * 4}
-    _rule(data, "remeasure-stale")["when"] = big
+    _rule(data, "q2-stale")["when"] = big
     with pytest.raises(PackError, match="too complex"):
         load_pack(write_pack(tmp_path, data))
 
@@ -212,7 +212,7 @@ def test_packs_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     from tests.conftest import ROOT
 
     assert main(["packs", "validate", str(ROOT / "rule_packs")]) == 0
-    assert "OK  runform-core 1.0.0" in capsys.readouterr().out
+    assert "OK  runform-core 2.0.0" in capsys.readouterr().out
     data = core_data()
     _unknown_metric(data)
     path = write_pack(tmp_path, data)

@@ -53,7 +53,11 @@ def test_patient_view_recommends_strength_and_gait_retraining(live: LiveService)
     assert card["source"]["url"] == "https://doi.org/10.2519/jospt.2011.3470"
     assert "Evidence strength: C" in card["detail"]
     assert "clinic-configured, not validated" in card["detail"]
-    assert _rules(live, body["hookInstance"]) == ["weakness-and-run-form-same-side"]
+    assert _rules(live, body["hookInstance"]) == [
+        "r1-hip-drop-symptomatic",
+        "r7-cadence-alternative",
+        "r9-education",
+    ]
 
 
 def test_order_select_strengthening_alone_warns_and_suggests_retraining(live: LiveService) -> None:
@@ -127,7 +131,7 @@ def test_too_few_strides_asks_for_remeasurement_and_no_plan(live: LiveService) -
     r = live.post(PV, hook_request("patient-view", "p4", observations=obs))
     cards = r.json()["cards"]
     assert [c["indicator"] for c in cards] == ["info"]
-    assert "re-measure" in cards[0]["summary"]
+    assert "re-capture" in cards[0]["summary"]
     assert "suggestions" not in cards[0]
 
 
@@ -135,7 +139,7 @@ def test_stale_measurements_ask_for_remeasurement(live: LiveService) -> None:
     obs = demo_observations("p5", days_ago=200)
     body = hook_request("patient-view", "p5", observations=obs)
     cards = live.post(PV, body).json()["cards"]
-    assert len(cards) == 1 and "out of date" in cards[0]["summary"]
+    assert len(cards) == 1 and "stale" in cards[0]["summary"]
     excluded = live.store.records_for(body["hookInstance"])[0].body["inputs"]["excluded"]
     assert all(e["reason"].startswith("stale") for e in excluded)
 
@@ -147,7 +151,7 @@ def test_under_18_routes_to_clinician_without_plan(live: LiveService) -> None:
     assert cards[0]["indicator"] == "warning" and "route to clinician" in cards[0]["summary"]
     fired = live.store.records_for(body["hookInstance"])[0].body["rules_fired"]
     suppressed = {r["rule_id"]: r.get("suppressed_by") for r in fired}
-    assert suppressed["weakness-and-run-form-same-side"] == "under-18-route-to-clinician"
+    assert suppressed["r1-hip-drop-symptomatic"] == "s2-under-18"
 
 
 def test_unreadable_observation_is_excluded_and_reported(live: LiveService) -> None:
@@ -165,7 +169,7 @@ def test_unreadable_observation_is_excluded_and_reported(live: LiveService) -> N
     assert r.status_code == 200
     summaries = [c["summary"] for c in r.json()["cards"]]
     assert any("could not be used" in s for s in summaries)
-    assert any("strengthen AND retrain" in s for s in summaries)
+    assert any("PLUS gait retraining" in s for s in summaries)
     excluded = live.store.records_for(body["hookInstance"])[0].body["inputs"]["excluded"]
     assert excluded[0]["resource"] == "Observation/broken"
     assert "unreadable" in excluded[0]["reason"]
@@ -185,7 +189,7 @@ def test_mismatched_unit_is_excluded_not_used(live: LiveService) -> None:
     assert sum("does not fit" in x for x in reasons) == 2
     used = {(u["code"], u["side"]): u["canonical"] for u in trace["inputs"]["used"] if "side" in u}
     assert used[("peak-hip-adduction", "right")] == pytest.approx(21.2, abs=0.01)
-    assert "weakness-and-run-form-same-side" in _rules(live, body["hookInstance"])
+    assert "r1-hip-drop-symptomatic" in _rules(live, body["hookInstance"])
     assert any("could not be used" in c["summary"] for c in r.json()["cards"])
 
 
@@ -396,7 +400,7 @@ def test_audit_show_prints_the_trace(
     config.write_text(f'[store]\nurl = "{live.settings.store.url}"\n')
     assert main(["audit", "show", body["hookInstance"], "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "weakness-and-run-form-same-side on right" in out
+    assert "r1-hip-drop-symptomatic on right" in out
     assert "threshold pelvic_drop_high = 5.0 deg (X)" in out
     assert (
         main(["audit", "show", "00000000-0000-0000-0000-000000000000", "--config", str(config)])

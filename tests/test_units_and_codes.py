@@ -26,6 +26,8 @@ REQUIRED = [
     "single-leg-squat-rating",
     "single-leg-squat-fppa",
     "trendelenburg-test",
+    "running-pain",
+    "post-run-pain-duration",
     "strides-analyzed",
     "visible-fraction",
     "frame-rate",

@@ -58,7 +58,7 @@ class Metric:
     unit: str
     dimensions: tuple[str, ...]
     site: str  # "hip", "knee" or "none" (whole-body)
-    group: str  # "run-form", "strength" or "quality"
+    group: str  # "run-form", "strength", "symptom" or "quality"
 
     @property
     def field(self) -> str:

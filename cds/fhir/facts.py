@@ -36,12 +36,15 @@ __all__ = [
     "FactSet",
     "InputRecord",
     "build_facts",
+    "diagnosis_field",
+    "in_care",
     "order_field",
 ]
 
 SIDES: tuple[Side, Side] = ("left", "right")
 _CLINICAL_OK = {"active", "recurrence", "relapse"}
 _ORDER_LIVE = {"draft", "active", "on-hold"}
+_CHANGE_SUFFIXES = ("__increase", "__change")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class FactPolicy:
 
     min_strides: float = 7
     max_age_days: float = 90
+    #: a shorter window while an order is active (None: same as ``max_age_days``)
+    max_age_in_care_days: float | None = None
     diagnoses: dict[str, tuple[DiagnosisCode, ...]] = field(default_factory=dict)
 
 
@@ -88,6 +93,7 @@ class InputRecord:
     canonical: float | str | None = None
     effective: str | None = None
     strides: float | None = None
+    role: str | None = None
     reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -164,14 +170,23 @@ def _quantity_value(obs: Observation, m: Metric) -> tuple[float, str, float, str
     return q.value, unit, canonical, m.field_for(dim)
 
 
+@dataclass
+class _Value:
+    effective: datetime
+    canonical: Any
+    record: InputRecord
+    numeric: bool
+
+
 class _Builder:
     def __init__(self, policy: FactPolicy, now: datetime) -> None:
         self.policy = policy
         self.now = now
         self.used: list[InputRecord] = []
         self.excluded: list[InputRecord] = []
-        # (field, side or None) -> (effective, canonical, record)
-        self.latest: dict[tuple[str, str | None], tuple[datetime, Any, InputRecord]] = {}
+        self.history: dict[tuple[str, str | None], list[_Value]] = {}
+        self.latest: dict[tuple[str, str | None], _Value] = {}
+        self.baseline: dict[tuple[str, str | None], _Value] = {}
         self.quality: dict[str | None, dict[str, int]] = {}
 
     def _flag(self, side: str | None, key: str) -> None:
@@ -228,41 +243,63 @@ class _Builder:
             rec.canonical = round(canonical, 4)
         eff = _as_datetime(obs.effective)
         assert eff is not None
-        key = (fld, side)
-        prior = self.latest.get(key)
-        if prior is not None and prior[0] >= eff:
-            rec.reason = "superseded by a more recent Observation"
-            self.excluded.append(rec)
-            return
-        if prior is not None:
-            prior[2].reason = "superseded by a more recent Observation"
-            self.excluded.append(prior[2])
-            self.used.remove(prior[2])
-        self.latest[key] = (eff, canonical, rec)
-        self.used.append(rec)
         rec.strides = _component_value(obs, "strides-analyzed")
+        value = _Value(eff, canonical, rec, numeric=not m.coded)
+        self.history.setdefault((fld, side), []).append(value)
 
-    def gate(self) -> None:
-        """Apply the quality gates to the latest value of each metric."""
-        for (fld, side), (eff, _, rec) in list(self.latest.items()):
-            m = metric(rec.code or "")
-            reason = None
-            age_days = (self.now - eff).total_seconds() / 86400
-            if age_days > self.policy.max_age_days:
-                reason, flag = f"stale: measured {age_days:.0f} days ago", "stale"
-            elif (
-                m is not None
-                and m.group == "run-form"
-                and rec.strides is not None
-                and (rec.strides < self.policy.min_strides)
-            ):
-                reason, flag = f"too few strides ({rec.strides:g})", "low_strides"
-            if reason:
-                rec.reason = reason
-                self.used.remove(rec)
-                self.excluded.append(rec)
-                del self.latest[(fld, side)]
-                self._flag(side, flag)
+    def _too_few_strides(self, rec: InputRecord) -> bool:
+        m = metric(rec.code or "")
+        return (
+            m is not None
+            and m.group == "run-form"
+            and rec.strides is not None
+            and rec.strides < self.policy.min_strides
+        )
+
+    def _set_aside(self, value: _Value, reason: str) -> None:
+        value.record.reason = reason
+        self.excluded.append(value.record)
+
+    def finish(self, in_care: bool) -> None:
+        """Keep the latest value of each metric if it passes the quality gates, and the
+        latest earlier usable value as the baseline for change."""
+        max_age = self.policy.max_age_days
+        if in_care and self.policy.max_age_in_care_days is not None:
+            max_age = self.policy.max_age_in_care_days
+        for key, values in self.history.items():
+            values.sort(key=lambda v: v.effective)
+            latest, earlier = values[-1], values[:-1]
+            age_days = (self.now - latest.effective).total_seconds() / 86400
+            if age_days > max_age:
+                self._set_aside(latest, f"stale: measured {age_days:.0f} days ago")
+                self._flag(key[1], "stale")
+            elif self._too_few_strides(latest.record):
+                self._set_aside(latest, f"too few strides ({latest.record.strides:g})")
+                self._flag(key[1], "low_strides")
+            else:
+                self.latest[key] = latest
+                self.used.append(latest.record)
+                earlier = self._pick_baseline(key, latest, earlier)
+            for value in earlier:
+                self._set_aside(value, "superseded by a more recent Observation")
+
+    def _pick_baseline(
+        self, key: tuple[str, str | None], latest: _Value, earlier: list[_Value]
+    ) -> list[_Value]:
+        usable = [
+            v
+            for v in earlier
+            if latest.numeric
+            and v.effective < latest.effective
+            and not self._too_few_strides(v.record)
+        ]
+        if not usable:
+            return earlier
+        base = usable[-1]
+        base.record.role = "baseline"
+        self.baseline[key] = base
+        self.used.append(base.record)
+        return [v for v in earlier if v is not base]
 
 
 def _age_years(patient: Patient | None, today: date) -> int | None:
@@ -272,32 +309,74 @@ def _age_years(patient: Patient | None, today: date) -> int | None:
     return today.year - b.year - ((today.month, today.day) < (b.month, b.day))
 
 
-def _context(data: ClinicalData, policy: FactPolicy, now: datetime) -> dict[str, Any]:
-    ctx: dict[str, Any] = {}
-    age = _age_years(data.patient, now.date())
-    if age is not None:
-        ctx["age_years"] = age
+def _days_since(when: datetime | date | None, now: datetime) -> float | None:
+    moment = _as_datetime(when)
+    return None if moment is None else round((now - moment).total_seconds() / 86400, 2)
+
+
+def _keep_min(ctx: dict[str, Any], key: str, days: float | None) -> None:
+    if days is not None and (key not in ctx or days < ctx[key]):
+        ctx[key] = days
+
+
+def _keep_max(ctx: dict[str, Any], key: str, days: float | None) -> None:
+    if days is not None and (key not in ctx or days > ctx[key]):
+        ctx[key] = days
+
+
+def _diagnoses(data: ClinicalData, policy: FactPolicy, now: datetime, ctx: dict[str, Any]) -> None:
     for cond in data.conditions:
         if cond.clinicalStatus is not None and not any(
             c.code in _CLINICAL_OK for c in cond.clinicalStatus.coding
         ):
             continue
+        codings = cond.code.coding if cond.code else []
         for name, codes in policy.diagnoses.items():
-            codings = cond.code.coding if cond.code else []
             if any(dc.matches(c.system, c.code) for dc in codes for c in codings):
-                ctx[f"dx_{name.replace('-', '_')}"] = 1
-    for state, orders in (("draft", data.draft_orders), ("active", data.active_orders)):
+                fld = diagnosis_field(name)
+                ctx[fld] = 1
+                _keep_min(ctx, f"{fld}__days", _days_since(cond.since, now))
+
+
+def _orders(data: ClinicalData, now: datetime, ctx: dict[str, Any]) -> None:
+    for declared, orders in (("draft", data.draft_orders), ("active", data.active_orders)):
         for order in orders:
-            if order.status not in _ORDER_LIVE:
+            if order.status in _ORDER_LIVE:
+                state = declared
+            elif order.status == "completed":
+                state = "completed"
+            else:
                 continue
             for plan in _plans_of(order):
                 ctx[order_field(plan, state)] = 1
                 ctx[order_field(plan, "any")] = 1
+                _keep_max(ctx, f"{order_field(plan, state)}__days", _days_since(order.started, now))
+
+
+def _context(data: ClinicalData, policy: FactPolicy, now: datetime) -> dict[str, Any]:
+    ctx: dict[str, Any] = {}
+    age = _age_years(data.patient, now.date())
+    if age is not None:
+        ctx["age_years"] = age
+    if data.patient is not None and data.patient.gender:
+        ctx[f"sex_{data.patient.gender}"] = 1
+    _diagnoses(data, policy, now, ctx)
+    _orders(data, now, ctx)
     return ctx
 
 
+def in_care(data: ClinicalData) -> bool:
+    """Whether an order is active (the shorter data-freshness window applies)."""
+    return any(o.status in _ORDER_LIVE for o in data.active_orders)
+
+
+def diagnosis_field(value_set: str) -> str:
+    """Fact field flagging an active diagnosis from ``value_set``."""
+    return f"dx_{value_set.replace('-', '_')}"
+
+
 def order_field(plan: str, state: str) -> str:
-    """Fact field flagging an order for ``plan`` in ``state`` (draft, active or any)."""
+    """Fact field flagging an order for ``plan`` in ``state`` (draft, active, completed or any)."""
     prefix = "order" if state == "any" else f"order_{state}"
     return f"{prefix}_{plan.replace('-', '_')}"
 
@@ -345,7 +424,7 @@ def build_facts(data: ClinicalData, policy: FactPolicy, *, now: datetime | None 
     builder = _Builder(policy, now)
     for obs in data.observations:
         builder.add(obs)
-    builder.gate()
+    builder.finish(in_care(data))
     for bad in data.unreadable:
         builder.excluded.append(
             InputRecord(
@@ -358,20 +437,18 @@ def build_facts(data: ClinicalData, policy: FactPolicy, *, now: datetime | None 
             builder._flag(None, "unreadable")
 
     ctx = _context(data, policy, now)
-    whole_body = {fld: v for (fld, side), (_, v, _) in builder.latest.items() if side is None}
+    whole_body = _values_of(builder, None)
     patient: dict[str, Any] = {"kind": "patient", **ctx, **whole_body}
     sides: dict[str, dict[str, Any]] = {}
     lateral_fields: set[str] = set()
     for side in SIDES:
-        fact: dict[str, Any] = {"kind": "side", "side": side, **ctx, **whole_body}
-        for (fld, s), (_, v, _) in builder.latest.items():
-            if s == side:
-                fact[fld] = v
-                lateral_fields.add(fld)
-        sides[side] = fact
+        own = _values_of(builder, side)
+        lateral_fields.update(k for k in own if not k.endswith(_CHANGE_SUFFIXES))
+        sides[side] = {"kind": "side", "side": side, **ctx, **whole_body, **own}
     _compare_sides(sides, lateral_fields)
     for fact in (patient, *sides.values()):
         _mark_present(fact)
+        _flag_unnormalised(fact, builder.quality)
     _add_quality_counts(patient, sides, builder.quality)
     notes = [
         _note(rec) for rec in builder.excluded if not (rec.reason or "").startswith("superseded")
@@ -379,6 +456,35 @@ def build_facts(data: ClinicalData, policy: FactPolicy, *, now: datetime | None 
     if notes:
         patient["q_notes"] = "; ".join(notes)
     return FactSet(patient=patient, sides=sides, used=builder.used, excluded=builder.excluded)
+
+
+def _values_of(builder: _Builder, side: str | None) -> dict[str, Any]:
+    """Latest values of one side (None: whole-body), with change from the baseline."""
+    out: dict[str, Any] = {}
+    for (fld, s), latest in builder.latest.items():
+        if s != side:
+            continue
+        out[fld] = latest.canonical
+        base = builder.baseline.get((fld, s))
+        if base is not None:
+            delta = round(latest.canonical - base.canonical, 4)
+            out[f"{fld}__increase"] = delta
+            out[f"{fld}__change"] = abs(delta)
+    return out
+
+
+def _flag_unnormalised(fact: dict[str, Any], quality: dict[str | None, dict[str, int]]) -> None:
+    """Strength measured only as raw force or torque cannot meet a body-mass norm."""
+    if fact["kind"] != "side":
+        return
+    for m in metrics().values():
+        if m.group != "strength" or "torque_per_mass" not in m.dimensions:
+            continue
+        normalised = any(m.field_for(d) in fact for d in ("torque_per_mass", "force_per_mass"))
+        raw = any(m.field_for(d) in fact for d in ("torque", "force"))
+        if raw and not normalised:
+            bucket = quality.setdefault(fact["side"], {})
+            bucket["unnormalised"] = bucket.get("unnormalised", 0) + 1
 
 
 def _note(rec: InputRecord) -> str:

@@ -157,6 +157,13 @@ class Condition(_Resource):
     clinicalStatus: CodeableConcept | None = None
     verificationStatus: CodeableConcept | None = None
     code: CodeableConcept | None = None
+    onsetDateTime: FhirDateTime | None = None
+    recordedDate: FhirDateTime | None = None
+
+    @property
+    def since(self) -> datetime | date | None:
+        """When the condition began, or failing that when it was recorded."""
+        return self.onsetDateTime or self.recordedDate
 
 
 class ServiceRequest(_Resource):
@@ -164,6 +171,14 @@ class ServiceRequest(_Resource):
     status: str
     intent: str
     code: CodeableConcept | None = None
+    authoredOn: FhirDateTime | None = None
+    occurrencePeriod: Period | None = None
+
+    @property
+    def started(self) -> datetime | date | None:
+        if self.occurrencePeriod is not None and self.occurrencePeriod.start is not None:
+            return self.occurrencePeriod.start
+        return self.authoredOn
 
 
 class CarePlanActivityDetail(_Element):
@@ -180,6 +195,14 @@ class CarePlan(_Resource):
     intent: str
     category: list[CodeableConcept] = Field(default_factory=list)
     activity: list[CarePlanActivity] = Field(default_factory=list)
+    period: Period | None = None
+    created: FhirDateTime | None = None
+
+    @property
+    def started(self) -> datetime | date | None:
+        if self.period is not None and self.period.start is not None:
+            return self.period.start
+        return self.created
 
 
 _MODELS: dict[str, type[_Resource]] = {

@@ -17,7 +17,7 @@ _UNITS: dict[str, dict[str, float]] = {
     "angle": {"deg": 1.0, "rad": 57.29577951308232},
     "rate": {"/min": 1.0, "{steps}/min": 1.0, "{step}/min": 1.0, "/s": 60.0},
     "frequency": {"/s": 1.0, "Hz": 1.0, "{frames}/s": 1.0},
-    "time": {"s": 1.0, "ms": 0.001, "min": 60.0},
+    "time": {"s": 1.0, "ms": 0.001, "min": 60.0, "h": 3600.0},
     "force": {"N": 1.0, "kN": 1000.0, "[lbf_av]": 4.4482216152605},
     "torque": {"N.m": 1.0},
     "torque_per_mass": {"N.m/kg": 1.0, "%{BW}.m": STANDARD_GRAVITY / 100.0},
@@ -31,6 +31,7 @@ _UNITS: dict[str, dict[str, float]] = {
     "count": {"{strides}": 1.0, "{steps}": 1.0, "1": 1.0},
     "days": {"d": 1.0, "wk": 7.0, "mo": 30.4375, "a": 365.25},
     "years": {"a": 1.0},
+    "score": {"{score}": 1.0, "1": 1.0},
     "rating": {},
     "result": {},
 }

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from cds.errors import PackError
 from cds.fhir.codes import code_system, metric, metrics, plan_display
-from cds.fhir.facts import DiagnosisCode, FactPolicy, order_field
+from cds.fhir.facts import DiagnosisCode, FactPolicy, diagnosis_field, order_field
 from cds.fhir.units import UnitError, convert
 from cds.rules.pack import (
     AgeCondition,
@@ -30,12 +31,25 @@ from cds.rules.pack import (
     Pack,
     QualityCondition,
     Rule,
+    SexCondition,
     Threshold,
 )
 from cds.rules.problems import Loc, PackProblem, did_you_mean
 from cds.rules.template import check_placeholders
 
-__all__ = ["RULESET_SIZE", "CompiledPack", "CompiledRule", "compile_pack", "resolve_metric_fields"]
+if TYPE_CHECKING:
+    from cds.rules.scenario import ScenarioFile
+
+__all__ = [
+    "RULESET_SIZE",
+    "Compiled",
+    "CompiledFinding",
+    "CompiledPack",
+    "CompiledRule",
+    "compile_pack",
+    "finding_field",
+    "resolve_metric_fields",
+]
 
 RULESET_SIZE = 50  # durable-rules aborts on large rulesets; keep each one small
 #: durable-rules expands each pattern to disjunctive normal form and refuses
@@ -44,6 +58,14 @@ MAX_ALTERNATIVES = 1024
 SUMMARY_LIMIT = 140
 Scope = Literal["side", "patient"]
 
+_MEASURE_SUFFIX = {
+    "value": "",
+    "asymmetry": "__asym",
+    "change": "__change",
+    "increase": "__increase",
+}
+#: which HTI-1 data-use declaration each kind of input needs
+_DATA_USE = {"age": "date_of_birth", "sex": "sex", "symptom": "health_status_assessments"}
 _OPS = {"at_least": "$gte", "above": "$gt", "below": "$lt", "at_most": "$lte"}
 _NEGATED = {"at_least": "below", "above": "at_most", "below": "at_least", "at_most": "above"}
 
@@ -67,12 +89,64 @@ class UsedThreshold:
 
 
 @dataclass
-class CompiledRule:
-    rule: Rule
+class Compiled:
+    """A condition compiled to one engine pattern over a single fact."""
+
     scope: Scope
     pattern: dict[str, Any]
     fields: set[str] = field(default_factory=set)
     thresholds: dict[str, UsedThreshold] = field(default_factory=dict)
+
+    @property
+    def engine_id(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def priority(self) -> int:
+        raise NotImplementedError
+
+    def absorb(self, other: Compiled) -> None:
+        if other.scope == "side":
+            self.scope = "side"
+        self.fields |= other.fields
+        self.thresholds |= other.thresholds
+
+
+@dataclass(kw_only=True)
+class CompiledRule(Compiled):
+    rule: Rule
+
+    @property
+    def engine_id(self) -> str:
+        return self.rule.id
+
+    @property
+    def priority(self) -> int:
+        return self.rule.priority
+
+
+@dataclass(kw_only=True)
+class CompiledFinding(Compiled):
+    """A named finding, evaluated on every fact before the rules; firing sets ``flag``."""
+
+    name: str
+
+    @property
+    def engine_id(self) -> str:
+        return f"finding:{self.name}"
+
+    @property
+    def flag(self) -> str:
+        return finding_field(self.name)
+
+    @property
+    def priority(self) -> int:
+        return 0
+
+
+def finding_field(name: str) -> str:
+    """Fact field the engine sets when finding ``name`` holds on that fact."""
+    return f"f_{name.replace('-', '_')}"
 
 
 @dataclass
@@ -81,16 +155,27 @@ class CompiledPack:
     sha256: str
     rules: list[CompiledRule]
     policy: FactPolicy
+    findings: list[CompiledFinding] = field(default_factory=list)
+    path: Path | None = None
+    scenarios: ScenarioFile | None = None
 
     @property
     def key(self) -> str:
         return f"{self.pack.id}@{self.pack.version}#{self.sha256[:12]}"
 
     def rule(self, rule_id: str) -> CompiledRule:
-        return next(r for r in self.rules if r.rule.id == rule_id)
+        return next(r for r in self.rules if r.engine_id == rule_id)
 
-    def chunks(self) -> list[list[CompiledRule]]:
-        return [self.rules[i : i + RULESET_SIZE] for i in range(0, len(self.rules), RULESET_SIZE)]
+    def finding(self, engine_id: str) -> CompiledFinding:
+        return next(f for f in self.findings if f.engine_id == engine_id)
+
+    def stages(self) -> list[list[list[Compiled]]]:
+        """Findings first, then rules; each split into rulesets of bounded size."""
+        return [_chunked(list(self.findings)), _chunked(list(self.rules))]
+
+
+def _chunked(items: list[Compiled]) -> list[list[Compiled]]:
+    return [items[i : i + RULESET_SIZE] for i in range(0, len(items), RULESET_SIZE)]
 
 
 def resolve_metric_fields(cond: MetricCondition, unit: str | None) -> list[str]:
@@ -102,20 +187,24 @@ def resolve_metric_fields(cond: MetricCondition, unit: str | None) -> list[str]:
     if unit is None:
         return [f"{m.field}__present"]
     _, dim = convert(0.0, unit, m.dimensions)
-    suffix = "__asym" if cond.measure == "asymmetry" else ""
-    return [m.field_for(dim) + suffix]
+    return [m.field_for(dim) + _MEASURE_SUFFIX[cond.measure]]
 
 
 class _Compiler:
     def __init__(self, pack: Pack) -> None:
         self.pack = pack
         self.problems: list[PackProblem] = []
+        self.data_used: dict[str, Loc] = {}
+        self.findings: dict[str, CompiledFinding] = {}
+
+    def uses(self, kind: str, loc: Loc) -> None:
+        self.data_used.setdefault(_DATA_USE[kind], loc)
 
     def fail(self, code: str, loc: Loc, message: str, hint: str | None = None) -> None:
         self.problems.append(PackProblem(code, loc, message, hint))
 
     # -- atoms ----------------------------------------------------------------
-    def _threshold(self, loc: Loc, name: str, dims: tuple[str, ...], out: CompiledRule) -> float:
+    def _threshold(self, loc: Loc, name: str, dims: tuple[str, ...], out: Compiled) -> float:
         t = self.pack.thresholds.get(name)
         if t is None:
             hint = did_you_mean(name, self.pack.thresholds) or "define it under thresholds:"
@@ -134,7 +223,7 @@ class _Compiler:
         out.thresholds[name] = UsedThreshold(name, t, value)
         return value
 
-    def _metric(self, loc: Loc, c: MetricCondition, neg: bool, out: CompiledRule) -> Any:
+    def _metric(self, loc: Loc, c: MetricCondition, neg: bool, out: Compiled) -> Any:
         m = metric(c.metric)
         if m is None or m.group == "quality":
             known = [k for k, v in metrics().items() if v.group != "quality"]
@@ -147,6 +236,8 @@ class _Compiler:
             return _INVALID
         if m.lateral:
             out.scope = "side"
+        if m.group == "symptom":
+            self.uses("symptom", loc)
         if c.present is not None:
             fields = resolve_metric_fields(c, None)
             present = c.present != neg
@@ -179,7 +270,7 @@ class _Compiler:
         out.fields.update(fields)
         return _join("$or", [_compare(f, op, value, neg) for f in fields])
 
-    def _atom(self, loc: Loc, c: Condition, neg: bool, out: CompiledRule) -> Any:
+    def _atom(self, loc: Loc, c: Condition, neg: bool, out: Compiled) -> Any:
         if isinstance(c, MetricCondition):
             return self._metric(loc, c, neg, out)
         if isinstance(c, AgeCondition):
@@ -188,7 +279,11 @@ class _Compiler:
             op, name = comparison
             value = self._threshold((*loc, "age", op), name, ("years",), out)
             out.fields.add("age_years")
+            self.uses("age", loc)
             return _compare("age_years", op, value, neg)
+        if isinstance(c, SexCondition):
+            self.uses("sex", loc)
+            return _flag(f"sex_{c.sex}", neg, out)
         if isinstance(c, DiagnosisCondition):
             if c.diagnosis not in self.pack.value_sets:
                 self.fail(
@@ -198,15 +293,28 @@ class _Compiler:
                     did_you_mean(c.diagnosis, self.pack.value_sets)
                     or "define it under value_sets:",
                 )
-            return _flag(f"dx_{c.diagnosis.replace('-', '_')}", neg, out)
+            fld = diagnosis_field(c.diagnosis)
+            return self._dated(loc, fld, "at_most", c.within, "within", neg, out)
         if isinstance(c, OrderCondition):
             self._plan((*loc, "order"), c.order)
-            return _flag(order_field(c.order, c.state), neg, out)
+            fld = order_field(c.order, c.state)
+            return self._dated(loc, fld, "at_least", c.older_than, "older_than", neg, out)
         if isinstance(c, QualityCondition):
             fld = f"q_{c.quality}"
             out.fields.add(fld)
             return {"$nex": {fld: 1}} if neg else {"$gt": {fld: 0}}
         raise TypeError(type(c))
+
+    def _dated(
+        self, loc: Loc, fld: str, op: str, limit: str | None, key: str, neg: bool, out: Compiled
+    ) -> Any:
+        """A flag, optionally with its age in days compared with a threshold."""
+        if limit is None:
+            return _flag(fld, neg, out)
+        days = self._threshold((*loc, key), limit, ("days",), out)
+        out.fields.add(f"{fld}__days")
+        parts = [_flag(fld, neg, out), _compare(f"{fld}__days", op, days, neg)]
+        return _join("$or" if neg else "$and", parts)
 
     def _plan(self, loc: Loc, plan: str) -> None:
         if plan_display(plan) is None:
@@ -219,9 +327,7 @@ class _Compiler:
             )
 
     # -- tree -------------------------------------------------------------------
-    def expr(
-        self, loc: Loc, c: Condition, neg: bool, out: CompiledRule, seen: tuple[str, ...]
-    ) -> Any:
+    def expr(self, loc: Loc, c: Condition, neg: bool, out: Compiled, seen: tuple[str, ...]) -> Any:
         if isinstance(c, NotOf):
             return self.expr((*loc, "not"), c.not_, not neg, out, seen)
         if isinstance(c, AllOf | AnyOf):
@@ -248,24 +354,43 @@ class _Compiler:
                     did_you_mean(c.finding, self.pack.findings) or "define it under findings:",
                 )
                 return _INVALID
-            return self.expr(("findings", c.finding), sub, neg, out, (*seen, c.finding))
+            if seen:  # inside a finding: expand in place
+                return self.expr(("findings", c.finding), sub, neg, out, (*seen, c.finding))
+            compiled = self.finding(c.finding, sub)
+            out.absorb(compiled)
+            return _flag(compiled.flag, neg, out)
         return self._atom(loc, c, neg, out)
 
-    def rule(self, index: int, rule: Rule) -> CompiledRule:
-        loc: Loc = ("rules", index)
-        out = CompiledRule(rule=rule, scope="patient", pattern={})
-        cond = self.expr((*loc, "when"), rule.when, False, out, ())
-        hooks = _join("$or", [{"hook": h} for h in rule.hooks])
-        out.pattern = {"$and": [{"kind": out.scope}, hooks, cond]}
-        size = alternatives(cond)
+    def finding(self, name: str, cond: Condition) -> CompiledFinding:
+        """Compile finding ``name`` once; rules then test the flag it sets."""
+        known = self.findings.get(name)
+        if known is not None:
+            return known
+        loc: Loc = ("findings", name)
+        out = CompiledFinding(scope="patient", pattern={}, name=name)
+        out.pattern = self.expr(loc, cond, False, out, (name,))
+        self._check_size(loc, f"finding {name!r}", out.pattern)
+        self.findings[name] = out
+        return out
+
+    def _check_size(self, loc: Loc, what: str, pattern: Any) -> None:
+        size = alternatives(pattern)
         if size > MAX_ALTERNATIVES:
             self.fail(
                 "pack-too-complex",
-                (*loc, "when"),
-                f"rule {rule.id!r} is too complex for the engine: {size} alternative "
+                loc,
+                f"{what} is too complex for the engine: {size} alternative "
                 f"matches (limit {MAX_ALTERNATIVES})",
-                "split the rule in two, or avoid 'not' around large findings",
+                "split it in two, or move the part under 'not' into a finding of its own",
             )
+
+    def rule(self, index: int, rule: Rule) -> CompiledRule:
+        loc: Loc = ("rules", index)
+        out = CompiledRule(scope="patient", pattern={}, rule=rule)
+        cond = self.expr((*loc, "when"), rule.when, False, out, ())
+        hooks = _join("$or", [{"hook": h} for h in rule.hooks])
+        out.pattern = {"$and": [{"kind": out.scope}, hooks, cond]}
+        self._check_size((*loc, "when"), f"rule {rule.id!r}", cond)
         self._check_card(loc, rule)
         return out
 
@@ -278,7 +403,8 @@ class _Compiler:
                     "pack-unknown-placeholder",
                     (*card, part),
                     problem,
-                    "placeholders: {side}, {value:METRIC}, {threshold:NAME}, {age}, {quality}",
+                    "placeholders: {side}, {value:METRIC}, {change:METRIC}, {threshold:NAME}, "
+                    "{age}, {quality}",
                 )
         if len(rule.card.summary) >= SUMMARY_LIMIT:
             self.fail(
@@ -301,16 +427,59 @@ class _Compiler:
                     self._plan((*card, "suggestions", i, "actions", j, "plans"), plan)
 
     def policy(self) -> FactPolicy:
-        out = CompiledRule(rule=self.pack.rules[0], scope="patient", pattern={})
+        out = Compiled(scope="patient", pattern={})
         min_strides = self._threshold(
             ("quality", "min_strides"), self.pack.quality.min_strides, ("count",), out
         )
         max_age = self._threshold(("quality", "max_age"), self.pack.quality.max_age, ("days",), out)
+        in_care = self.pack.quality.max_age_in_care
+        max_age_in_care = (
+            None
+            if in_care is None
+            else self._threshold(("quality", "max_age_in_care"), in_care, ("days",), out)
+        )
         diagnoses = {
             name: tuple(DiagnosisCode(c.system, c.code, c.match == "prefix") for c in codes)
             for name, codes in self.pack.value_sets.items()
         }
-        return FactPolicy(min_strides=min_strides, max_age_days=max_age, diagnoses=diagnoses)
+        return FactPolicy(
+            min_strides=min_strides,
+            max_age_days=max_age,
+            max_age_in_care_days=max_age_in_care,
+            diagnoses=diagnoses,
+        )
+
+    def check_attachments(self) -> None:
+        ids = {r.id: r for r in self.pack.rules}
+        for i, rule in enumerate(self.pack.rules):
+            for j, target in enumerate(rule.attach_to):
+                loc: Loc = ("rules", i, "attach_to", j)
+                if target not in ids:
+                    self.fail(
+                        "pack-unknown-rule",
+                        loc,
+                        f"rule {rule.id!r} attaches to unknown rule {target!r}",
+                        did_you_mean(target, ids) or "name the id of a rule in this pack",
+                    )
+                elif ids[target].attach_to:
+                    self.fail(
+                        "pack-attach-chain",
+                        loc,
+                        f"rule {target!r} is itself attached to other rules",
+                        "attach only to rules that show their own card",
+                    )
+
+    def check_data_use(self) -> None:
+        declared = self.pack.source_attributes.data_use
+        for kind, loc in self.data_used.items():
+            if not getattr(declared, kind):
+                self.fail(
+                    "pack-undeclared-data-use",
+                    ("source_attributes", "data_use", kind),
+                    f"the rules use {kind.replace('_', ' ')} (first at {_path(loc)}) but the "
+                    f"source attributes declare {kind}: false",
+                    f"set {kind}: true; ONC HTI-1 requires declaring every use",
+                )
 
 
 _INVALID: dict[str, Any] = {"$ex": {"__invalid__": 1}}
@@ -344,7 +513,7 @@ def _compare(fld: str, op: str, value: float, neg: bool) -> Any:
     return {"$or": [{_OPS[_NEGATED[op]]: {fld: value}}, {"$nex": {fld: 1}}]}
 
 
-def _flag(fld: str, neg: bool, out: CompiledRule) -> Any:
+def _flag(fld: str, neg: bool, out: Compiled) -> Any:
     out.fields.add(fld)
     return {"$nex": {fld: 1}} if neg else {fld: 1}
 
@@ -365,11 +534,14 @@ def compile_pack(pack: Pack, source_bytes: bytes) -> CompiledPack:
         first.setdefault(rule.id, i)
         rules.append(compiler.rule(i, rule))
     policy = compiler.policy()
+    compiler.check_attachments()
+    compiler.check_data_use()
     if compiler.problems:
         raise PackError(
             f"rule pack {pack.id!r} has {len(compiler.problems)} problem(s)",
             problems=compiler.problems,
         )
-    rules.sort(key=lambda r: (r.rule.priority, r.rule.id))
+    rules.sort(key=lambda r: (r.priority, r.engine_id))
     digest = hashlib.sha256(source_bytes).hexdigest()
-    return CompiledPack(pack=pack, sha256=digest, rules=rules, policy=policy)
+    findings = sorted(compiler.findings.values(), key=lambda f: f.name)
+    return CompiledPack(pack=pack, sha256=digest, rules=rules, policy=policy, findings=findings)

@@ -7,12 +7,12 @@ from typing import Any
 
 from cds.errors import EngineError
 from cds.fhir.facts import FactSet
-from cds.rules.cards import CardContext, build_card
-from cds.rules.compile import CompiledPack
-from cds.rules.engine import Firing, RuleEngine
-from cds.rules.evaluate import Explanation, expected_firings
+from cds.rules.cards import Attachment, CardContext, build_card
+from cds.rules.compile import CompiledPack, CompiledRule
+from cds.rules.engine import EngineResult, Firing, RuleEngine
+from cds.rules.evaluate import Explanation, expected_firings, holds
 
-__all__ = ["Decision", "FiredRule", "decide"]
+__all__ = ["CardOutcome", "Decision", "FiredRule", "decide"]
 
 
 @dataclass
@@ -24,10 +24,11 @@ class FiredRule:
     thresholds: list[dict[str, Any]]
     card_uuid: str | None = None
     suppressed_by: str | None = None
+    #: for a rule that adds its text to other cards: the uuids of those cards
+    attached_to: list[str] = field(default_factory=list)
 
     def as_trace(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if v is not None}
-        return out
+        return {k: v for k, v in self.__dict__.items() if v is not None and v != []}
 
 
 @dataclass
@@ -36,6 +37,25 @@ class Decision:
     cards: list[dict[str, Any]] = field(default_factory=list)
     fired: list[FiredRule] = field(default_factory=list)
     unmatched_facts: int = 0
+
+    def outcomes(self) -> list[CardOutcome]:
+        """What each card says, by rule: for scenario tests and reviews."""
+        out = []
+        for record in self.fired:
+            card = next((c for c in self.cards if c["uuid"] == record.card_uuid), None)
+            if card is None:
+                continue
+            attached = [r.rule_id for r in self.fired if record.card_uuid in r.attached_to]
+            out.append(CardOutcome(record.rule_id, card["indicator"], record.sides, attached))
+        return out
+
+
+@dataclass(frozen=True)
+class CardOutcome:
+    rule: str
+    indicator: str
+    sides: list[str]
+    attached: list[str]
 
 
 def _matched_fields(fact: dict[str, Any], fields: set[str]) -> dict[str, Any]:
@@ -51,25 +71,46 @@ def _group(pack: CompiledPack, firings: list[Firing]) -> dict[str, list[dict[str
     return dict(sorted(grouped.items(), key=lambda kv: order[kv[0]]))
 
 
+def _disagree(what: str, expected: set[tuple[str, int]], got: set[tuple[str, int]]) -> None:
+    if got != expected:
+        raise EngineError(
+            f"engine and reference evaluator disagree on {what} "
+            f"(missing {sorted(expected - got)}, extra {sorted(got - expected)})"
+        )
+
+
 def _cross_check(
-    pack: CompiledPack, stamped: list[dict[str, Any]], firings: list[Firing], hook: str
+    pack: CompiledPack, stamped: list[dict[str, Any]], result: EngineResult, hook: str
 ) -> dict[str, Explanation]:
     """Compare the engine with the independent evaluator; any disagreement is an error."""
+    findings = {
+        (f.engine_id, i)
+        for f in pack.findings
+        for i, fact in enumerate(stamped)
+        if holds(pack.pack, pack.pack.findings[f.name], fact)
+    }
+    _disagree("findings", findings, {(f.rule_id, f.index) for f in result.findings})
     rules = [(r.rule.id, r.scope, list(r.rule.hooks), r.rule.when) for r in pack.rules]
     expected = expected_firings(pack.pack, rules, stamped, hook)
-    got = {(f.rule_id, int(f.fact["n"])) for f in firings}
-    if got != set(expected):
-        missing = sorted(set(expected) - got)
-        extra = sorted(got - set(expected))
-        raise EngineError(
-            f"engine and reference evaluator disagree (missing {missing}, extra {extra})"
-        )
+    _disagree("rules", set(expected), {(f.rule_id, f.index) for f in result.firings})
     merged: dict[str, Explanation] = {}
     for (rule_id, _), why in expected.items():
         target = merged.setdefault(rule_id, Explanation())
         for name in why.thresholds:
             target.add(name)
     return merged
+
+
+def _fired_rule(
+    compiled: CompiledRule, matched: list[dict[str, Any]], deciding: Explanation
+) -> FiredRule:
+    return FiredRule(
+        rule_id=compiled.rule.id,
+        category=compiled.rule.category,
+        sides=[m["side"] for m in matched if "side" in m],
+        matched=[_matched_fields(m, compiled.fields) for m in matched],
+        thresholds=[compiled.thresholds[n].as_trace() for n in deciding.thresholds],
+    )
 
 
 def decide(
@@ -79,25 +120,31 @@ def decide(
     stamped = [{**f, "hook": hook, "n": i} for i, f in enumerate(facts.all_facts())]
     result = engine.evaluate(pack, stamped)
     decision = Decision(pack=pack, unmatched_facts=result.unmatched)
-    deciding = _cross_check(pack, stamped, result.firings, hook)
+    deciding = _cross_check(pack, stamped, result, hook)
     grouped = _group(pack, result.firings)
-    suppressors = {cat: rid for rid in grouped for cat in pack.rule(rid).rule.suppresses}
+    suppressors: dict[str, str] = {
+        cat: rid for rid in grouped for cat in pack.rule(rid).rule.suppresses
+    }
+    fired = {rid: _fired_rule(pack.rule(rid), m, deciding[rid]) for rid, m in grouped.items()}
+    for rid, record in fired.items():
+        blocker = suppressors.get(record.category)
+        if blocker is not None and blocker != rid:
+            record.suppressed_by = blocker
     ctx = CardContext(pack=pack, patient_id=patient_id)
     for rule_id, matched in grouped.items():
         compiled = pack.rule(rule_id)
-        fired = FiredRule(
-            rule_id=rule_id,
-            category=compiled.rule.category,
-            sides=[m["side"] for m in matched if "side" in m],
-            matched=[_matched_fields(m, compiled.fields) for m in matched],
-            thresholds=[compiled.thresholds[n].as_trace() for n in deciding[rule_id].thresholds],
-        )
-        blocker = suppressors.get(compiled.rule.category)
-        if blocker is not None and blocker != rule_id:
-            fired.suppressed_by = blocker
-        else:
-            card = build_card(compiled, matched, ctx, deciding[rule_id].thresholds)
-            fired.card_uuid = card["uuid"]
-            decision.cards.append(card)
-        decision.fired.append(fired)
+        if compiled.rule.attach_to or fired[rule_id].suppressed_by:
+            continue
+        extras = [
+            rid
+            for rid in grouped
+            if rule_id in pack.rule(rid).rule.attach_to and not fired[rid].suppressed_by
+        ]
+        attachments = [Attachment(pack.rule(rid), grouped[rid]) for rid in extras]
+        card = build_card(compiled, matched, ctx, deciding[rule_id].thresholds, attachments)
+        fired[rule_id].card_uuid = card["uuid"]
+        for rid in extras:
+            fired[rid].attached_to.append(card["uuid"])
+        decision.cards.append(card)
+    decision.fired = list(fired.values())
     return decision

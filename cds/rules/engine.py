@@ -10,6 +10,9 @@ durable-rules has sharp edges; this adapter files them down:
 * rules are single-pattern (joins are done in :mod:`cds.fhir.facts`) and split
   into rulesets of at most ``RULESET_SIZE`` rules: large join rulesets abort
   the whole process in C;
+* named findings are evaluated first, in rulesets of their own, and set a
+  flag on each fact they hold for; rules then test the flag. A ``not`` around
+  a finding is one test instead of a disjunctive-normal-form explosion;
 * every fact gets a unique ``id`` and every evaluation its own session id, so
   a spurious "already observed" error cannot happen by construction; if one
   does, it fails the evaluation rather than silently dropping a fact;
@@ -34,7 +37,7 @@ from typing import Any
 from durable import engine as _durable
 
 from cds.errors import EngineError
-from cds.rules.compile import CompiledPack
+from cds.rules.compile import Compiled, CompiledPack
 
 __all__ = ["EngineResult", "Firing", "RuleEngine"]
 
@@ -42,19 +45,22 @@ __all__ = ["EngineResult", "Firing", "RuleEngine"]
 @dataclass(frozen=True)
 class Firing:
     rule_id: str
-    fact_id: str
+    #: position of the matched fact in the list given to :meth:`RuleEngine.evaluate`
+    index: int
     fact: dict[str, Any]
 
 
 @dataclass
 class EngineResult:
     firings: list[Firing] = field(default_factory=list)
+    #: findings that held, per fact (evaluated before the rules)
+    findings: list[Firing] = field(default_factory=list)
     unmatched: int = 0
 
 
 _host_lock = threading.Lock()
 _host: Any = None
-_registered: dict[str, list[str]] = {}
+_registered: dict[str, list[list[str]]] = {}
 _collector: list[Firing] | None = None  # set while an evaluation holds the lock
 _OPENER = "__session__"
 
@@ -72,49 +78,51 @@ class RuleEngine:
     def __init__(self) -> None:
         self._ids = itertools.count()
 
-    def load(self, compiled: CompiledPack) -> list[str]:
-        """Register ``compiled`` (idempotent) and return its ruleset names."""
+    def load(self, compiled: CompiledPack) -> list[list[str]]:
+        """Register ``compiled`` (idempotent); return its ruleset names per stage."""
         with _host_lock:
-            names = _registered.get(compiled.key)
-            if names is not None:
-                return names
+            stages = _registered.get(compiled.key)
+            if stages is not None:
+                return stages
             definitions: dict[str, Any] = {}
-            names = []
-            for i, chunk in enumerate(compiled.chunks()):
-                name = f"{compiled.key}/{i}"
-                definitions[name] = {
-                    _OPENER: {"all": [{"m": {"kind": _OPENER}}], "pri": 0, "run": _open},
-                    **{
-                        r.rule.id: {
-                            "all": [{"m": copy.deepcopy(r.pattern)}],
-                            "pri": r.rule.priority,
-                            "run": _action(r.rule.id),
-                        }
-                        for r in chunk
-                    },
-                }
-                names.append(name)
+            stages = []
+            for s, stage in enumerate(compiled.stages()):
+                names = []
+                for i, chunk in enumerate(stage):
+                    name = f"{compiled.key}/{s}.{i}"
+                    definitions[name] = _ruleset(chunk)
+                    names.append(name)
+                stages.append(names)
             try:
                 _shared_host().register_rulesets(definitions)
             except Exception as exc:  # durable raises bare Exceptions with codes
                 raise EngineError(f"could not register pack {compiled.key}: {exc}") from exc
-            _registered[compiled.key] = names
-            return names
+            _registered[compiled.key] = stages
+            return stages
 
     def evaluate(self, compiled: CompiledPack, facts: list[dict[str, Any]]) -> EngineResult:
-        """Assert ``facts`` into every ruleset of ``compiled``; collect what fired."""
-        names = self.load(compiled)
+        """Evaluate the findings on ``facts``, flag them, then evaluate the rules."""
+        finding_names, rule_names = self.load(compiled)
+        findings = EngineResult()
         result = EngineResult()
-        global _collector
         with _host_lock:
-            host = _shared_host()
-            _collector = result.firings
-            try:
-                for name in names:
-                    self._run_ruleset(host, name, facts, result)
-            finally:
-                _collector = None
+            self._run_stage(finding_names, facts, findings)
+            flagged = [dict(f) for f in facts]
+            for firing in findings.firings:
+                flagged[firing.index][compiled.finding(firing.rule_id).flag] = 1
+            self._run_stage(rule_names, flagged, result)
+        result.findings = findings.firings
         return result
+
+    def _run_stage(self, names: list[str], facts: list[dict[str, Any]], out: EngineResult) -> None:
+        global _collector
+        host = _shared_host()
+        _collector = out.firings
+        try:
+            for name in names:
+                self._run_ruleset(host, name, facts, out)
+        finally:
+            _collector = None
 
     def _run_ruleset(
         self, host: Any, name: str, facts: list[dict[str, Any]], result: EngineResult
@@ -124,8 +132,8 @@ class RuleEngine:
         # always exists and delete_state is safe (see the module docstring)
         host.assert_fact(name, {"kind": _OPENER, "sid": sid, "id": f"{sid}-open"})
         try:
-            for fact in facts:
-                message = {**fact, "sid": sid, "id": f"{sid}-{next(self._ids)}"}
+            for index, fact in enumerate(facts):
+                message = {**fact, "sid": sid, "id": f"{sid}-{index}"}
                 try:
                     state = host.assert_fact(name, message)
                 except _durable.MessageNotHandledException:
@@ -143,6 +151,26 @@ class RuleEngine:
             host.delete_state(name, sid)
 
 
+def _ruleset(chunk: list[Compiled]) -> dict[str, Any]:
+    """One durable ruleset: the session opener plus one single-pattern rule per item.
+
+    Every pattern excludes the opener fact, so a purely negative condition
+    cannot match it.
+    """
+    not_opener = {"$neq": {"kind": _OPENER}}
+    return {
+        _OPENER: {"all": [{"m": {"kind": _OPENER}}], "pri": 0, "run": _open},
+        **{
+            item.engine_id: {
+                "all": [{"m": {"$and": [not_opener, copy.deepcopy(item.pattern)]}}],
+                "pri": item.priority,
+                "run": _action(item.engine_id),
+            }
+            for item in chunk
+        },
+    }
+
+
 def _open(c: Any) -> None:
     """Action of the session-opener rule: nothing to do."""
 
@@ -153,8 +181,9 @@ def _action(rule_id: str) -> Callable[[Any], None]:
             raise RuntimeError(f"rule {rule_id} fired outside an evaluation")
         fact = {k: v for k, v in c.m.items() if k not in ("sid", "id")}
         fact_id = str(c.m["id"])
+        index = int(fact_id.rsplit("-", 1)[1])
         # durable-rules fires once per matching alternative of an $or: keep one
-        if not any(f.rule_id == rule_id and f.fact_id == fact_id for f in _collector):
-            _collector.append(Firing(rule_id, fact_id, fact))
+        if not any(f.rule_id == rule_id and f.index == index for f in _collector):
+            _collector.append(Firing(rule_id, index, fact))
 
     return run

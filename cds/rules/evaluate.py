@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cds.fhir.codes import metric
-from cds.fhir.facts import order_field
+from cds.fhir.facts import diagnosis_field, order_field
 from cds.fhir.units import convert
 from cds.rules.compile import resolve_metric_fields
 from cds.rules.pack import (
@@ -27,6 +27,7 @@ from cds.rules.pack import (
     OrderCondition,
     Pack,
     QualityCondition,
+    SexCondition,
 )
 
 __all__ = ["Explanation", "expected_firings", "holds"]
@@ -76,6 +77,16 @@ def _metric(pack: Pack, c: MetricCondition, fact: dict[str, Any]) -> tuple[bool,
     return _compare(pack, fact, fields, op, name, m.dimensions), name
 
 
+def _dated(
+    pack: Pack, fact: dict[str, Any], fld: str, op: str, limit: str | None
+) -> tuple[bool, str | None]:
+    if fact.get(fld) != 1:
+        return False, None
+    if limit is None:
+        return True, None
+    return _compare(pack, fact, [f"{fld}__days"], op, limit, ("days",)), limit
+
+
 def _atom(pack: Pack, c: Condition, fact: dict[str, Any]) -> tuple[bool, str | None]:
     if isinstance(c, MetricCondition):
         return _metric(pack, c, fact)
@@ -84,10 +95,12 @@ def _atom(pack: Pack, c: Condition, fact: dict[str, Any]) -> tuple[bool, str | N
         assert comparison is not None
         op, name = comparison
         return _compare(pack, fact, ["age_years"], op, name, ("years",)), name
+    if isinstance(c, SexCondition):
+        return fact.get(f"sex_{c.sex}") == 1, None
     if isinstance(c, DiagnosisCondition):
-        return fact.get(f"dx_{c.diagnosis.replace('-', '_')}") == 1, None
+        return _dated(pack, fact, diagnosis_field(c.diagnosis), "at_most", c.within)
     if isinstance(c, OrderCondition):
-        return fact.get(order_field(c.order, c.state)) == 1, None
+        return _dated(pack, fact, order_field(c.order, c.state), "at_least", c.older_than)
     if isinstance(c, QualityCondition):
         value = fact.get(f"q_{c.quality}")
         return isinstance(value, int) and value > 0, None

@@ -14,8 +14,11 @@ from cds.errors import PackError
 from cds.rules.compile import CompiledPack, compile_pack
 from cds.rules.pack import Pack
 from cds.rules.problems import PackProblem
+from cds.rules.scenario import ScenarioFile, check_scenarios
 
-__all__ = ["find_pack_files", "load_pack", "load_serving_packs"]
+__all__ = ["find_pack_files", "load_pack", "load_serving_packs", "scenarios_path"]
+
+SCENARIO_SUFFIX = ".scenarios.yaml"
 
 log = logging.getLogger(__name__)
 Marks = dict[tuple[Any, ...], tuple[int, int]]
@@ -64,22 +67,53 @@ def _read_yaml(path: Path) -> tuple[bytes, Any, Marks]:
     return raw, data, marks
 
 
-def load_pack(path: Path | str) -> CompiledPack:
-    """Load, validate and compile one pack file; raise :class:`PackError` on any problem."""
+def scenarios_path(pack_file: Path) -> Path:
+    """Where a pack's scenarios live: ``scenarios.yaml`` beside ``pack.yaml``, or
+    ``NAME.scenarios.yaml`` beside a single-file pack ``NAME.yaml``."""
+    if pack_file.name == "pack.yaml":
+        return pack_file.with_name("scenarios.yaml")
+    return pack_file.with_name(pack_file.stem + SCENARIO_SUFFIX)
+
+
+def _mapping(path: Path) -> tuple[bytes, dict[str, Any], Marks]:
+    raw, data, marks = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise PackError(f"{path}:1:1: expected a YAML mapping")
+    return raw, data, marks
+
+
+def load_pack(path: Path | str, *, with_scenarios: bool = True) -> CompiledPack:
+    """Load, validate and compile one pack file (and its scenarios file, if any);
+    raise :class:`PackError` on any problem."""
     path = Path(path)
     if path.is_dir():
         path = path / "pack.yaml"
-    raw, data, marks = _read_yaml(path)
-    if not isinstance(data, dict):
-        raise PackError(f"{path}:1:1: a rule pack must be a YAML mapping")
+    raw, data, marks = _mapping(path)
     try:
         pack = Pack.model_validate(data)
     except ValidationError as exc:
         raise _located(path, marks, _schema_problems(exc)) from None
     try:
-        return compile_pack(pack, raw)
+        compiled = compile_pack(pack, raw)
     except PackError as exc:
         raise _located(path, marks, exc.problems) from None
+    compiled.path = path
+    sc_path = scenarios_path(path)
+    if with_scenarios and sc_path.exists():
+        compiled.scenarios = _load_scenarios(compiled, sc_path)
+    return compiled
+
+
+def _load_scenarios(compiled: CompiledPack, path: Path) -> ScenarioFile:
+    _, data, marks = _mapping(path)
+    try:
+        scenarios = ScenarioFile.model_validate(data)
+    except ValidationError as exc:
+        raise _located(path, marks, _schema_problems(exc)) from None
+    problems = check_scenarios(compiled, scenarios)
+    if problems:
+        raise _located(path, marks, problems)
+    return scenarios
 
 
 def _schema_problems(exc: ValidationError) -> list[PackProblem]:
@@ -105,8 +139,8 @@ def _located(path: Path, marks: Marks, problems: list[PackProblem]) -> PackError
 
 
 def find_pack_files(directory: Path) -> list[Path]:
-    files = sorted(directory.glob("*/pack.yaml")) + sorted(directory.glob("*.yaml"))
-    return files
+    singles = [p for p in sorted(directory.glob("*.yaml")) if not p.name.endswith(SCENARIO_SUFFIX)]
+    return sorted(directory.glob("*/pack.yaml")) + singles
 
 
 def _serving(pack: Pack, today: date, allow_drafts: bool) -> bool:

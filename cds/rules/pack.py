@@ -23,6 +23,7 @@ __all__ = [
     "NotOf",
     "Pack",
     "Rule",
+    "SourceAttributes",
     "Threshold",
 ]
 
@@ -70,7 +71,7 @@ class _Compare(_Model):
 
 class MetricCondition(_Compare):
     metric: str
-    measure: Literal["value", "lsi", "asymmetry"] = "value"
+    measure: Literal["value", "lsi", "asymmetry", "change", "increase"] = "value"
     is_: str | None = Field(default=None, alias="is")
     present: bool | None = None
 
@@ -98,15 +99,23 @@ class AgeCondition(_Model):
 
 class DiagnosisCondition(_Model):
     diagnosis: Name
+    #: only a diagnosis whose onset (or recording) is at most this threshold ago
+    within: Name | None = None
 
 
 class OrderCondition(_Model):
     order: str
-    state: Literal["any", "draft", "active"] = "any"
+    state: Literal["any", "draft", "active", "completed"] = "any"
+    #: only an order started at least this threshold ago
+    older_than: Name | None = None
+
+
+class SexCondition(_Model):
+    sex: Literal["female", "male", "other", "unknown"]
 
 
 class QualityCondition(_Model):
-    quality: Literal["low_strides", "stale", "excluded", "unreadable"]
+    quality: Literal["low_strides", "stale", "excluded", "unreadable", "unnormalised"]
 
 
 class FindingCondition(_Model):
@@ -133,6 +142,7 @@ Condition = (
     | AgeCondition
     | DiagnosisCondition
     | OrderCondition
+    | SexCondition
     | QualityCondition
     | FindingCondition
 )
@@ -197,6 +207,10 @@ class Rule(_Model):
     category: Category
     priority: int = Field(default=50, ge=0, le=1000)
     suppresses: list[Category] = Field(default_factory=list)
+    #: no card of its own: the text is added to these rules' cards when they fire
+    attach_to: list[Name] = Field(default_factory=list)
+    #: when attached, lower the evidence strength of the target cards one level
+    lower_evidence: bool = False
     when: Condition
     card: CardTemplate
 
@@ -216,6 +230,33 @@ class Effective(_Model):
 class QualityGates(_Model):
     min_strides: Name
     max_age: Name
+    #: a shorter freshness window while an order is active
+    max_age_in_care: Name | None = None
+
+
+class DataUse(_Model):
+    """ONC HTI-1 source attributes: which patient data the intervention uses."""
+
+    race: bool
+    ethnicity: bool
+    language: bool
+    sexual_orientation: bool
+    gender_identity: bool
+    sex: bool
+    date_of_birth: bool
+    social_determinants: bool
+    health_status_assessments: bool
+
+
+class SourceAttributes(_Model):
+    """ONC HTI-1 evidence-based decision support source attributes (45 CFR 170.315(b)(11))."""
+
+    bibliographic_citation: str = Field(min_length=1)
+    developer: str = Field(min_length=1)
+    funding_source: str = Field(min_length=1)
+    release_date: date
+    revision_date: date | None = None
+    data_use: DataUse
 
 
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$")
@@ -233,6 +274,7 @@ class Pack(_Model):
     reviewers: list[str] = Field(default_factory=list)
     approval_date: date | None = None
     changelog: list[dict[str, Any]] = Field(default_factory=list)
+    source_attributes: SourceAttributes
     quality: QualityGates
     thresholds: dict[Name, Threshold]
     value_sets: dict[Name, list[DiagnosisCode]] = Field(default_factory=dict)

@@ -9,7 +9,7 @@ from cds.fhir.codes import metric
 __all__ = ["PLACEHOLDER", "check_placeholders"]
 
 PLACEHOLDER = re.compile(r"\{([a-z_]+)(?::([A-Za-z0-9_-]+))?\}")
-KINDS = {"side", "value", "threshold", "age", "quality"}
+KINDS = {"side", "value", "change", "threshold", "age", "quality"}
 
 
 def check_placeholders(text: str, pack_thresholds: set[str]) -> list[str]:
@@ -18,8 +18,8 @@ def check_placeholders(text: str, pack_thresholds: set[str]) -> list[str]:
     for kind, arg in PLACEHOLDER.findall(text):
         if kind not in KINDS:
             problems.append(f"unknown placeholder {{{kind}}}")
-        elif kind == "value" and (metric(arg) is None):
-            problems.append(f"{{value:{arg}}} names an unknown metric")
+        elif kind in ("value", "change") and (metric(arg) is None):
+            problems.append(f"{{{kind}:{arg}}} names an unknown metric")
         elif kind == "threshold" and arg not in pack_thresholds:
             problems.append(f"{{threshold:{arg}}} names an undefined threshold")
     return problems
