@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cds.errors import CdsError
+from cds.errors import CdsError, PackError
 
 __all__ = ["main"]
 
@@ -212,11 +212,16 @@ def _audit_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
-def _packs_validate(args: argparse.Namespace) -> int:
-    from cds.rules.load import find_pack_files, load_pack
+def _pack_files(path: Path) -> list[Path]:
+    from cds.rules.load import find_pack_files
 
-    path = Path(args.path)
-    files = find_pack_files(path) if path.is_dir() and not (path / "pack.yaml").exists() else [path]
+    return find_pack_files(path) if path.is_dir() and not (path / "pack.yaml").exists() else [path]
+
+
+def _packs_validate(args: argparse.Namespace) -> int:
+    from cds.rules.load import load_pack
+
+    files = _pack_files(Path(args.path))
     failed = 0
     for file in files:
         try:
@@ -231,6 +236,66 @@ def _packs_validate(args: argparse.Namespace) -> int:
             f"sha256 {compiled.sha256[:16]}…"
         )
     return 1 if failed or not files else 0
+
+
+def _packs_test(args: argparse.Namespace) -> int:
+    from cds.rules.load import load_pack, scenarios_path
+    from cds.rules.scenario import run_scenarios
+
+    files = _pack_files(Path(args.path))
+    failed = 0
+    for file in files:
+        try:
+            compiled = load_pack(file)
+        except CdsError as exc:
+            print(exc.message, file=sys.stderr)
+            failed += 1
+            continue
+        p = compiled.pack
+        if compiled.scenarios is None or not compiled.scenarios.scenarios:
+            print(f"{p.id} {p.version}: no scenarios (write them in {scenarios_path(file)})")
+            failed += 1
+            continue
+        results = run_scenarios(compiled, compiled.scenarios)
+        print(f"{p.id} {p.version}: {len(results)} scenarios")
+        for res in results:
+            print(f"  {'PASS' if res.passed else 'FAIL'}  {res.name}")
+            for line in res.diff():
+                print(f"          {line}")
+        bad = sum(not r.passed for r in results)
+        expected = {c.rule for sc in compiled.scenarios.scenarios for c in sc.expect}
+        expected |= {
+            a for sc in compiled.scenarios.scenarios for c in sc.expect for a in c.attached or []
+        }
+        untested = [r.rule.id for r in compiled.rules if r.rule.id not in expected]
+        if untested:
+            print(f"  note: no scenario expects {', '.join(untested)}")
+        print(f"  {len(results) - bad} passed, {bad} failed")
+        failed += bad
+    return 1 if failed or not files else 0
+
+
+def _packs_explain(args: argparse.Namespace) -> int:
+    from cds.rules.load import load_pack
+    from cds.rules.review import explain_pack
+
+    pack = load_pack(args.path).pack
+    try:
+        print(explain_pack(pack, args.rule), end="")
+    except KeyError:
+        known = ", ".join(r.id for r in pack.rules)
+        raise PackError(f"{args.path}: no rule {args.rule!r} (rules: {known})") from None
+    return 0
+
+
+def _packs_diff(args: argparse.Namespace) -> int:
+    from cds.rules.load import load_pack
+    from cds.rules.review import diff_packs
+
+    old = load_pack(args.old, with_scenarios=False).pack
+    new = load_pack(args.new, with_scenarios=False).pack
+    print("\n".join(diff_packs(old, new)))
+    return 0
 
 
 def _packs_schema(args: argparse.Namespace) -> int:
@@ -265,6 +330,17 @@ def _parser() -> argparse.ArgumentParser:
     validate = packs_sub.add_parser("validate", help="check a pack file or a folder of packs")
     validate.add_argument("path")
     validate.set_defaults(func=_packs_validate)
+    test = packs_sub.add_parser("test", help="run a pack's scenarios through the real engine")
+    test.add_argument("path", help="pack file, pack folder or folder of packs")
+    test.set_defaults(func=_packs_test)
+    explain = packs_sub.add_parser("explain", help="show rules in plain language for review")
+    explain.add_argument("path", help="pack file or pack folder")
+    explain.add_argument("rule", nargs="?", help="one rule id (default: every rule)")
+    explain.set_defaults(func=_packs_explain)
+    diff = packs_sub.add_parser("diff", help="what changed between two versions of a pack")
+    diff.add_argument("old", help="the old pack file or folder")
+    diff.add_argument("new", help="the new pack file or folder")
+    diff.set_defaults(func=_packs_diff)
     schema = packs_sub.add_parser("schema", help="write the JSON Schema of the pack format")
     schema.add_argument("--out", help="file to write (default: standard output)")
     schema.set_defaults(func=_packs_schema)

@@ -97,9 +97,24 @@ def _unknown_value_set(d: dict[str, Any]) -> None:
     _rule(d, "q2-stale")["when"] = {"diagnosis": "patellofemoral-pian"}
 
 
+def _attach_unknown(d: dict[str, Any]) -> None:
+    _rule(d, "r9-education")["attach_to"].append("r1-hip-drop-symptomatc")
+
+
+def _undeclared_data_use(d: dict[str, Any]) -> None:
+    d["source_attributes"]["data_use"]["sex"] = False
+
+
 @pytest.mark.parametrize(
     ("mutate", "code", "on_line", "hint"),
     [
+        (
+            _attach_unknown,
+            "pack-unknown-rule",
+            "symptomatc",
+            "did you mean 'r1-hip-drop-symptomatic'",
+        ),
+        (_undeclared_data_use, "pack-undeclared-data-use", "sex: false", "HTI-1"),
         (_summary_too_long, "pack-summary-too-long", "LONG", "shorten"),
         (
             _unknown_metric,
