@@ -43,6 +43,8 @@ class StoreSettings(_Section):
 class PackSettings(_Section):
     dir: Path = Path("rule_packs")
     allow_drafts: bool = False
+    #: seconds between checks of the pack folder for changed files (0: no hot reload)
+    watch_interval_s: float = Field(default=2.0, ge=0)
 
 
 class AuthClient(_Section):

@@ -248,3 +248,36 @@ def test_packs_schema_is_a_json_schema_of_the_format(
     schema = json.loads(out.read_text())
     assert schema["type"] == "object"
     assert {"id", "version", "rules", "thresholds"} <= set(schema["properties"])
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_a_changed_active_pack_without_a_new_version_is_refused(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    from cds.audit.store import open_store
+
+    url = (
+        request.getfixturevalue("pg_url")
+        if backend == "postgres"
+        else f"sqlite:///{tmp_path / 't.db'}"
+    )
+    store = open_store(url)
+    folder = tmp_path / "packs"
+    folder.mkdir()
+    data = core_data()
+    write_pack(folder, data, name="core.yaml")
+    assert load_serving_packs(folder, registry=store)[0].pack.version == "2.0.0"
+    data["thresholds"]["pelvic_drop_high"]["value"] = 6
+    write_pack(folder, data, name="core.yaml")
+    with pytest.raises(PackError, match="no serving rule pack"):
+        load_serving_packs(folder, registry=store)
+    data["version"] = "2.0.1"
+    write_pack(folder, data, name="core.yaml")
+    assert load_serving_packs(folder, registry=store)[0].pack.version == "2.0.1"
+    data["status"] = "draft"  # drafts may change freely
+    data["thresholds"]["pelvic_drop_high"]["value"] = 7
+    write_pack(folder, data, name="core.yaml")
+    assert load_serving_packs(folder, registry=store, allow_drafts=True)[0].pack.status == "draft"
+    store.close()

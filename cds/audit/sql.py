@@ -44,6 +44,10 @@ CREATE INDEX IF NOT EXISTS records_recorded_at ON records(recorded_at);
 CREATE TABLE IF NOT EXISTS card_index (card_uuid TEXT PRIMARY KEY, trace_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS feedback_keys (key TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS jti_seen (key TEXT PRIMARY KEY, expires_at {real} NOT NULL);
+CREATE TABLE IF NOT EXISTS pack_versions (
+    pack_id TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL, first_seen TEXT NOT NULL,
+    PRIMARY KEY (pack_id, version)
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     seq {int} NOT NULL, hash TEXT NOT NULL, signed_at TEXT NOT NULL,
     key_id TEXT NOT NULL, signature TEXT NOT NULL
@@ -152,6 +156,21 @@ class SqlTraceStore(ABC):
 
     def claim_jti(self, iss: str, jti: str, expires_at: float) -> bool:
         return self._claim(f"{iss} {jti}", expires_at, time.time())
+
+    def register_pack(self, pack_id: str, version: str, sha256: str) -> str:
+        """Record the content hash of an active pack version the first time it is seen;
+        return the hash on record (which differs from ``sha256`` if the file changed)."""
+        query = "SELECT sha256 FROM pack_versions WHERE pack_id = ? AND version = ?"
+        with self._write() as cur:
+            cur.execute(self._q(query), (pack_id, version))
+            row = cur.fetchone()
+            if row is not None:
+                return str(row[0])
+            cur.execute(
+                self._q("INSERT INTO pack_versions VALUES (?, ?, ?, ?)"),
+                (pack_id, version, sha256, datetime.now(UTC).isoformat()),
+            )
+        return sha256
 
     # -- reads -----------------------------------------------------------------------
     def trace_of_card(self, card_uuid: str) -> str | None:

@@ -66,6 +66,10 @@ class TraceStore(Protocol):
         """Matching traces, oldest first, each with its feedback records."""
         ...
 
+    def register_pack(self, pack_id: str, version: str, sha256: str) -> str:
+        """The content hash on record for an active pack version (recording it if new)."""
+        ...
+
     def claim_jti(self, iss: str, jti: str, expires_at: float) -> bool:
         """Record a JWT id; False if it was already used and has not expired (a replay).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from pydantic import ValidationError
@@ -16,7 +16,15 @@ from cds.rules.pack import Pack
 from cds.rules.problems import PackProblem
 from cds.rules.scenario import ScenarioFile, check_scenarios
 
-__all__ = ["find_pack_files", "load_pack", "load_serving_packs", "scenarios_path"]
+__all__ = [
+    "PackRegistry",
+    "check_immutable",
+    "find_pack_files",
+    "load_pack",
+    "load_serving_pack",
+    "load_serving_packs",
+    "scenarios_path",
+]
 
 SCENARIO_SUFFIX = ".scenarios.yaml"
 
@@ -150,24 +158,59 @@ def _serving(pack: Pack, today: date, allow_drafts: bool) -> bool:
     return start <= today and (end is None or today <= end)
 
 
+class PackRegistry(Protocol):
+    def register_pack(self, pack_id: str, version: str, sha256: str) -> str: ...
+
+
+def check_immutable(compiled: CompiledPack, registry: PackRegistry | None) -> None:
+    """Refuse an active pack whose content changed without a new version."""
+    if registry is None or compiled.pack.status != "active":
+        return
+    p = compiled.pack
+    recorded = registry.register_pack(p.id, p.version, compiled.sha256)
+    if recorded != compiled.sha256:
+        raise PackError(
+            f"{compiled.path}: active pack {p.id} {p.version} changed since it was first served "
+            f"(sha256 on record {recorded[:12]}, file now {compiled.sha256[:12]}); an active pack "
+            "is immutable: give the change a new version"
+        )
+
+
+def load_serving_pack(
+    path: Path, *, allow_drafts: bool, today: date, registry: PackRegistry | None = None
+) -> CompiledPack | None:
+    """One pack if it may serve today (None if it is a draft, retired or out of period)."""
+    compiled = load_pack(path)
+    if not _serving(compiled.pack, today, allow_drafts):
+        log.info("rule pack %s not serving (status %s)", compiled.key, compiled.pack.status)
+        return None
+    check_immutable(compiled, registry)
+    return compiled
+
+
 def load_serving_packs(
-    directory: Path, *, allow_drafts: bool = False, today: date | None = None
+    directory: Path,
+    *,
+    allow_drafts: bool = False,
+    today: date | None = None,
+    registry: PackRegistry | None = None,
 ) -> list[CompiledPack]:
-    """Every pack in ``directory`` that may serve today. Broken packs are logged and skipped."""
+    """Every pack in ``directory`` that may serve today. Broken or changed packs are
+    logged and skipped."""
     today = today or date.today()
     if not directory.is_dir():
         raise PackError(f"rule pack directory {directory} does not exist")
     serving = []
     for path in find_pack_files(directory):
         try:
-            compiled = load_pack(path)
+            compiled = load_serving_pack(
+                path, allow_drafts=allow_drafts, today=today, registry=registry
+            )
         except PackError as exc:
             log.error("rule pack not loaded: %s", exc.message)
             continue
-        if _serving(compiled.pack, today, allow_drafts):
+        if compiled is not None:
             serving.append(compiled)
-        else:
-            log.info("rule pack %s not serving (status %s)", compiled.key, compiled.pack.status)
     if not serving:
         raise PackError(f"no serving rule pack in {directory}")
     return serving

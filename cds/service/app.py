@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from cds.service.auth import JwtVerifier
 from cds.service.feedback import parse_feedback, record_feedback
 from cds.service.hooks import discovery, parse_request, service
 from cds.service.pipeline import Runtime, run_call
+from cds.service.reload import PackReloader
 
 __all__ = ["app_from_env", "create_app"]
 
@@ -82,20 +84,34 @@ def create_app(
             "!!! JWT authentication is OFF (auth.required = false): "
             "any caller can use this service. Never do this in production. !!!"
         )
+    store = store if store is not None else open_store(settings.store.url)
+    fixed_packs = packs is not None
     packs = (
         packs
         if packs is not None
-        else load_serving_packs(settings.packs.dir, allow_drafts=settings.packs.allow_drafts)
+        else load_serving_packs(
+            settings.packs.dir, allow_drafts=settings.packs.allow_drafts, registry=store
+        )
     )
-    store = store if store is not None else open_store(settings.store.url)
     http = httpx.AsyncClient(follow_redirects=False)
     writer = TraceWriter(store)
     runtime = Runtime(settings=settings, packs=packs, store=store, writer=writer, http=http)
     authenticate = _auth_check(settings, JwtVerifier(settings.auth, http, store.claim_jti))
+    reloader = PackReloader(
+        settings.packs.dir,
+        packs,
+        allow_drafts=settings.packs.allow_drafts,
+        registry=store,
+        engine=runtime.engine,
+    )
+    interval = 0.0 if fixed_packs else settings.packs.watch_interval_s
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(reloader.watch(interval, runtime)) if interval else None
         yield
+        if watcher is not None:
+            watcher.cancel()
         await http.aclose()
         writer.close()
         store.close()

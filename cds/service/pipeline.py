@@ -99,7 +99,9 @@ def _clinical_data(req: HookRequest, pre: Prefetched) -> ClinicalData:
     return data
 
 
-def _trace(req: HookRequest, svc: Service, rt: Runtime, received: datetime) -> dict[str, Any]:
+def _trace(
+    req: HookRequest, svc: Service, rt: Runtime, packs: list[CompiledPack], received: datetime
+) -> dict[str, Any]:
     return {
         "trace_id": str(uuid.uuid4()),
         "hook_instance": req.hookInstance,
@@ -118,7 +120,7 @@ def _trace(req: HookRequest, svc: Service, rt: Runtime, received: datetime) -> d
                 "sha256": p.sha256,
                 "status": p.pack.status,
             }
-            for p in rt.packs
+            for p in packs
         ],
     }
 
@@ -151,7 +153,8 @@ def _record_decisions(trace: dict[str, Any], facts: FactSet, decisions: list[Dec
 async def run_call(rt: Runtime, svc: Service, req: HookRequest) -> dict[str, Any]:
     """Answer one service call; the trace is durably stored before returning."""
     received = datetime.now(UTC)
-    trace = _trace(req, svc, rt, received)
+    packs = rt.packs  # a hot reload swaps the list; this call keeps the one it started with
+    trace = _trace(req, svc, rt, packs, received)
     try:
         pre = await resolve_prefetch(
             req, rt.http, timeout_s=rt.settings.fhir.timeout_s, max_pages=rt.settings.fhir.max_pages
@@ -160,7 +163,7 @@ async def run_call(rt: Runtime, svc: Service, req: HookRequest) -> dict[str, Any
         trace["notes"] = pre.notes
         data = _clinical_data(req, pre)
         # CPU-bound and short: a thread would add a hop and gain nothing under the GIL
-        decisions, facts = _evaluate(rt, svc, req, data)
+        decisions, facts = _evaluate(rt, packs, svc, req, data)
         _record_decisions(trace, facts, decisions)
         cards = [c for d in decisions for c in d.cards]
         trace["outcome"] = {"status": 200}
@@ -174,11 +177,11 @@ async def run_call(rt: Runtime, svc: Service, req: HookRequest) -> dict[str, Any
 
 
 def _evaluate(
-    rt: Runtime, svc: Service, req: HookRequest, data: ClinicalData
+    rt: Runtime, packs: list[CompiledPack], svc: Service, req: HookRequest, data: ClinicalData
 ) -> tuple[list[Decision], FactSet]:
     decisions = []
     facts: FactSet | None = None
-    for pack in rt.packs:
+    for pack in packs:
         facts = build_facts(data, pack.policy)
         decisions.append(decide(pack, rt.engine, facts, hook=svc.hook, patient_id=req.patient_id))
     assert facts is not None

@@ -1,0 +1,127 @@
+"""Hot reload of rule packs under continuous load, on the real service."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cds.client import CdsClient
+from cds.examples import hook_request
+from tests.conftest import ROOT
+
+PV = "runform-patient-view"
+R1_SUMMARY = "Hip drop/adduction while running ({side}): hip strengthening PLUS gait retraining"
+
+
+class Load:
+    """Threads calling the service without pause, recording every outcome."""
+
+    def __init__(self, url: str, signer: Any, threads: int = 2) -> None:
+        self.outcomes: list[tuple[int, str]] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(CdsClient(url, signer), i))
+            for i in range(threads)
+        ]
+
+    def _run(self, client: CdsClient, n: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            try:
+                r = client.call(PV, hook_request("patient-view", f"load-{n}-{i}"))
+                summary = r.json()["cards"][0]["summary"] if r.status_code == 200 else r.text
+                self.outcomes.append((r.status_code, summary))
+            except httpx.HTTPError as exc:
+                self.outcomes.append((0, repr(exc)))
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+
+def _serving(url: str) -> list[str]:
+    return httpx.get(f"{url}/healthz").json()["packs"]  # type: ignore[no-any-return]
+
+
+def _wait_for(url: str, version: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(f"@{version}#" in k for k in _serving(url)):
+        assert time.monotonic() < deadline, _serving(url)
+        time.sleep(0.1)
+
+
+def _edit(pack: Path, version: str, **replace: str) -> None:
+    text = (ROOT / "rule_packs" / "runform-core" / "pack.yaml").read_text()
+    text = text.replace("version: 2.0.0\n", f"version: {version}\n", 1)
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    pack.write_text(text)
+
+
+def test_reload_under_load_swaps_good_versions_and_keeps_serving_through_bad_ones(
+    tmp_path: Path, service_factory: Any, es_signer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    packs = tmp_path / "packs"
+    shutil.copytree(ROOT / "rule_packs" / "runform-core", packs / "runform-core")
+    pack = packs / "runform-core" / "pack.yaml"
+    live = service_factory(packs={"dir": str(packs), "watch_interval_s": 0.1})
+    caplog.set_level(logging.INFO, logger="cds.service.reload")
+    with Load(live.url, es_signer) as load:
+        time.sleep(0.5)
+        # 1. a good new version replaces the old one
+        _edit(
+            pack, "2.0.1", **{R1_SUMMARY: "RELOADED ({side}): strengthening PLUS gait retraining"}
+        )
+        _wait_for(live.url, "2.0.1")
+        time.sleep(0.5)
+        # 2. a version whose scenarios fail is refused; 2.0.1 keeps serving
+        drop = "value: 5\n    unit: deg\n    provenance: placeholder"
+        _edit(pack, "2.0.2", **{drop: drop.replace("value: 5", "value: 50")})
+        time.sleep(1.0)
+        # 3. a broken file is refused
+        pack.write_text(pack.read_text() + "\n  - this is: [not valid\n")
+        time.sleep(1.0)
+        # 4. a changed active version without a version bump is refused
+        _edit(
+            pack,
+            "2.0.1",
+            **{R1_SUMMARY: "SNEAKY EDIT ({side}): strengthening PLUS gait retraining"},
+        )
+        time.sleep(1.0)
+        assert [k.split("#")[0] for k in _serving(live.url)] == ["runform-core@2.0.1"]
+
+    statuses = [s for s, _ in load.outcomes]
+    assert len(statuses) > 50
+    assert set(statuses) == {200}, [o for o in load.outcomes if o[0] != 200][:3]
+    summaries = [s for _, s in load.outcomes]
+    assert any(s.startswith("Hip drop/adduction") for s in summaries)
+    first_new = next(i for i, s in enumerate(summaries) if s.startswith("RELOADED"))
+    assert not any(s.startswith("SNEAKY") for s in summaries)
+    assert all(s.startswith("RELOADED") for s in summaries[first_new + 4 :])
+
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("scenario(s) failed" in e and "previous version keeps serving" in e for e in errors)
+    assert any("not valid YAML" in e for e in errors)
+    assert any("is immutable" in e for e in errors)
+    versions = {
+        json.loads(r.body_json)["packs"][0]["version"]
+        for r in live.store.iter_raw()
+        if r.kind == "trace"
+    }
+    assert versions == {"2.0.0", "2.0.1"}  # every trace names the version that produced it
