@@ -7,10 +7,14 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cds.errors import CdsError, PackError
+
+if TYPE_CHECKING:
+    from cds.rules.compile import CompiledPack
 
 __all__ = ["main"]
 
@@ -218,61 +222,64 @@ def _pack_files(path: Path) -> list[Path]:
     return find_pack_files(path) if path.is_dir() and not (path / "pack.yaml").exists() else [path]
 
 
-def _packs_validate(args: argparse.Namespace) -> int:
+def _each_pack(path: Path, check: Callable[[Path, CompiledPack], int]) -> int:
+    """Load every pack under ``path`` and ``check`` it (returning its failure count);
+    exit code 1 if any pack failed to load or check, or there was none."""
     from cds.rules.load import load_pack
 
-    files = _pack_files(Path(args.path))
+    files = _pack_files(path)
     failed = 0
     for file in files:
         try:
             compiled = load_pack(file)
         except CdsError as exc:
-            failed += 1
             print(exc.message, file=sys.stderr)
+            failed += 1
             continue
-        p = compiled.pack
-        print(
-            f"{file}: OK  {p.id} {p.version} ({p.status}), {len(p.rules)} rules, "
-            f"sha256 {compiled.sha256[:16]}…"
-        )
+        failed += check(file, compiled)
     return 1 if failed or not files else 0
+
+
+def _report_valid(file: Path, compiled: CompiledPack) -> int:
+    p = compiled.pack
+    print(
+        f"{file}: OK  {p.id} {p.version} ({p.status}), {len(p.rules)} rules, "
+        f"sha256 {compiled.sha256[:16]}…"
+    )
+    return 0
+
+
+def _run_pack_scenarios(file: Path, compiled: CompiledPack) -> int:
+    from cds.rules.load import scenarios_path
+    from cds.rules.scenario import run_scenarios
+
+    p, scenarios = compiled.pack, compiled.scenarios
+    if scenarios is None or not scenarios.scenarios:
+        print(f"{p.id} {p.version}: no scenarios (write them in {scenarios_path(file)})")
+        return 1
+    results = run_scenarios(compiled, scenarios)
+    print(f"{p.id} {p.version}: {len(results)} scenarios")
+    for res in results:
+        print(f"  {'PASS' if res.passed else 'FAIL'}  {res.name}")
+        for line in res.diff():
+            print(f"          {line}")
+    shown = {
+        r for sc in scenarios.scenarios for c in sc.expect for r in (c.rule, *(c.attached or []))
+    }
+    untested = [r.rule.id for r in compiled.rules if r.rule.id not in shown]
+    if untested:
+        print(f"  note: no scenario expects {', '.join(untested)}")
+    bad = sum(not r.passed for r in results)
+    print(f"  {len(results) - bad} passed, {bad} failed")
+    return bad
+
+
+def _packs_validate(args: argparse.Namespace) -> int:
+    return _each_pack(Path(args.path), _report_valid)
 
 
 def _packs_test(args: argparse.Namespace) -> int:
-    from cds.rules.load import load_pack, scenarios_path
-    from cds.rules.scenario import run_scenarios
-
-    files = _pack_files(Path(args.path))
-    failed = 0
-    for file in files:
-        try:
-            compiled = load_pack(file)
-        except CdsError as exc:
-            print(exc.message, file=sys.stderr)
-            failed += 1
-            continue
-        p = compiled.pack
-        if compiled.scenarios is None or not compiled.scenarios.scenarios:
-            print(f"{p.id} {p.version}: no scenarios (write them in {scenarios_path(file)})")
-            failed += 1
-            continue
-        results = run_scenarios(compiled, compiled.scenarios)
-        print(f"{p.id} {p.version}: {len(results)} scenarios")
-        for res in results:
-            print(f"  {'PASS' if res.passed else 'FAIL'}  {res.name}")
-            for line in res.diff():
-                print(f"          {line}")
-        bad = sum(not r.passed for r in results)
-        expected = {c.rule for sc in compiled.scenarios.scenarios for c in sc.expect}
-        expected |= {
-            a for sc in compiled.scenarios.scenarios for c in sc.expect for a in c.attached or []
-        }
-        untested = [r.rule.id for r in compiled.rules if r.rule.id not in expected]
-        if untested:
-            print(f"  note: no scenario expects {', '.join(untested)}")
-        print(f"  {len(results) - bad} passed, {bad} failed")
-        failed += bad
-    return 1 if failed or not files else 0
+    return _each_pack(Path(args.path), _run_pack_scenarios)
 
 
 def _packs_explain(args: argparse.Namespace) -> int:
@@ -300,10 +307,12 @@ def _packs_diff(args: argparse.Namespace) -> int:
 
 def _packs_schema(args: argparse.Namespace) -> int:
     from cds.rules.pack import Pack
+    from cds.rules.scenario import ScenarioFile
 
-    schema = Pack.model_json_schema()
+    model = ScenarioFile if args.scenarios else Pack
+    schema = model.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "runform-cds rule pack"
+    schema["title"] = "runform-cds " + ("scenarios file" if args.scenarios else "rule pack")
     _emit(json.dumps(schema, indent=2) + "\n", args.out, "the schema")
     return 0
 
@@ -343,6 +352,9 @@ def _parser() -> argparse.ArgumentParser:
     diff.set_defaults(func=_packs_diff)
     schema = packs_sub.add_parser("schema", help="write the JSON Schema of the pack format")
     schema.add_argument("--out", help="file to write (default: standard output)")
+    schema.add_argument(
+        "--scenarios", action="store_true", help="the schema of a scenarios file instead"
+    )
     schema.set_defaults(func=_packs_schema)
 
     audit = sub.add_parser("audit", help="read, verify and export the audit trail")

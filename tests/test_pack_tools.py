@@ -191,3 +191,21 @@ def test_a_pack_without_source_attributes_is_refused(tmp_path: Path) -> None:
     del data["source_attributes"]
     with pytest.raises(PackError, match="source_attributes"):
         load_pack(write_pack(tmp_path, data))
+
+
+def test_packs_schema_for_scenario_files(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "scenarios.schema.json"
+    assert main(["packs", "schema", "--scenarios", "--out", str(out)]) == 0
+    schema = json.loads(out.read_text())
+    assert schema["title"] == "runform-cds scenarios file"
+    assert {"bases", "scenarios"} <= set(schema["properties"])
+
+
+def test_a_capture_of_a_sided_metric_without_a_side_is_reported(tmp_path: Path) -> None:
+    sc = _scenario([], captures=[{"metric": "peak-hip-adduction", "value": 21}])
+    with pytest.raises(PackError) as info:
+        load_pack(_with_scenarios(tmp_path, {"scenarios": [sc]}))
+    assert "[pack-scenario-needs-side]" in info.value.message
+    assert "add side: right" in info.value.message

@@ -12,6 +12,7 @@ lists go into the trace.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -314,14 +315,10 @@ def _days_since(when: datetime | date | None, now: datetime) -> float | None:
     return None if moment is None else round((now - moment).total_seconds() / 86400, 2)
 
 
-def _keep_min(ctx: dict[str, Any], key: str, days: float | None) -> None:
-    if days is not None and (key not in ctx or days < ctx[key]):
-        ctx[key] = days
-
-
-def _keep_max(ctx: dict[str, Any], key: str, days: float | None) -> None:
-    if days is not None and (key not in ctx or days > ctx[key]):
-        ctx[key] = days
+def _keep(ctx: dict[str, Any], key: str, days: float | None, pick: Callable[..., float]) -> None:
+    """Set ``ctx[key]`` to ``days``, or to ``pick`` (min or max) of it and the value there."""
+    if days is not None:
+        ctx[key] = pick(days, ctx.get(key, days))
 
 
 def _diagnoses(data: ClinicalData, policy: FactPolicy, now: datetime, ctx: dict[str, Any]) -> None:
@@ -335,7 +332,8 @@ def _diagnoses(data: ClinicalData, policy: FactPolicy, now: datetime, ctx: dict[
             if any(dc.matches(c.system, c.code) for dc in codes for c in codings):
                 fld = diagnosis_field(name)
                 ctx[fld] = 1
-                _keep_min(ctx, f"{fld}__days", _days_since(cond.since, now))
+                # the most recent onset decides "within"
+                _keep(ctx, f"{fld}__days", _days_since(cond.since, now), min)
 
 
 def _orders(data: ClinicalData, now: datetime, ctx: dict[str, Any]) -> None:
@@ -350,7 +348,9 @@ def _orders(data: ClinicalData, now: datetime, ctx: dict[str, Any]) -> None:
             for plan in _plans_of(order):
                 ctx[order_field(plan, state)] = 1
                 ctx[order_field(plan, "any")] = 1
-                _keep_max(ctx, f"{order_field(plan, state)}__days", _days_since(order.started, now))
+                started = _days_since(order.started, now)
+                # the oldest order decides "older than"
+                _keep(ctx, f"{order_field(plan, state)}__days", started, max)
 
 
 def _context(data: ClinicalData, policy: FactPolicy, now: datetime) -> dict[str, Any]:

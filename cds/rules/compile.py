@@ -166,9 +166,6 @@ class CompiledPack:
     def rule(self, rule_id: str) -> CompiledRule:
         return next(r for r in self.rules if r.engine_id == rule_id)
 
-    def finding(self, engine_id: str) -> CompiledFinding:
-        return next(f for f in self.findings if f.engine_id == engine_id)
-
     def stages(self) -> list[list[list[Compiled]]]:
         """Findings first, then rules; each split into rulesets of bounded size."""
         return [_chunked(list(self.findings)), _chunked(list(self.rules))]

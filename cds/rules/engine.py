@@ -107,9 +107,10 @@ class RuleEngine:
         result = EngineResult()
         with _host_lock:
             self._run_stage(finding_names, facts, findings)
+            flags = {f.engine_id: f.flag for f in compiled.findings}
             flagged = [dict(f) for f in facts]
             for firing in findings.firings:
-                flagged[firing.index][compiled.finding(firing.rule_id).flag] = 1
+                flagged[firing.index][flags[firing.rule_id]] = 1
             self._run_stage(rule_names, flagged, result)
         result.findings = findings.firings
         return result

@@ -136,27 +136,27 @@ def _describe(
 # -- checks ----------------------------------------------------------------------
 
 
+def _check_metric(code: str, sided: bool, loc: Loc, out: list[PackProblem], hint: str) -> None:
+    m = metric(code)
+    if m is None or m.group == "quality":
+        out.append(
+            PackProblem(
+                "pack-scenario-unknown-metric",
+                loc,
+                f"unknown metric {code!r}",
+                did_you_mean(code, _metric_codes()) or "see docs/data-contract.md",
+            )
+        )
+    elif m.lateral and not sided:
+        out.append(
+            PackProblem("pack-scenario-needs-side", loc, f"{code} is measured per side", hint)
+        )
+
+
 def _check_measures(measures: dict[str, Any], loc: Loc, out: list[PackProblem]) -> None:
     for code, value in measures.items():
-        m = metric(code)
-        if m is None or m.group == "quality":
-            out.append(
-                PackProblem(
-                    "pack-scenario-unknown-metric",
-                    (*loc, code),
-                    f"unknown metric {code!r}",
-                    did_you_mean(code, _metric_codes()) or "see docs/data-contract.md",
-                )
-            )
-        elif m.lateral and not isinstance(value, dict):
-            out.append(
-                PackProblem(
-                    "pack-scenario-needs-side",
-                    (*loc, code),
-                    f"{code} is measured per side",
-                    "write it as {left: 4, right: 7}",
-                )
-            )
+        sided = isinstance(value, dict)
+        _check_metric(code, sided, (*loc, code), out, "write it as {left: 4, right: 7}")
 
 
 def _metric_codes() -> list[str]:
@@ -186,7 +186,9 @@ def _check_given(pack: CompiledPack, given: Given, loc: Loc, out: list[PackProbl
                 )
             )
     for i, cap in enumerate(given.captures):
-        _check_measures({cap.metric: {"left": 0} if cap.side else 0}, (*loc, "captures", i), out)
+        _check_metric(
+            cap.metric, cap.side is not None, (*loc, "captures", i), out, "add side: right"
+        )
 
 
 def check_scenarios(pack: CompiledPack, scenarios: ScenarioFile) -> list[PackProblem]:
@@ -336,26 +338,19 @@ class ScenarioResult:
     got: list[CardOutcome]
     error: str | None = None
 
-    @property
-    def missing(self) -> list[ExpectedCard]:
-        unmatched = list(self.got)
-        out = []
-        for exp in self.expected:
-            hit = next((g for g in unmatched if exp.matches(g)), None)
-            if hit is None:
-                out.append(exp)
-            else:
-                unmatched.remove(hit)
-        return out
+    missing: list[ExpectedCard] = field(init=False)
+    unexpected: list[CardOutcome] = field(init=False)
 
-    @property
-    def unexpected(self) -> list[CardOutcome]:
-        unmatched = list(self.got)
+    def __post_init__(self) -> None:
+        """Pair each expected card with one card shown; the rest are the differences."""
+        self.unexpected = list(self.got)
+        self.missing = []
         for exp in self.expected:
-            hit = next((g for g in unmatched if exp.matches(g)), None)
-            if hit is not None:
-                unmatched.remove(hit)
-        return unmatched
+            hit = next((g for g in self.unexpected if exp.matches(g)), None)
+            if hit is None:
+                self.missing.append(exp)
+            else:
+                self.unexpected.remove(hit)
 
     @property
     def passed(self) -> bool:

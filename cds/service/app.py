@@ -85,7 +85,8 @@ def create_app(
             "any caller can use this service. Never do this in production. !!!"
         )
     store = store if store is not None else open_store(settings.store.url)
-    fixed_packs = packs is not None
+    # packs handed in (tests, benchmarks) are fixed; packs read from the folder are watched
+    interval = 0.0 if packs is not None else settings.packs.watch_interval_s
     packs = (
         packs
         if packs is not None
@@ -97,18 +98,19 @@ def create_app(
     writer = TraceWriter(store)
     runtime = Runtime(settings=settings, packs=packs, store=store, writer=writer, http=http)
     authenticate = _auth_check(settings, JwtVerifier(settings.auth, http, store.claim_jti))
-    reloader = PackReloader(
-        settings.packs.dir,
-        packs,
-        allow_drafts=settings.packs.allow_drafts,
-        registry=store,
-        engine=runtime.engine,
-    )
-    interval = 0.0 if fixed_packs else settings.packs.watch_interval_s
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        watcher = asyncio.create_task(reloader.watch(interval, runtime)) if interval else None
+        watcher = None
+        if interval:
+            reloader = PackReloader(
+                settings.packs.dir,
+                runtime.packs,
+                allow_drafts=settings.packs.allow_drafts,
+                registry=store,
+                engine=runtime.engine,
+            )
+            watcher = asyncio.create_task(reloader.watch(interval, runtime))
         yield
         if watcher is not None:
             watcher.cancel()
