@@ -65,6 +65,18 @@ def _wait_for(url: str, version: str, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
+def _wait_logged(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 60) -> None:
+    """Wait until the watcher has logged an error containing ``text``.
+
+    Each step waits for its own outcome: a reload that runs the scenarios can
+    take longer than a fixed pause, and the watcher only ever sees the latest file.
+    """
+    deadline = time.monotonic() + timeout
+    while not any(text in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR):
+        assert time.monotonic() < deadline, f"no error logged with {text!r}"
+        time.sleep(0.1)
+
+
 def _edit(pack: Path, version: str, **replace: str) -> None:
     text = (ROOT / "rule_packs" / "runform-core" / "pack.yaml").read_text()
     text = text.replace("version: 2.0.0\n", f"version: {version}\n", 1)
@@ -93,17 +105,18 @@ def test_reload_under_load_swaps_good_versions_and_keeps_serving_through_bad_one
         # 2. a version whose scenarios fail is refused; 2.0.1 keeps serving
         drop = "value: 5\n    unit: deg\n    provenance: placeholder"
         _edit(pack, "2.0.2", **{drop: drop.replace("value: 5", "value: 50")})
-        time.sleep(1.0)
+        _wait_logged(caplog, "scenario(s) failed")
         # 3. a broken file is refused
         pack.write_text(pack.read_text() + "\n  - this is: [not valid\n")
-        time.sleep(1.0)
+        _wait_logged(caplog, "not valid YAML")
         # 4. a changed active version without a version bump is refused
         _edit(
             pack,
             "2.0.1",
             **{R1_SUMMARY: "SNEAKY EDIT ({side}): strengthening PLUS gait retraining"},
         )
-        time.sleep(1.0)
+        _wait_logged(caplog, "is immutable")
+        time.sleep(0.5)
         assert [k.split("#")[0] for k in _serving(live.url)] == ["runform-core@2.0.1"]
 
     statuses = [s for s, _ in load.outcomes]
