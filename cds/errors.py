@@ -14,7 +14,9 @@ optional FHIRPath-like ``expression`` pointing at the offending element.
     ├── AuthError (401)             auth-invalid   (message never sent to the client)
     ├── PrefetchError (412)         prefetch-unavailable
     ├── PackError                   pack-invalid
-    └── EngineError (500)           engine-failed
+    ├── EngineError (500)           engine-failed
+    └── MeasureError                measure-invalid (a video or test form cannot be measured)
+        └── FhirPostError           fhir-post-failed
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ __all__ = [
     "CdsError",
     "ConfigError",
     "EngineError",
+    "FhirPostError",
+    "MeasureError",
     "PackError",
     "PayloadTooLargeError",
     "PrefetchError",
@@ -146,3 +150,19 @@ class EngineError(CdsError):
     code = "engine-failed"
     status = 500
     issue_type = "exception"
+
+
+class MeasureError(CdsError):
+    """A video, static clip or strength-test form cannot be turned into Observations."""
+
+    code = "measure-invalid"
+    status = 400
+    issue_type = "invalid"
+
+
+class FhirPostError(MeasureError):
+    """The FHIR server did not accept a measurement Bundle."""
+
+    code = "fhir-post-failed"
+    status = 502
+    issue_type = "transient"

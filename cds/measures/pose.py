@@ -1,0 +1,183 @@
+"""MediaPipe 0.10.21 legacy Pose over a video, split across worker processes.
+
+Only ``model_complexity=1`` is used: it is the one model the 0.10.21 wheel
+ships, so nothing is downloaded at run time (complexities 0 and 2 would fetch
+a model from the network). ``smooth_landmarks=False`` because MediaPipe's
+built-in filter is causal and assumes 30 fps; we filter offline instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import queue as queue_module
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.queues import Queue
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from cds.errors import MeasureError
+from cds.measures.track import Track
+from cds.measures.video import Frame, Roi, VideoInfo, read_frames
+
+__all__ = ["MODEL_COMPLEXITY", "PoseEstimator", "estimate_track", "mediapipe_version"]
+
+MODEL_COMPLEXITY = 1
+#: frames a worker runs before its share of the clip, so its tracker has locked on
+WARMUP_S = 0.5
+#: below this many frames per worker, splitting costs more than it gains
+MIN_FRAMES_PER_WORKER = 60
+
+Progress = Callable[[int], None]
+
+
+def mediapipe_version() -> str:
+    import mediapipe
+
+    return str(mediapipe.__version__)
+
+
+class PoseEstimator:
+    """One MediaPipe Pose graph, reused over the frames of one clip, then closed."""
+
+    def __init__(self, roi: Roi | None = None) -> None:
+        from mediapipe.python.solutions import pose as mp_pose
+
+        self.roi = roi
+        self._pose: Any = mp_pose.Pose(
+            static_image_mode=False,
+            model_complexity=MODEL_COMPLEXITY,
+            smooth_landmarks=False,
+            enable_segmentation=False,
+            min_detection_confidence=0.5,
+            min_tracking_confidence=0.5,
+        )
+
+    def __enter__(self) -> PoseEstimator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pose.close()
+
+    def landmarks(self, frame: Frame) -> NDArray[np.float64]:
+        """(33, 4) x, y (pixels of the full frame), z (scaled like x), visibility; NaN if none."""
+        x0, y0 = 0, 0
+        if self.roi is not None:
+            x0, y0 = self.roi.x, self.roi.y
+            frame = frame[y0 : y0 + self.roi.h, x0 : x0 + self.roi.w]
+        crop_h, crop_w = frame.shape[:2]
+        result = self._pose.process(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        out = np.full((33, 4), np.nan)
+        if result.pose_landmarks is None:
+            return out
+        for i, lm in enumerate(result.pose_landmarks.landmark):
+            out[i] = (x0 + lm.x * crop_w, y0 + lm.y * crop_h, lm.z * crop_w, lm.visibility)
+        return out
+
+
+_progress_queue: Queue[int] | None = None
+
+
+def _init_worker(queue: Queue[int] | None) -> None:
+    global _progress_queue
+    _progress_queue = queue
+
+
+def _estimate_chunk(
+    info: VideoInfo, start: int, stop: int, warmup: int, roi: Roi | None
+) -> NDArray[np.float64]:
+    """Landmarks of frames ``start`` .. ``stop``, after ``warmup`` frames to lock on."""
+    first = max(0, start - warmup)
+    out = np.full((stop - start, 33, 4), np.nan)
+    done = 0
+    with PoseEstimator(roi) as estimator:
+        for index, frame in enumerate(read_frames(info.path, first, stop), start=first):
+            landmarks = estimator.landmarks(frame)
+            if index >= start:
+                out[index - start] = landmarks
+                done += 1
+                if _progress_queue is not None and done % 10 == 0:
+                    _progress_queue.put(10)
+    if _progress_queue is not None and done % 10:
+        _progress_queue.put(done % 10)
+    return out
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: int
+    stop: int
+
+
+def plan_chunks(frames: int, workers: int) -> list[Chunk]:
+    """Equal consecutive shares of ``frames`` for at most ``workers`` processes."""
+    count = max(1, min(workers, frames // MIN_FRAMES_PER_WORKER))
+    bounds = np.linspace(0, frames, count + 1).round().astype(int)
+    return [Chunk(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+
+def estimate_track(
+    info: VideoInfo,
+    roi: Roi | None = None,
+    *,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> Track:
+    """Run pose estimation over the whole clip; long clips are split across processes.
+
+    Each worker starts ``WARMUP_S`` before its share and discards those frames,
+    so the tracker is locked on at the seam and the shares join without a jump.
+    """
+    if roi is not None:
+        roi = roi.clip(info.width, info.height)
+    chunks = plan_chunks(info.frames, workers)
+    warmup = max(1, round(WARMUP_S * info.fps))
+    if len(chunks) == 1:
+        _init_worker(None)
+        data = _estimate_chunk(info, 0, info.frames, 0, roi)
+        if progress:
+            progress(len(data))
+    else:
+        data = _estimate_parallel(info, chunks, warmup, roi, progress)
+    if np.isnan(data[:, 23, 0]).all():
+        where = f" inside the region of interest {roi}" if roi else ""
+        raise MeasureError(f"{info.path}: no person was found in any frame{where}")
+    return Track(data=data, fps=info.fps, width=info.width, height=info.height)
+
+
+def _estimate_parallel(
+    info: VideoInfo, chunks: list[Chunk], warmup: int, roi: Roi | None, progress: Progress | None
+) -> NDArray[np.float64]:
+    # spawn, not fork: MediaPipe's graph threads do not survive a fork
+    ctx = mp.get_context("spawn")
+    queue: Queue[int] = ctx.Queue()
+    with ProcessPoolExecutor(
+        len(chunks), mp_context=ctx, initializer=_init_worker, initargs=(queue,)
+    ) as pool:
+        futures = [pool.submit(_estimate_chunk, info, c.start, c.stop, warmup, roi) for c in chunks]
+        pending = info.frames
+        while pending > 0 and not all(f.done() for f in futures):
+            try:
+                step = queue.get(timeout=0.2)
+            except queue_module.Empty:  # a crashed worker shows in its future below
+                continue
+            pending -= step
+            if progress:
+                progress(step)
+        parts = [f.result() for f in futures]
+    while not queue.empty():
+        step = queue.get()
+        if progress:
+            progress(step)
+    data: NDArray[np.float64] = np.concatenate(parts)
+    if len(data) != info.frames:  # the header over-counted frames; trust what decoded
+        data = data[: info.frames]
+    return data
