@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cds.errors import CdsError, PackError
+from cds.measures.commands import add_commands as add_measure_commands
 
 if TYPE_CHECKING:
     from cds.rules.compile import CompiledPack
@@ -356,6 +357,8 @@ def _parser() -> argparse.ArgumentParser:
         "--scenarios", action="store_true", help="the schema of a scenarios file instead"
     )
     schema.set_defaults(func=_packs_schema)
+
+    add_measure_commands(sub)
 
     audit = sub.add_parser("audit", help="read, verify and export the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

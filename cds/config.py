@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cds.errors import ConfigError
+from cds.measures.settings import MeasureSettings
 
 __all__ = ["CONFIG_ENV_VAR", "AuthClient", "Settings", "load_settings"]
 
@@ -112,6 +113,7 @@ class Settings(_Section):
     fhir: FhirSettings = Field(default_factory=FhirSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     viewer: ViewerSettings = Field(default_factory=ViewerSettings)
+    measures: MeasureSettings = Field(default_factory=MeasureSettings)
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:

@@ -31,6 +31,12 @@ REQUIRED = [
     "strides-analyzed",
     "visible-fraction",
     "frame-rate",
+    "between-stride-sd",
+    "measured-force",
+    "lever-arm",
+    "body-mass",
+    "percent-body-weight",
+    "limb-symmetry-index",
 ]
 
 

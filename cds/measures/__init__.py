@@ -1,8 +1,8 @@
 """Run-form metrics from 2D video and hip strength tests, as FHIR R4 Observations.
 
-    from cds.measures import analyze_video, measurement_bundle
-    analysis = analyze_video(Path("run.mp4"), "posterior")
-    bundle = measurement_bundle(analysis, "Patient/123")
+from cds.measures import analyze_video, measurement_bundle
+analysis = analyze_video(Path("run.mp4"), "posterior")
+bundle = measurement_bundle(analysis, "Patient/123")
 """
 
 from cds.measures.analyze import Analysis, TrackAnalysis, analyze_track, analyze_video

@@ -127,7 +127,8 @@ def keep_one_person(track: Track) -> Track:
     """Keep the walking/running body with the most steps; blank frames showing anyone else.
 
     Segments before and after the chosen one are kept while each continues the
-    previous one plausibly; the rest are marked ``rejected``, never merged.
+    previous one plausibly (up to the first that does not); the rest are marked
+    ``rejected``, never merged.
     """
     parts = segments(track)
     if not parts:
@@ -139,9 +140,10 @@ def keep_one_person(track: Track) -> Track:
         i = best + direction
         while 0 <= i < len(parts):
             pair = (parts[i], parts[last]) if direction < 0 else (parts[last], parts[i])
-            if _consistent(track, *pair):
-                kept.add(i)
-                last = i
+            if not _consistent(track, *pair):
+                break  # someone else came in between: what follows cannot be vouched for
+            kept.add(i)
+            last = i
             i += direction
     data = track.data.copy()
     rejected = np.zeros(track.frames, dtype=bool)
