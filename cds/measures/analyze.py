@@ -63,7 +63,8 @@ class Analysis(TrackAnalysis):
 
 def _geometry(track: Track, view: View, settings: MeasureSettings) -> Geometry:
     return Geometry(
-        track, view, facing_direction(track), fit_floor(track), track.leg_length(),
+        track, view, facing_direction(track), fit_floor(track),
+        track.leg_length(percentile=90 if view == "posterior" else 50),
         settings.min_visibility,
     )  # fmt: skip
 

@@ -36,6 +36,8 @@ SIDES: tuple[Side, Side] = ("left", "right")
 
 #: share of each foot's height range (p5..p95) under which it counts as on the floor
 CONTACT_HEIGHT_FRACTION = 0.2
+#: share of that range under which the foot has landed (refines IC and TO)
+CONTACT_TOUCH_FRACTION = 0.05
 #: shortest stance (s) accepted as a contact, not a tracking wobble
 MIN_STANCE_S = 0.06
 #: accepted stride durations (s) for walking and running
@@ -145,11 +147,22 @@ def _height_events(track: Track, floor: Floor, side: Side) -> tuple[Array, Array
         return np.zeros(0), np.zeros(0)
     p5, p95 = np.percentile(valid, [5, 95])
     threshold = p5 + CONTACT_HEIGHT_FRACTION * (p95 - p5)
+    touch = p5 + CONTACT_TOUCH_FRACTION * (p95 - p5)
     ics = _crossings(height, threshold, downward=True)
     tos = _crossings(height, threshold, downward=False)
+    touch_down = _crossings(height, touch, downward=True)
+    lift_off = _crossings(height, touch, downward=False)
     min_stance = MIN_STANCE_S * track.fps
-    keep_ic = [ic for ic in ics if _next_after(tos, ic) - ic >= min_stance]
-    keep_to = [to for to in tos if to - _last_before(ics, to) >= min_stance]
+    keep_ic, keep_to = [], []
+    for ic in ics:
+        to = _next_after(tos, ic)
+        if not np.isfinite(to) or to - ic < min_stance:
+            continue
+        # the foot is found near the floor at the upper threshold; it lands at the lower one
+        landed = _next_after(touch_down, ic)
+        keep_ic.append(landed if landed < to else ic)
+        left = _last_before(lift_off, to)
+        keep_to.append(left if left > ic else to)
     return np.array(keep_ic), np.array(keep_to)
 
 
@@ -246,8 +259,10 @@ def stride_period_s(track: Track, view: View) -> float:
     peaks, _ = find_peaks(acf[lo:hi])
     if peaks.size == 0:
         return float("nan")
-    best = lo + peaks[np.argmax(acf[lo:hi][peaks])]
-    return float(best / track.fps)
+    heights = acf[lo:hi][peaks]
+    # the first strong peak: later multiples of the period are about as high
+    first = peaks[np.flatnonzero(heights >= 0.8 * heights.max())[0]]
+    return float((lo + first) / track.fps)
 
 
 def gait_mode(track: Track, view: View, running_cadence: float) -> Mode:

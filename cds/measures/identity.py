@@ -24,6 +24,10 @@ MAX_JUMP_LEG_LENGTHS = 0.3
 MAX_SCALE_CHANGE = 0.35
 #: continuation after a gap: how fast (leg lengths per second) the person may have moved
 MAX_SPEED_LEG_LENGTHS_S = 8.0
+#: longest gap (s) the speed allowance grows over; a longer absence gets no more room
+MAX_ALLOWANCE_S = 1.0
+#: a body seen again after another person must stay this long (s) to be taken back
+MIN_RETURN_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ def _consistent(track: Track, before: Segment, after: Segment) -> bool:
     leg = _per_frame_leg(track)
     scale = max(leg[a], leg[b])
     seconds = (b - a) / track.fps
-    allowed = MAX_JUMP_LEG_LENGTHS + MAX_SPEED_LEG_LENGTHS_S * seconds
+    allowed = MAX_JUMP_LEG_LENGTHS + MAX_SPEED_LEG_LENGTHS_S * min(seconds, MAX_ALLOWANCE_S)
     moved = float(np.linalg.norm(hip[b] - hip[a])) / scale
     return bool(moved <= allowed and abs(leg[b] - leg[a]) / scale <= MAX_SCALE_CHANGE)
 
@@ -126,24 +130,27 @@ def _consistent(track: Track, before: Segment, after: Segment) -> bool:
 def keep_one_person(track: Track) -> Track:
     """Keep the walking/running body with the most steps; blank frames showing anyone else.
 
-    Segments before and after the chosen one are kept while each continues the
-    previous one plausibly (up to the first that does not); the rest are marked
-    ``rejected``, never merged.
+    Segments before and after the chosen one are kept when they continue the
+    last kept one plausibly; after another person was followed in between, the
+    return must also last ``MIN_RETURN_S``. The rest are marked ``rejected``,
+    never merged.
     """
     parts = segments(track)
     if not parts:
         return track
     best = max(range(len(parts)), key=lambda i: (gait_steps(track, parts[i]), parts[i].frames))
     kept = {best}
+    min_frames = MIN_RETURN_S * track.fps
     for direction in (-1, 1):
         last = best
         i = best + direction
         while 0 <= i < len(parts):
             pair = (parts[i], parts[last]) if direction < 0 else (parts[last], parts[i])
-            if not _consistent(track, *pair):
-                break  # someone else came in between: what follows cannot be vouched for
-            kept.add(i)
-            last = i
+            # after someone else was tracked in between, only a sustained return counts
+            returning = abs(i - last) == 1 or parts[i].frames >= min_frames
+            if returning and _consistent(track, *pair):
+                kept.add(i)
+                last = i
             i += direction
     data = track.data.copy()
     rejected = np.zeros(track.frames, dtype=bool)

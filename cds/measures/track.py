@@ -81,8 +81,12 @@ class Track:
         out: NDArray[np.bool_] = ~np.isnan(self.data[:, 23, X])
         return out
 
-    def leg_length(self, side: Side | None = None) -> float:
-        """Median hip-knee plus knee-ankle length in pixels (both sides unless named)."""
+    def leg_length(self, side: Side | None = None, percentile: float = 50) -> float:
+        """Hip-knee plus knee-ankle length in pixels (median; both sides unless named).
+
+        From behind, the leg looks shorter while it swings (the knee flexes
+        toward the camera): a high percentile then gives its straight length.
+        """
         sides: tuple[Side, ...] = (side,) if side else ("left", "right")
         lengths = [
             np.linalg.norm(self.point("hip", s) - self.point("knee", s), axis=1)
@@ -91,7 +95,7 @@ class Track:
         ]
         values = np.concatenate(lengths)
         values = values[~np.isnan(values)]
-        return float(np.median(values)) if values.size else float("nan")
+        return float(np.percentile(values, percentile)) if values.size else float("nan")
 
     def with_data(self, data: Array) -> Track:
         return replace(self, data=data)
