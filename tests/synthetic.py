@@ -178,6 +178,11 @@ def _bump(g: Gait, p: float) -> float:
     return math.sin(math.pi * p / g.duty) if p < g.duty else 0.0
 
 
+def _swing_lift(g: Gait, p: float) -> float:
+    """0 in stance, rising to 1 at mid-swing."""
+    return 0.0 if p < g.duty else math.sin(math.pi * (p - g.duty) / (1 - g.duty))
+
+
 def posterior_view(g: Gait, f: Frontal) -> tuple[Track, Truth]:
     """A runner seen from behind: the runner's left is the image's left."""
     frames = int(g.seconds * g.fps)
@@ -189,10 +194,12 @@ def posterior_view(g: Gait, f: Frontal) -> tuple[Track, Truth]:
         time = t / g.fps
         phases = {s: g.phase(time, s) for s in SIDES}
         stance = min(SIDES, key=lambda s: phases[s] if phases[s] < g.duty else 9.0)
-        lift = {s: (0.0 if phases[s] < g.duty else
-                    math.sin(math.pi * (phases[s] - g.duty) / (1 - g.duty))) for s in SIDES}  # fmt: skip
-        angles = {s: (math.radians(f.thigh_deg[s] * _bump(g, phases[s])),
-                      math.radians(f.shank_deg[s] * _bump(g, phases[s]))) for s in SIDES}  # fmt: skip
+        lift = {s: _swing_lift(g, phases[s]) for s in SIDES}
+        angles = {
+            s: (math.radians(f.thigh_deg[s] * _bump(g, phases[s])),
+                math.radians(f.shank_deg[s] * _bump(g, phases[s])))
+            for s in SIDES
+        }  # fmt: skip
         drop = math.radians(f.drop_deg[stance] * _bump(g, phases[stance]))
         # the stance foot is on the floor: its hip height follows from its leg
         a, b = angles[stance]

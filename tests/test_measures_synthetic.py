@@ -171,7 +171,7 @@ def test_static_trial_removes_orientation_offsets() -> None:
     standing, _ = side_view(Gait(trunk_lean_deg=5.0, cadence=1.0, seconds=2.0))
     offsets = static_offsets(analyze_track(standing, "side").geometry)
     assert offsets[("trunk-forward-lean", "right")] == pytest.approx(5.0, abs=0.2)
-    track, truth = side_view(RUNNING)
+    track, _ = side_view(RUNNING)
     analysis = analyze_track(track, "side", offsets=offsets)
     lean = analysis.result("trunk-forward-lean")
     assert lean.mean == pytest.approx(RUNNING.trunk_lean_deg - 5.0, abs=0.5)
