@@ -59,6 +59,7 @@ class FhirBehaviour:
     fail_status: int | None = None
     next_link_base: str | None = None  # send next links to another origin
     requests: list[dict[str, Any]] = field(default_factory=list)
+    transactions: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fhir_app(behaviour: FhirBehaviour) -> FastAPI:
@@ -84,6 +85,31 @@ def fhir_app(behaviour: FhirBehaviour) -> FastAPI:
                 status_code=behaviour.fail_status,
             )
         return None
+
+    @app.post("/fhir")
+    async def transaction(request: Request) -> Any:
+        if (early := await _prelude(request)) is not None:
+            return early
+        body = await request.json()
+        if body.get("resourceType") != "Bundle" or body.get("type") != "transaction":
+            return JSONResponse(
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {"severity": "error", "code": "invalid", "diagnostics": "not a transaction"}
+                    ],
+                },
+                status_code=400,
+            )
+        behaviour.transactions.append(body)
+        entries = []
+        for n, entry in enumerate(body["entry"], start=1):
+            rtype = entry["resource"]["resourceType"]
+            behaviour.resources.setdefault(rtype, []).append({**entry["resource"], "id": f"t{n}"})
+            entries.append(
+                {"response": {"status": "201 Created", "location": f"{rtype}/t{n}/_history/1"}}
+            )
+        return {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
 
     @app.get("/fhir/Patient/{pid}")
     async def read_patient(pid: str, request: Request) -> Any:
