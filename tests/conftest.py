@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 
 from cds.audit.store import TraceStore, open_store
 from cds.client import CdsClient, JwtSigner
@@ -129,3 +133,38 @@ def pg_url() -> Iterator[str]:
     yield f"{PG_BASE}?schema={schema}"
     with psycopg.connect(PG_BASE, autocommit=True) as db:
         db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+# --- a real headless Chromium (Debian's chromium + chromedriver) ---
+
+
+@pytest.fixture(scope="session")
+def chrome_paths() -> tuple[str, str]:
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.fail("Debian's chromium and chromium-driver are needed (scripts/test installs them)")
+    return browser, driver
+
+
+@pytest.fixture
+def browser(chrome_paths: tuple[str, str], tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    os.environ["SE_OFFLINE"] = "true"  # never let selenium try to download anything
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome_paths[0]
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+    ):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=chrome_paths[1]), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()

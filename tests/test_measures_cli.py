@@ -235,3 +235,21 @@ def test_post_failure_keeps_the_bundle_and_says_so(tmp_path: Path, fhir_server: 
     assert done.returncode == 1
     assert "HTTP 503" in done.stderr and "kept on disk" in done.stderr
     Bundle.model_validate(json.loads((tmp_path / "strength.bundle.json").read_text()))
+
+
+def test_report_renders_in_a_real_browser(measured: tuple[Path, Any], browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    out, _ = measured
+    browser.get((out / "out/walk.report.html").resolve().as_uri())
+    assert "Running form" in browser.title
+    rows = browser.find_elements(By.CSS_SELECTOR, "table tr")
+    assert len(rows) == 1 + 10
+    absent = browser.find_elements(By.CSS_SELECTOR, "tr.absent")
+    assert len(absent) == 5  # far limb (4) and the foot angle at 30 fps
+    images = browser.find_elements(By.TAG_NAME, "img")
+    assert len(images) == 2
+    for image in images:
+        assert browser.execute_script("return arguments[0].naturalWidth", image) > 200
+    browser.save_screenshot(str(out / "report.png"))
+    assert (out / "report.png").stat().st_size > 20_000

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,6 @@ import httpx
 import pytest
 from PIL import Image
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -24,38 +21,6 @@ from tests.conftest import LiveService
 
 PV = "runform-patient-view"
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture(scope="module")
-def chrome_paths() -> tuple[str, str]:
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.fail("Debian's chromium and chromium-driver are needed (scripts/test installs them)")
-    return browser, driver
-
-
-@pytest.fixture
-def browser(chrome_paths: tuple[str, str], tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    os.environ["SE_OFFLINE"] = "true"  # never let selenium try to download anything
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome_paths[0]
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,1000",
-        f"--user-data-dir={tmp_path / 'chrome-profile'}",
-    ):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=chrome_paths[1]), options=opts)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture

@@ -189,7 +189,7 @@ def key_frame(analysis: Analysis, path: Path) -> Path | None:
 def _row(r: MetricResult) -> str:
     m = metric(r.code)
     name = html.escape(m.display if m else r.code)
-    side = r.side or "both"
+    side = r.side or "whole body"
     if r.usable:
         value = (
             f"{r.mean:.1f} &plusmn; {r.sd:.1f} {html.escape(r.unit)}"
