@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 
 from cds.errors import MeasureError
-from cds.measures.clean import CleaningReport, clean_track, facing_direction
+from cds.measures.clean import CleaningReport, clean_track, facing_direction, mask_invisible
 from cds.measures.events import GaitEvents, detect_events, fit_floor, gait_mode
 from cds.measures.geometry import Geometry
 from cds.measures.identity import keep_one_person, roi_around
@@ -86,12 +86,13 @@ def analyze_track(
 ) -> TrackAnalysis:
     """Clean, find events and compute metrics for one person's raw landmarks.
 
-    Walking or running is decided on a lightly filtered copy (the running
-    cutoff); the clip is then cleaned with the cutoff that suits it.
+    Walking or running is decided from the raw landmarks (the stride period
+    is an autocorrelation, robust to jitter); the clip is then cleaned with
+    the cutoff that suits it.
     """
     settings = settings or MeasureSettings()
-    light, _ = _clean(raw, view, settings, settings.cutoff_running_hz)
-    mode = gait_mode(light, view, settings.running_cadence)
+    visible, _ = mask_invisible(raw.data, settings.min_visibility)
+    mode = gait_mode(raw.with_data(visible), view, settings.running_cadence)
     cutoff = settings.cutoff_running_hz if mode == "running" else settings.cutoff_walking_hz
     track, report = _clean(raw, view, settings, cutoff)
     geo = _geometry(track, view, settings)

@@ -30,6 +30,8 @@ __all__ = [
 
 Array = NDArray[np.float64]
 
+#: first landmark cleaned (11, the left shoulder): face landmarks are carried, not used
+BODY_FROM = 11
 #: the cutoff never exceeds this fraction of the Nyquist frequency
 MAX_NYQUIST_FRACTION = 0.8
 #: MediaPipe landmark used to tell near from far leg in a side view (hip, knee, ankle)
@@ -185,13 +187,14 @@ def clean_track(
     data, masked = mask_invisible(track.data, min_visibility)
     data, swapped = correct_swaps(data, view, facing)
     max_gap = max(1, round(max_gap_s * track.fps))
-    flat, spikes = hampel(data[:, :, :3].reshape(len(data), -1))
+    body = slice(BODY_FROM, data.shape[1])  # the face is never measured
+    flat, spikes = hampel(data[:, body, :3].reshape(len(data), -1))
     gaps = 0
     for channel in range(flat.shape[1]):
         series, filled = fill_gaps(flat[:, channel], max_gap)
         flat[:, channel] = butterworth(series, cutoff_hz, track.fps)
         gaps += filled
-    data[:, :, :3] = flat.reshape(len(data), -1, 3)
+    data[:, body, :3] = flat.reshape(len(data), -1, 3)
     report = CleaningReport(
         masked_fraction=masked / max(1, track.data[:, :, VIS].size),
         swapped_frames=swapped,

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from cds.errors import MeasureError
 from cds.measures.track import Track
-from cds.measures.video import Frame, Roi, VideoInfo, read_frames
+from cds.measures.video import Frame, Roi, VideoInfo, prefetched, read_frames
 
 __all__ = ["MODEL_COMPLEXITY", "PoseEstimator", "estimate_track", "mediapipe_version"]
 
@@ -67,19 +67,27 @@ class PoseEstimator:
     def close(self) -> None:
         self._pose.close()
 
+    def prepare(self, frame: Frame) -> Frame:
+        """The model's input: the region of interest of a BGR frame, as RGB."""
+        if self.roi is not None:
+            r = self.roi
+            frame = frame[r.y : r.y + r.h, r.x : r.x + r.w]
+        return np.asarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+
     def landmarks(self, frame: Frame) -> NDArray[np.float64]:
         """(33, 4) x, y (pixels of the full frame), z (scaled like x), visibility; NaN if none."""
-        x0, y0 = 0, 0
-        if self.roi is not None:
-            x0, y0 = self.roi.x, self.roi.y
-            frame = frame[y0 : y0 + self.roi.h, x0 : x0 + self.roi.w]
-        crop_h, crop_w = frame.shape[:2]
-        result = self._pose.process(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        out = np.full((33, 4), np.nan)
+        return self.detect(self.prepare(frame))
+
+    def detect(self, rgb: Frame) -> NDArray[np.float64]:
+        """Landmarks of a frame already passed through ``prepare``."""
+        x0, y0 = (self.roi.x, self.roi.y) if self.roi is not None else (0, 0)
+        crop_h, crop_w = rgb.shape[:2]
+        result = self._pose.process(rgb)
         if result.pose_landmarks is None:
-            return out
-        for i, lm in enumerate(result.pose_landmarks.landmark):
-            out[i] = (x0 + lm.x * crop_w, y0 + lm.y * crop_h, lm.z * crop_w, lm.visibility)
+            return np.full((33, 4), np.nan)
+        out = np.array([(p.x, p.y, p.z, p.visibility) for p in result.pose_landmarks.landmark])
+        out *= (crop_w, crop_h, crop_w, 1.0)
+        out += (x0, y0, 0.0, 0.0)
         return out
 
 
@@ -99,8 +107,11 @@ def _estimate_chunk(
     out = np.full((stop - start, 33, 4), np.nan)
     done = 0
     with PoseEstimator(roi) as estimator:
-        for index, frame in enumerate(read_frames(info.path, first, stop), start=first):
-            landmarks = estimator.landmarks(frame)
+        # decoding, cropping and colour conversion run in a thread, overlapping the model
+        decoded = read_frames(info.path, first, stop, decoder_threads=1)
+        frames = prefetched(estimator.prepare(f) for f in decoded)
+        for index, frame in enumerate(frames, start=first):
+            landmarks = estimator.detect(frame)
             if index >= start:
                 out[index - start] = landmarks
                 done += 1
@@ -153,11 +164,21 @@ def estimate_track(
     return Track(data=data, fps=info.fps, width=info.width, height=info.height)
 
 
+def _worker_context() -> mp.context.BaseContext:
+    """Workers fork from a clean server that has MediaPipe imported already.
+
+    Not plain fork: this process may hold MediaPipe graph threads, which do not
+    survive a fork. Not spawn: each worker would re-import MediaPipe (~1.5 s).
+    """
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["cds.measures.pose", "mediapipe.python.solutions.pose", "cv2"])
+    return ctx
+
+
 def _estimate_parallel(
     info: VideoInfo, chunks: list[Chunk], warmup: int, roi: Roi | None, progress: Progress | None
 ) -> NDArray[np.float64]:
-    # spawn, not fork: MediaPipe's graph threads do not survive a fork
-    ctx = mp.get_context("spawn")
+    ctx = _worker_context()
     queue: Queue[int] = ctx.Queue()
     with ProcessPoolExecutor(
         len(chunks), mp_context=ctx, initializer=_init_worker, initargs=(queue,)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty, Queue
 
 import cv2
 import numpy as np
@@ -14,7 +16,7 @@ from numpy.typing import NDArray
 
 from cds.errors import MeasureError
 
-__all__ = ["Roi", "VideoInfo", "probe_video", "read_frames"]
+__all__ = ["Roi", "VideoInfo", "prefetched", "probe_video", "read_frames"]
 
 Frame = NDArray[np.uint8]
 
@@ -104,9 +106,16 @@ def probe_video(path: Path) -> VideoInfo:
     return VideoInfo(path, fps, frames, width, height, sha256, sha1, path.stat().st_size)
 
 
-def read_frames(path: Path, start: int = 0, stop: int | None = None) -> Iterator[Frame]:
-    """BGR frames ``start`` .. ``stop`` (exclusive) of ``path``."""
-    cap = cv2.VideoCapture(str(path))
+def read_frames(
+    path: Path, start: int = 0, stop: int | None = None, *, decoder_threads: int = 0
+) -> Iterator[Frame]:
+    """BGR frames ``start`` .. ``stop`` (exclusive) of ``path``.
+
+    ``decoder_threads`` caps FFmpeg's decoding threads (0: its default), so
+    parallel workers do not each spread their decoding over every core.
+    """
+    params = [cv2.CAP_PROP_N_THREADS, decoder_threads] if decoder_threads else []
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, params)
     try:
         if start:
             cap.set(cv2.CAP_PROP_POS_FRAMES, start)
@@ -123,3 +132,35 @@ def read_frames(path: Path, start: int = 0, stop: int | None = None) -> Iterator
             index += 1
     finally:
         cap.release()
+
+
+def prefetched(frames: Iterator[Frame], depth: int = 8) -> Iterator[Frame]:
+    """``frames`` decoded ahead in a thread, so decoding overlaps whatever consumes them."""
+    queue: Queue[Frame | BaseException | None] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for frame in frames:
+                if stop.is_set():
+                    return
+                queue.put(frame)
+        except BaseException as exc:  # handed to the consumer, raised there
+            queue.put(exc)
+            return
+        queue.put(None)
+
+    thread = threading.Thread(target=produce, name="frame-decoder", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                queue.get_nowait()
+            except Empty:
+                thread.join(timeout=0.05)
