@@ -253,3 +253,20 @@ def test_report_renders_in_a_real_browser(measured: tuple[Path, Any], browser: A
         assert browser.execute_script("return arguments[0].naturalWidth", image) > 200
     browser.save_screenshot(str(out / "report.png"))
     assert (out / "report.png").stat().st_size > 20_000
+
+
+def test_static_clip_removes_the_trunk_landmark_bias(tmp_path: Path) -> None:
+    demo = str(demo_video())
+    done = run(
+        "measure", demo, "--view", "side", "--patient", "Patient/p", "--roi", "0,490,1768,504",
+        "--static", demo, "--no-overlay", "--quiet", "--out", "s.bundle.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    bundle = json.loads((tmp_path / "s.bundle.json").read_text())
+    (trunk,) = [o for o in resources(bundle, "Observation")
+                if o["code"]["coding"][0]["code"] == "trunk-forward-lean"]  # fmt: skip
+    assert "static offset from" in trunk["method"]["text"]
+    assert not any("static" in n["text"] for n in trunk.get("note", []))
+    # the walker's own median posture is the offset: what is left is the change within strides
+    assert abs(trunk["valueQuantity"]["value"]) < 3
+    assert not (tmp_path / "s.overlay.mp4").exists()

@@ -126,12 +126,19 @@ def _person_track(
 
 
 def _offsets(
-    static: Path | None, view: View, settings: MeasureSettings, progress: ProgressFactory | None
+    static: Path | None,
+    view: View,
+    roi: Roi | None,
+    settings: MeasureSettings,
+    progress: ProgressFactory | None,
 ) -> tuple[VideoInfo | None, dict[tuple[str, Side], float]]:
+    """Static-trial medians; the clip is filmed with the same camera, so the same ROI."""
     if static is None:
         return None, {}
     info = probe_video(static)
-    raw = estimate_track(info, None, progress=_progress(progress, "static clip", info.frames))
+    if roi is not None:
+        roi = roi.clip(info.width, info.height)
+    raw = estimate_track(info, roi, progress=_progress(progress, "static clip", info.frames))
     track, _ = _clean(keep_one_person(raw), view, settings, settings.cutoff_walking_hz)
     offsets = static_offsets(_geometry(track, view, settings))
     if not offsets:
@@ -153,7 +160,7 @@ def analyze_video(
     settings = settings or MeasureSettings()
     workers = workers or min(2, os.cpu_count() or 1)
     info = probe_video(path)
-    static_info, offsets = _offsets(static, view, settings, progress)
+    static_info, offsets = _offsets(static, view, roi, settings, progress)
     raw, used_roi, source = _person_track(info, view, roi, workers, progress)
     if np.isnan(raw.data[:, 23, 0]).all():
         raise MeasureError(f"{path}: no person could be followed through the clip")

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
+import os
 import queue as queue_module
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from typing import Any
@@ -42,6 +45,24 @@ def mediapipe_version() -> str:
     return str(mediapipe.__version__)
 
 
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Hide what MediaPipe's C++ prints while its graph starts (TFLite and absl notices).
+
+    They go straight to file descriptor 2 and would break the progress bars;
+    failures still surface as Python exceptions.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class PoseEstimator:
     """One MediaPipe Pose graph, reused over the frames of one clip, then closed."""
 
@@ -49,14 +70,16 @@ class PoseEstimator:
         from mediapipe.python.solutions import pose as mp_pose
 
         self.roi = roi
-        self._pose: Any = mp_pose.Pose(
-            static_image_mode=False,
-            model_complexity=MODEL_COMPLEXITY,
-            smooth_landmarks=False,
-            enable_segmentation=False,
-            min_detection_confidence=0.5,
-            min_tracking_confidence=0.5,
-        )
+        self._started = False
+        with _native_stderr_silenced():
+            self._pose: Any = mp_pose.Pose(
+                static_image_mode=False,
+                model_complexity=MODEL_COMPLEXITY,
+                smooth_landmarks=False,
+                enable_segmentation=False,
+                min_detection_confidence=0.5,
+                min_tracking_confidence=0.5,
+            )
 
     def __enter__(self) -> PoseEstimator:
         return self
@@ -82,7 +105,12 @@ class PoseEstimator:
         """Landmarks of a frame already passed through ``prepare``."""
         x0, y0 = (self.roi.x, self.roi.y) if self.roi is not None else (0, 0)
         crop_h, crop_w = rgb.shape[:2]
-        result = self._pose.process(rgb)
+        if self._started:
+            result = self._pose.process(rgb)
+        else:  # the first frame loads the TFLite delegates, which announce themselves
+            with _native_stderr_silenced():
+                result = self._pose.process(rgb)
+            self._started = True
         if result.pose_landmarks is None:
             return np.full((33, 4), np.nan)
         out = np.array([(p.x, p.y, p.z, p.visibility) for p in result.pose_landmarks.landmark])
