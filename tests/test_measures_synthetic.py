@@ -142,10 +142,13 @@ def test_another_person_is_rejected_not_merged() -> None:
 
 
 def test_few_strides_low_visibility_and_low_frame_rate_are_marked() -> None:
-    short_track, _ = posterior_view(Gait(seconds=3.0), Frontal())
+    short_track, _ = posterior_view(Gait(seconds=4.5), Frontal())
     short = analyze_track(short_track, "posterior")
     drop = short.result("contralateral-pelvic-drop", "left")
     assert 0 < drop.n < 7 and any("fewer than the 7" in c for c in drop.cautions)
+    cadence = short.result("cadence")  # pooled over both sides: the gate is per side
+    assert cadence.n >= 7 and cadence.strides_per_side < 7
+    assert any("fewer than the 7" in c for c in cadence.cautions)
 
     track, _ = posterior_view(RUNNING, Frontal())
     data = track.data.copy()

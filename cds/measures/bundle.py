@@ -166,7 +166,7 @@ def _observation(
 ) -> dict[str, Any]:
     obs = metric_observation(
         patient, result.code, round(result.mean, 2), result.unit,
-        effective=when, side=result.side, strides=result.n,
+        effective=when, side=result.side, strides=result.strides_per_side,
     )  # fmt: skip
     obs["method"] = {"text": method_text(analysis)}
     obs["device"] = {"reference": refs["device"]}

@@ -101,6 +101,11 @@ class MetricResult:
         return len(self.values)
 
     @property
+    def strides_per_side(self) -> int:
+        """What the data contract's ``strides-analyzed`` means: strides of one side."""
+        return self.n // self.sides_pooled
+
+    @property
     def mean(self) -> float:
         return float(np.mean(self.values)) if self.values else float("nan")
 
@@ -271,10 +276,11 @@ def _step_width(geo: Geometry, events: GaitEvents) -> MetricResult:
 def _judge(result: MetricResult, settings: MeasureSettings, running: bool, fps: float) -> None:
     if result.n == 0:
         result.problems.append("no complete stride could be analysed")
-    elif result.n < settings.min_strides * result.sides_pooled:
+    elif result.strides_per_side < settings.min_strides:
         result.cautions.append(
-            f"measured over {result.n} strides, fewer than the {settings.min_strides} per side "
-            "needed for a stable mean: not used for decisions"
+            f"measured over {result.strides_per_side} strides per side, fewer than the "
+            f"{settings.min_strides} "
+            "per side needed for a stable mean: not used for decisions"
         )
     if result.visible_fraction < settings.min_visible_fraction:
         result.problems.append(
