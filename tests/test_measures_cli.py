@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
@@ -195,6 +196,9 @@ def test_strength_from_csv_and_json_forms(tmp_path: Path) -> None:
         ({"f.json": '{"tests": [}'}, ["--form", "f.json"], "f.json:1: not valid JSON"),
         ({}, ["--abduction", "180"], "--abduction takes LEFT,RIGHT"),
         ({}, ["--form", "missing.csv"], "no such form file"),
+        ({"f.csv": "test,side,hold_s\nside-plank,left,5\n"},
+         ["--form", "f.csv", "--side-plank", "3,4"], "not both (--side-plank)"),
+        ({}, [], "the strength form holds no tests"),
     ],
 )  # fmt: skip
 def test_strength_input_errors_name_file_line_and_field(
@@ -225,6 +229,19 @@ def test_measure_input_errors_are_clear(tmp_path: Path, args: list[str], message
     done = run("measure", *[video if a == "VIDEO" else a for a in args], "--quiet", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_video_without_anyone_in_it_is_refused_clearly(tmp_path: Path) -> None:
+    writer = cv2.VideoWriter(str(tmp_path / "empty.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), 30.0,
+                             (320, 240))  # fmt: skip
+    for _ in range(60):
+        writer.write(np.full((240, 320, 3), 40, dtype=np.uint8))
+    writer.release()
+    done = run("measure", "empty.mp4", "--view", "posterior", "--patient", "Patient/x", "--quiet",
+               cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2
+    assert "empty.mp4: no person was found in any frame" in done.stderr
+    assert "Traceback" not in done.stderr and not list(tmp_path.glob("*.json"))
 
 
 def test_post_failure_keeps_the_bundle_and_says_so(tmp_path: Path, fhir_server: Any) -> None:

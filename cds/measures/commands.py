@@ -182,6 +182,10 @@ def _strength(args: argparse.Namespace) -> int:
 
     from cds.measures.strength import StrengthForm, limb_symmetry, read_form, strength_bundle
 
+    flags = [f"--{a.replace('_', '-')}" for a in _FLAG_TESTS if getattr(args, a) is not None]
+    if args.form and flags:
+        given = ", ".join(flags)
+        raise MeasureError(f"give tests either in --form or as flags, not both ({given})")
     if args.form:
         form = read_form(Path(args.form))
         if args.mass is not None:

@@ -60,7 +60,7 @@ def plot_cycles(analysis: Analysis, path: Path) -> Path:
         m = metric(code)
         title = m.display if m else code
         ax.set_title(title.replace("at initial contact", "").strip(), fontsize=10)
-        ax.set_ylabel(r_unit(results, code))
+        ax.set_ylabel(_unit_label(results, code))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper right")
     axes[-1, 0].set_xlabel("% of gait cycle (initial contact to next initial contact)")
@@ -70,7 +70,7 @@ def plot_cycles(analysis: Analysis, path: Path) -> Path:
     return path
 
 
-def r_unit(results: list[MetricResult], code: str) -> str:
+def _unit_label(results: list[MetricResult], code: str) -> str:
     unit = next(r.unit for r in results if r.code == code)
     return {"deg": "degrees", "%": "% leg length"}.get(unit, unit)
 
