@@ -121,7 +121,7 @@ def test_without_a_roi_the_walker_is_found_and_the_roof_person_ignored(
 def test_two_workers_join_without_a_seam(demo: Path) -> None:
     info = probe_video(demo)
     one = estimate_track(info, WALKER_ROWS, workers=1)
-    two = estimate_track(info, WALKER_ROWS, workers=2)
+    two = estimate_track(info, WALKER_ROWS, workers=2, min_share=60)  # short clip: force it
     seam = info.frames // 2
     walker = slice(60, 190)  # both runs follow the walker here (it leaves the frame at ~6.5 s)
     legs = [23, 25, 27, 29, 31]
@@ -143,3 +143,22 @@ def test_pose_never_touches_the_network(demo: Path, monkeypatch: pytest.MonkeyPa
     assert MODEL_COMPLEXITY == 1
     track = estimate_track(probe_video(demo), WALKER_ROWS, workers=1)
     assert (~np.isnan(track.data[:, 23, 0])).sum() > 100
+
+
+def test_progress_is_reported_frame_by_frame_with_one_or_two_workers(demo: Path) -> None:
+    info = probe_video(demo)
+    for workers, min_share in ((1, 300), (2, 60)):
+        steps: list[int] = []
+        estimate_track(
+            info, WALKER_ROWS, workers=workers, progress=steps.append, min_share=min_share
+        )
+        assert sum(steps) == info.frames and len(steps) >= 20, workers
+
+
+def test_short_clips_stay_in_one_process() -> None:
+    from cds.measures.pose import plan_chunks
+
+    assert len(plan_chunks(230, 2)) == 1  # a worker's start-up would cost more than it saves
+    shares = plan_chunks(920, 2)
+    assert [(c.start, c.stop) for c in shares] == [(0, 460), (460, 920)]
+    assert len(plan_chunks(5000, 8, min_share=300)) == 8

@@ -16,13 +16,15 @@ from cds.measures.events import GaitEvents, detect_events, fit_floor, gait_mode
 from cds.measures.geometry import Geometry
 from cds.measures.identity import keep_one_person, roi_around
 from cds.measures.metrics import MetricResult, compute_metrics, static_offsets
-from cds.measures.pose import Progress, estimate_track
+from cds.measures.pose import Progress, estimate_track, search_track
 from cds.measures.settings import MeasureSettings
 from cds.measures.track import Side, Track, View
 from cds.measures.video import Roi, VideoInfo, probe_video
 
 __all__ = ["Analysis", "ProgressFactory", "TrackAnalysis", "analyze_track", "analyze_video"]
 
+#: samples per second searched for the runner when no region of interest is given
+SEARCH_RATE_HZ = 10.0
 #: called once per stage with its name and number of frames; returns the per-frame callback
 ProgressFactory = Callable[[str, int], Progress]
 RoiSource = Literal["given", "auto", "full-frame"]
@@ -111,13 +113,9 @@ def _person_track(
     """Landmarks of the runner; without a ROI, a first pass finds them and sets one."""
     source: RoiSource = "given"
     if roi is None:
-        first = estimate_track(
-            info,
-            None,
-            workers=workers,
-            progress=_progress(progress, "finding the runner", info.frames),
-        )
-        roi = roi_around(keep_one_person(first), view)
+        finding = _progress(progress, "finding the runner", info.frames)
+        every = max(1, round(info.fps / SEARCH_RATE_HZ))
+        roi = roi_around(keep_one_person(search_track(info, every, finding)), view)
         source = "auto" if roi is not None else "full-frame"
     raw = estimate_track(
         info, roi, workers=workers, progress=_progress(progress, "pose", info.frames)

@@ -24,6 +24,8 @@ MAX_JUMP_LEG_LENGTHS = 0.3
 MAX_SCALE_CHANGE = 0.35
 #: continuation after a gap: how fast (leg lengths per second) the person may have moved
 MAX_SPEED_LEG_LENGTHS_S = 8.0
+#: shoulders, hips and legs: what the region must hold (arms and hands swing wide)
+_TRUNK_AND_LEGS = [11, 12, *range(23, 33)]
 #: longest gap (s) the speed allowance grows over; a longer absence gets no more room
 MAX_ALLOWANCE_S = 1.0
 #: a body seen again after another person must stay this long (s) to be taken back
@@ -92,7 +94,7 @@ def _jumped(
 def gait_steps(track: Track, seg: Segment) -> int:
     """Alternations of which foot is lower or in front: roughly the steps taken.
 
-    Jumping jacks, squats and standing move both feet together and score ~0.
+    Standing, squats and hops score about 0 (the feet move together).
     """
     leg = track.leg_length()
     left, right = (
@@ -169,14 +171,15 @@ def roi_around(track: Track, view: View) -> Roi | None:
     Side view: the full width (the person crosses the frame), the rows the body
     uses plus a margin. Posterior view: the body's box plus a margin.
     """
-    body = track.data[:, 11:33, :2].reshape(-1, 2)
+    body = track.data[:, _TRUNK_AND_LEGS, :2].reshape(-1, 2)
     body = body[~np.isnan(body).any(axis=1)]
     if body.size == 0:
         return None
-    margin = 0.3 * track.leg_length()
-    x0, y0 = body.min(axis=0) - margin
-    x1, y1 = body.max(axis=0) + margin
-    y0 -= margin  # the head is above the shoulders
+    leg = track.leg_length()
+    # robust extent (a stray landmark must not widen it), then room for head and feet
+    (x0, y0), (x1, y1) = np.percentile(body, 1, axis=0), np.percentile(body, 99, axis=0)
+    x0, x1 = x0 - 0.5 * leg, x1 + 0.5 * leg
+    y0, y1 = y0 - 0.6 * leg, y1 + 0.2 * leg
     if view == "side":
         x0, x1 = 0, track.width
     x0, y0 = max(0, int(x0)), max(0, int(y0))

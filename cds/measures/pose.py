@@ -28,13 +28,21 @@ from cds.errors import MeasureError
 from cds.measures.track import Track
 from cds.measures.video import Frame, Roi, VideoInfo, prefetched, read_frames
 
-__all__ = ["MODEL_COMPLEXITY", "PoseEstimator", "estimate_track", "mediapipe_version"]
+__all__ = [
+    "MODEL_COMPLEXITY",
+    "PoseEstimator",
+    "estimate_track",
+    "mediapipe_version",
+    "plan_chunks",
+    "search_track",
+]
 
 MODEL_COMPLEXITY = 1
 #: frames a worker runs before its share of the clip, so its tracker has locked on
 WARMUP_S = 0.5
-#: below this many frames per worker, splitting costs more than it gains
-MIN_FRAMES_PER_WORKER = 60
+#: below this many frames per worker, splitting costs more than it gains: a worker
+#: takes ~0.3 s to start and runs a warm-up (measured: a 230-frame clip is slower on 2)
+MIN_FRAMES_PER_WORKER = 300
 
 Progress = Callable[[int], None]
 
@@ -64,16 +72,21 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 
 class PoseEstimator:
-    """One MediaPipe Pose graph, reused over the frames of one clip, then closed."""
+    """One MediaPipe Pose graph, reused over the frames of one clip, then closed.
 
-    def __init__(self, roi: Roi | None = None) -> None:
+    ``search=True`` detects the most prominent person afresh in every frame
+    (MediaPipe's static-image mode) instead of tracking the one found first:
+    used to find the runner, not to measure them.
+    """
+
+    def __init__(self, roi: Roi | None = None, *, search: bool = False) -> None:
         from mediapipe.python.solutions import pose as mp_pose
 
         self.roi = roi
         self._started = False
         with _native_stderr_silenced():
             self._pose: Any = mp_pose.Pose(
-                static_image_mode=False,
+                static_image_mode=search,
                 model_complexity=MODEL_COMPLEXITY,
                 smooth_landmarks=False,
                 enable_segmentation=False,
@@ -127,26 +140,46 @@ def _init_worker(queue: Queue[int] | None) -> None:
     _progress_queue = queue
 
 
+def _ignore(frames: int) -> None:
+    pass
+
+
+def _report_to_parent(frames: int) -> None:
+    if _progress_queue is not None:
+        _progress_queue.put(frames)
+
+
 def _estimate_chunk(
-    info: VideoInfo, start: int, stop: int, warmup: int, roi: Roi | None
+    info: VideoInfo,
+    start: int,
+    stop: int,
+    warmup: int,
+    roi: Roi | None,
+    report: Progress = _report_to_parent,
+    every: int = 1,
 ) -> NDArray[np.float64]:
-    """Landmarks of frames ``start`` .. ``stop``, after ``warmup`` frames to lock on."""
+    """Landmarks of frames ``start`` .. ``stop``, after ``warmup`` frames to lock on.
+
+    With ``every`` > 1, a search: every ``every``-th frame, each detected
+    afresh, one row per sampled frame.
+    """
     first = max(0, start - warmup)
-    out = np.full((stop - start, 33, 4), np.nan)
-    done = 0
-    with PoseEstimator(roi) as estimator:
+    out = np.full((len(range(start, stop, every)), 33, 4), np.nan)
+    reported = 0
+    with PoseEstimator(roi, search=every > 1) as estimator:
         # decoding, cropping and colour conversion run in a thread, overlapping the model
-        decoded = read_frames(info.path, first, stop, decoder_threads=1)
+        decoded = read_frames(info.path, first, stop, decoder_threads=1, every=every)
         frames = prefetched(estimator.prepare(f) for f in decoded)
-        for index, frame in enumerate(frames, start=first):
+        for row, frame in enumerate(frames):
             landmarks = estimator.detect(frame)
+            index = first + row * every
             if index >= start:
-                out[index - start] = landmarks
-                done += 1
-                if _progress_queue is not None and done % 10 == 0:
-                    _progress_queue.put(10)
-    if _progress_queue is not None and done % 10:
-        _progress_queue.put(done % 10)
+                out[(index - start) // every] = landmarks
+                if (index - start) // every % 10 == 9:
+                    report(index + 1 - start - reported)
+                    reported = index + 1 - start
+    if stop - start > reported:
+        report(stop - start - reported)
     return out
 
 
@@ -156,9 +189,9 @@ class Chunk:
     stop: int
 
 
-def plan_chunks(frames: int, workers: int) -> list[Chunk]:
+def plan_chunks(frames: int, workers: int, min_share: int = MIN_FRAMES_PER_WORKER) -> list[Chunk]:
     """Equal consecutive shares of ``frames`` for at most ``workers`` processes."""
-    count = max(1, min(workers, frames // MIN_FRAMES_PER_WORKER))
+    count = max(1, min(workers, frames // min_share))
     bounds = np.linspace(0, frames, count + 1).round().astype(int)
     return [Chunk(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
@@ -169,27 +202,38 @@ def estimate_track(
     *,
     workers: int = 1,
     progress: Progress | None = None,
+    min_share: int = MIN_FRAMES_PER_WORKER,
 ) -> Track:
     """Run pose estimation over the whole clip; long clips are split across processes.
 
     Each worker starts ``WARMUP_S`` before its share and discards those frames,
     so the tracker is locked on at the seam and the shares join without a jump.
+    A clip is split only into shares of at least ``min_share`` frames.
     """
     if roi is not None:
         roi = roi.clip(info.width, info.height)
-    chunks = plan_chunks(info.frames, workers)
+    chunks = plan_chunks(info.frames, workers, min_share)
     warmup = max(1, round(WARMUP_S * info.fps))
     if len(chunks) == 1:
-        _init_worker(None)
-        data = _estimate_chunk(info, 0, info.frames, 0, roi)
-        if progress:
-            progress(len(data))
+        data = _estimate_chunk(info, 0, info.frames, 0, roi, progress or _ignore)
     else:
         data = _estimate_parallel(info, chunks, warmup, roi, progress)
     if np.isnan(data[:, 23, 0]).all():
         where = f" inside the region of interest {roi}" if roi else ""
         raise MeasureError(f"{info.path}: no person was found in any frame{where}")
     return Track(data=data, fps=info.fps, width=info.width, height=info.height)
+
+
+def search_track(info: VideoInfo, every: int, progress: Progress | None = None) -> Track:
+    """Every ``every``-th frame of the whole picture, each searched afresh for a person.
+
+    MediaPipe's tracker keeps the person it found first (on Sports2D's demo, a
+    person on a roof for 5 s while the walker crosses below); detecting in each
+    sampled frame finds whoever is most prominent at that moment. The Track has
+    one row per sample (its ``fps`` is the sampling rate).
+    """
+    data = _estimate_chunk(info, 0, info.frames, 0, None, progress or _ignore, every=every)
+    return Track(data=data, fps=info.fps / every, width=info.width, height=info.height)
 
 
 def _worker_context() -> mp.context.BaseContext:

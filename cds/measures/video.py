@@ -107,9 +107,16 @@ def probe_video(path: Path) -> VideoInfo:
 
 
 def read_frames(
-    path: Path, start: int = 0, stop: int | None = None, *, decoder_threads: int = 0
+    path: Path,
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    decoder_threads: int = 0,
+    every: int = 1,
 ) -> Iterator[Frame]:
-    """BGR frames ``start`` .. ``stop`` (exclusive) of ``path``.
+    """BGR frames ``start`` .. ``stop`` (exclusive) of ``path``; with ``every`` > 1
+    only frames ``start``, ``start + every``, ... (the others are skipped undecoded
+    to images).
 
     ``decoder_threads`` caps FFmpeg's decoding threads (0: its default), so
     parallel workers do not each spread their decoding over every core.
@@ -125,26 +132,39 @@ def read_frames(
                     cap.grab()
         index = start
         while stop is None or index < stop:
-            ok, frame = cap.read()
-            if not ok:
-                return
-            yield np.asarray(frame, dtype=np.uint8)
+            if (index - start) % every:
+                if not cap.grab():
+                    return
+            else:
+                ok, frame = cap.read()
+                if not ok:
+                    return
+                yield np.asarray(frame, dtype=np.uint8)
             index += 1
     finally:
         cap.release()
 
 
-def prefetched(frames: Iterator[Frame], depth: int = 8) -> Iterator[Frame]:
-    """``frames`` decoded ahead in a thread, so decoding overlaps whatever consumes them."""
-    queue: Queue[Frame | BaseException | None] = Queue(maxsize=depth)
+def prefetched(frames: Iterator[Frame], depth: int = 4, batch: int = 4) -> Iterator[Frame]:
+    """``frames`` decoded ahead in a thread, so decoding overlaps whatever consumes them.
+
+    Frames cross in batches: every hand-over between threads costs a GIL switch.
+    """
+    queue: Queue[list[Frame] | BaseException | None] = Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce() -> None:
         try:
+            pending: list[Frame] = []
             for frame in frames:
                 if stop.is_set():
                     return
-                queue.put(frame)
+                pending.append(frame)
+                if len(pending) == batch:
+                    queue.put(pending)
+                    pending = []
+            if pending:
+                queue.put(pending)
         except BaseException as exc:  # handed to the consumer, raised there
             queue.put(exc)
             return
@@ -156,7 +176,7 @@ def prefetched(frames: Iterator[Frame], depth: int = 8) -> Iterator[Frame]:
         while (item := queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            yield from item
     finally:
         stop.set()
         while thread.is_alive():  # unblock a producer waiting on a full queue
