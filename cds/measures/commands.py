@@ -129,8 +129,10 @@ def _measure(args: argparse.Namespace) -> int:
     html_report(
         analysis, args.patient, paths["report"], paths["plots"], still, method_text(analysis)
     )
+    ignored = f"; {analysis.rejected_frames} frames of another person ignored"
     print(f"{video}: {analysis.view} view, {analysis.events.mode}, "
-          f"{len(analysis.events.strides)} strides ({analysis.events.method} events)")  # fmt: skip
+          f"{len(analysis.events.strides)} strides ({analysis.events.method} events)"
+          f"{ignored if analysis.rejected_frames else ''}")  # fmt: skip
     _summary(analysis.results)
     written = [
         p for k, p in paths.items() if p.exists() and (k != "overlay" or not args.no_overlay)
@@ -160,6 +162,13 @@ _FLAG_TESTS = {
     "sls_rating": ("single-leg-squat", "rating", str),
     "sls_fppa": ("single-leg-squat", "fppa_deg", float),
     "trendelenburg": ("trendelenburg", "result", str),
+}
+_FLAG_HELP = {
+    "force_n": "dynamometer peak force, N",
+    "hold_s": "hold time, s",
+    "rating": "good, fair or poor",
+    "fppa_deg": "frontal-plane projection angle, deg",
+    "result": "positive or negative",
 }
 
 
@@ -215,7 +224,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_commands(sub: Any) -> None:
     """Register ``measure`` and ``strength`` on the top-level sub-parsers."""
     measure = sub.add_parser("measure", help="measure run form from a video -> FHIR Bundle")
-    measure.add_argument("video")
+    measure.add_argument("video", help="the clip (mp4, mov, avi, webm)")
     measure.add_argument("--view", required=True, choices=["posterior", "side"])
     _common(measure)
     measure.add_argument("--roi", help="x,y,w,h region holding the runner (pixels)")
@@ -232,7 +241,9 @@ def add_commands(sub: Any) -> None:
     strength.add_argument("--form", help="CSV or JSON form (see docs/measures.md)")
     strength.add_argument("--mass", type=float, help="body mass in kg")
     strength.add_argument("--lever", type=float, help="dynamometer lever arm in m")
-    for attr in _FLAG_TESTS:
-        strength.add_argument("--" + attr.replace("_", "-"), metavar="LEFT,RIGHT")
+    for attr, (_, field, _) in _FLAG_TESTS.items():
+        strength.add_argument(
+            "--" + attr.replace("_", "-"), metavar="LEFT,RIGHT", help=_FLAG_HELP[field]
+        )
     strength.add_argument("--out", help="Bundle file (default: strength.bundle.json)")
     strength.set_defaults(func=_strength)
