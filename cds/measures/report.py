@@ -218,6 +218,7 @@ def html_report(
         video=html.escape(v.path.name), sha=v.sha256[:16], fps=v.fps, frames=v.frames,
         duration=v.duration_s, rows=rows, plots=_png_data_uri(plots), still=still_html,
         method=html.escape(method), rejected=analysis.rejected_frames,
+        swapped=analysis.cleaning.swapped_frames,
     )  # fmt: skip
     path.write_text(page, "utf-8")
     return path
@@ -251,7 +252,8 @@ your clinician together with your history and examination.</p>
 <div class="pics">{still}<img alt="gait-cycle plots" src="{plots}"></div>
 <p class="small">Plots: each line is the average over strides (shaded: &plusmn; 1 SD), from initial
 contact (0 %) to the next initial contact of the same foot (100 %); dashed lines mark toe-off.
-Frames showing another person, ignored: {rejected}.</p>
+Frames showing another person, ignored: {rejected}. Frames whose left and right labels
+were corrected: {swapped}.</p>
 <p class="small">Method: {method}</p>
 </body></html>
 """
