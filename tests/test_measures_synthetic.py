@@ -99,6 +99,15 @@ def test_posterior_view_running_both_sides() -> None:
     assert any("screening" in c for c in analysis.result("knee-fppa", "left").cautions)
 
 
+def test_posterior_view_walking_uses_foot_height_events() -> None:
+    track, truth = posterior_view(WALKING, Frontal())
+    analysis = analyze_track(track, "posterior")
+    assert (analysis.events.mode, analysis.events.method) == ("walking", "foot-height")
+    # contact timing from behind is coarser than from the side (docs/measures.md)
+    assert max(_event_errors_frames(analysis, truth, WALKING.fps)) < 1.5
+    _check_values(analysis, truth)
+
+
 def test_posterior_view_survives_swaps_gaps_spikes_and_jitter() -> None:
     track, truth = posterior_view(RUNNING, Frontal())
     frames = track.frames
