@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from cds.errors import MeasureError
 from cds.measures.clean import CleaningReport, clean_track, facing_direction, mask_invisible
 from cds.measures.events import GaitEvents, detect_events, fit_floor, gait_mode
@@ -56,27 +54,26 @@ class Analysis(TrackAnalysis):
     roi_source: RoiSource
     static: VideoInfo | None
     offsets: dict[tuple[str, Side], float]
-    settings: MeasureSettings
 
     @property
     def rejected_frames(self) -> int:
         return int(self.raw.rejected.sum())
 
 
-def _geometry(track: Track, view: View, settings: MeasureSettings) -> Geometry:
+def _geometry(track: Track, view: View, facing: int, settings: MeasureSettings) -> Geometry:
     return Geometry(
-        track, view, facing_direction(track), fit_floor(track),
+        track, view, facing, fit_floor(track),
         track.leg_length(percentile=90 if view == "posterior" else 50),
         settings.min_visibility,
     )  # fmt: skip
 
 
 def _clean(
-    track: Track, view: View, settings: MeasureSettings, cutoff: float
+    track: Track, view: View, facing: int, settings: MeasureSettings, cutoff: float
 ) -> tuple[Track, CleaningReport]:
     return clean_track(
-        track, view, min_visibility=settings.min_visibility, max_gap_s=settings.max_gap_s,
-        cutoff_hz=cutoff,
+        track, view, facing=facing, min_visibility=settings.min_visibility,
+        max_gap_s=settings.max_gap_s, cutoff_hz=cutoff,
     )  # fmt: skip
 
 
@@ -96,8 +93,9 @@ def analyze_track(
     visible, _ = mask_invisible(raw.data, settings.min_visibility)
     mode = gait_mode(raw.with_data(visible), view, settings.running_cadence)
     cutoff = settings.cutoff_running_hz if mode == "running" else settings.cutoff_walking_hz
-    track, report = _clean(raw, view, settings, cutoff)
-    geo = _geometry(track, view, settings)
+    facing = facing_direction(raw)
+    track, report = _clean(raw, view, facing, settings, cutoff)
+    geo = _geometry(track, view, facing, settings)
     events = detect_events(track, view, geo.facing, settings.edge_s, mode)
     results = compute_metrics(geo, events, settings, offsets)
     return TrackAnalysis(view, track, report, events, geo, results)
@@ -137,8 +135,10 @@ def _offsets(
     if roi is not None:
         roi = roi.clip(info.width, info.height)
     raw = estimate_track(info, roi, progress=_progress(progress, "static clip", info.frames))
-    track, _ = _clean(keep_one_person(raw), view, settings, settings.cutoff_walking_hz)
-    offsets = static_offsets(_geometry(track, view, settings))
+    standing = keep_one_person(raw)
+    facing = facing_direction(standing)
+    track, _ = _clean(standing, view, facing, settings, settings.cutoff_walking_hz)
+    offsets = static_offsets(_geometry(track, view, facing, settings))
     if not offsets:
         raise MeasureError(f"{static}: no usable standing posture found in the static clip")
     return info, offsets
@@ -160,11 +160,9 @@ def analyze_video(
     info = probe_video(path)
     static_info, offsets = _offsets(static, view, roi, settings, progress)
     raw, used_roi, source = _person_track(info, view, roi, workers, progress)
-    if np.isnan(raw.data[:, 23, 0]).all():
-        raise MeasureError(f"{path}: no person could be followed through the clip")
     core = analyze_track(raw, view, settings, offsets)
     return Analysis(
         view=view, track=core.track, cleaning=core.cleaning, events=core.events,
         geometry=core.geometry, results=core.results, video=info, raw=raw, roi=used_roi,
-        roi_source=source, static=static_info, offsets=offsets, settings=settings,
+        roi_source=source, static=static_info, offsets=offsets,
     )  # fmt: skip

@@ -241,10 +241,8 @@ def post_bundle(
         )
     if body.get("resourceType") != "Bundle" or body.get("type") != "transaction-response":
         raise FhirPostError(f"FHIR server at {base} did not answer with a transaction-response")
-    locations = [
-        str(e.get("response", {}).get("location", e.get("response", {}).get("status", "?")))
-        for e in body.get("entry", [])
-    ]
+    replies = [e.get("response") or {} for e in body.get("entry", [])]
+    locations = [str(r.get("location") or r.get("status") or "?") for r in replies]
     return PostResult(response.status_code, locations)
 
 

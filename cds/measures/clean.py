@@ -178,12 +178,15 @@ def clean_track(
     track: Track,
     view: View,
     *,
+    facing: int,
     min_visibility: float,
     max_gap_s: float,
     cutoff_hz: float,
 ) -> tuple[Track, CleaningReport]:
-    """The full cleaning chain; the visibility column keeps the raw values."""
-    facing = facing_direction(track)
+    """The full cleaning chain; the visibility column keeps the raw values.
+
+    ``facing`` (side view) is ``facing_direction`` of the raw track.
+    """
     data, masked = mask_invisible(track.data, min_visibility)
     data, swapped = correct_swaps(data, view, facing)
     max_gap = max(1, round(max_gap_s * track.fps))

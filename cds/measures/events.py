@@ -84,7 +84,6 @@ class GaitEvents:
     method: str
     mode: Mode
     floor: Floor
-    duty_factor: float
     strides: list[Stride]
 
     def side_strides(self, side: Side) -> list[Stride]:
@@ -224,16 +223,6 @@ def _strides(side: Side, ics: Array, tos: Array, fps: float) -> list[Stride]:
     return out
 
 
-def _duty_factor(ic: dict[Side, Array], to: dict[Side, Array]) -> float:
-    ratios = []
-    for side in SIDES:
-        for a, b in zip(ic[side][:-1], ic[side][1:], strict=True):
-            off = _next_after(to[side], a)
-            if off < b:
-                ratios.append((off - a) / (b - a))
-    return float(np.median(ratios)) if ratios else float("nan")
-
-
 def stride_period_s(track: Track, view: View) -> float:
     """Dominant period (s) of the left/right foot alternation; NaN if there is none.
 
@@ -292,4 +281,4 @@ def detect_events(track: Track, view: View, facing: int, edge_s: float, mode: Mo
         to[side] = _away_from_edges(to[side], valid, edge)
         strides += _strides(side, ic[side], to[side], track.fps)
     strides.sort(key=lambda s: s.ic)
-    return GaitEvents(ic, to, method, mode, floor, _duty_factor(ic, to), strides)
+    return GaitEvents(ic, to, method, mode, floor, strides)

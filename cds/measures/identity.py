@@ -45,14 +45,10 @@ class Segment:
 
 
 def _per_frame_leg(track: Track) -> NDArray[np.float64]:
-    legs = [
-        np.linalg.norm(track.point("hip", s) - track.point("knee", s), axis=1)
-        + np.linalg.norm(track.point("knee", s) - track.point("ankle", s), axis=1)
-        for s in ("left", "right")
-    ]
-    stacked = np.vstack(legs)
+    """The longer leg in each frame (NaN where neither is seen)."""
+    stacked = np.vstack([track.leg_lengths("left"), track.leg_lengths("right")])
     out: NDArray[np.float64] = np.where(
-        np.isnan(stacked).all(axis=0), np.nan, np.nanmax(np.nan_to_num(stacked, nan=-1.0), axis=0)
+        np.isnan(stacked).all(axis=0), np.nan, np.nan_to_num(stacked, nan=-1.0).max(axis=0)
     )
     return out
 

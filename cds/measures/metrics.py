@@ -186,10 +186,11 @@ def compute_metrics(
             continue
         sides: tuple[Side, ...] = (other_side(far),) if spec.whole_body and far else SIDES
         if spec.whole_body:
-            results.append(_whole_body(geo, events, spec, sides, offsets))
+            strides = [s for s in events.strides if s.side in sides]
+            results.append(_spec_result(geo, spec, strides, None, offsets, pooled=sides))
             continue
         for side in sides:
-            result = _per_side(geo, events.side_strides(side), spec, side, offsets)
+            result = _spec_result(geo, spec, events.side_strides(side), side, offsets)
             if side == far:
                 result.problems.append(
                     "far limb in a side view: occluded and underestimated; film the other side"
@@ -203,39 +204,27 @@ def compute_metrics(
     return results
 
 
-def _per_side(
+def _spec_result(
     geo: Geometry,
-    strides: list[Stride],
     spec: MetricSpec,
-    side: Side,
+    strides: list[Stride],
+    side: Side | None,
     offsets: Offsets,
+    pooled: tuple[Side, ...] = (),
 ) -> MetricResult:
-    signal = spec.signal(geo, side)
+    """``spec`` over ``strides``: of ``side``, or (``side`` None) of the ``pooled`` sides."""
+    signal_side = side or pooled[0]
+    signal = spec.signal(geo, signal_side)
     if spec.static_offset:
-        signal = signal - offsets.get((spec.code, side), 0.0)
+        signal = signal - offsets.get((spec.code, signal_side), 0.0)
     values = [_extract(signal, s, spec.extract) for s in strides]
-    cycles = np.array([cycle(signal, s) for s in strides]) if strides else None
+    seen = (side,) if side else SIDES
     result = MetricResult(
         spec.code, side, spec.unit, [v for v in values if np.isfinite(v)],
-        _visible_fraction(geo, strides, side, spec.joints), cycles=cycles,
+        min(_visible_fraction(geo, strides, s, spec.joints) for s in seen),
+        cycles=np.array([cycle(signal, s) for s in strides]) if strides else None,
+        sides_pooled=max(1, len(pooled)),
     )  # fmt: skip
-    _add_cautions(result, spec, offsets)
-    return result
-
-
-def _whole_body(
-    geo: Geometry, events: GaitEvents, spec: MetricSpec, sides: tuple[Side, ...],
-    offsets: Offsets,
-) -> MetricResult:  # fmt: skip
-    strides = [s for s in events.strides if s.side in sides]
-    signal = spec.signal(geo, sides[0])
-    if spec.static_offset:
-        signal = signal - offsets.get((spec.code, sides[0]), 0.0)
-    values = [_extract(signal, s, spec.extract) for s in strides]
-    fraction = min(_visible_fraction(geo, strides, side, spec.joints) for side in SIDES)
-    cycles = np.array([cycle(signal, s) for s in strides]) if strides else None
-    result = MetricResult(spec.code, None, spec.unit, values, fraction, cycles=cycles)
-    result.sides_pooled = len(sides)
     _add_cautions(result, spec, offsets)
     return result
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -106,9 +105,11 @@ def _live_angles(analysis: Analysis) -> list[tuple[str, Side, NDArray[np.float64
     geo = analysis.geometry
     if analysis.view == "side":
         return [("knee", s, geo.knee_flexion(s)) for s in ("left", "right")]
-    return [("pelvis", s, geo.pelvic_obliquity(s)) for s in ("left",)] + [
-        ("FPPA", s, geo.knee_fppa(s)) for s in ("left", "right")
+    # one pelvis angle: the right one is its negative
+    pelvis: list[tuple[str, Side, NDArray[np.float64]]] = [
+        ("pelvis", "left", geo.pelvic_obliquity("left"))
     ]
+    return pelvis + [("FPPA", s, geo.knee_fppa(s)) for s in ("left", "right")]
 
 
 def write_overlay(
@@ -182,7 +183,7 @@ def key_frame(analysis: Analysis, path: Path) -> Path | None:
     ok, encoded = cv2.imencode(".png", frame)
     if not ok:
         return None
-    path.write_bytes(io.BytesIO(encoded.tobytes()).getvalue())
+    path.write_bytes(encoded.tobytes())
     return path
 
 

@@ -70,10 +70,13 @@ class StrengthForm(BaseModel):
     tests: list[StrengthEntry]
 
 
-def _problem(source: str, where: str, exc: ValidationError) -> MeasureError:
+def _problem(place: str, exc: ValidationError, row: bool = False) -> MeasureError:
+    """``place: field F: message``; for a CSV row the form's ``tests.0.`` is left out."""
     first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(row)"
-    return MeasureError(f"{source}:{where}: field {field}: {first['msg']}")
+    loc = [str(p) for p in first["loc"]]
+    if row and loc[:2] == ["tests", "0"]:
+        loc = loc[2:]
+    return MeasureError(f"{place}: field {'.'.join(loc) or '(row)'}: {first['msg']}")
 
 
 def _read_csv(path: Path) -> StrengthForm:
@@ -85,16 +88,15 @@ def _read_csv(path: Path) -> StrengthForm:
         if unknown:
             raise MeasureError(f"{path}:1: unknown column(s) {sorted(unknown)}; use {FIELDS}")
         for row in reader:
-            line = reader.line_num
             cells = {k: v.strip() for k, v in row.items() if k and v and v.strip()}
             mass = cells.pop("body_mass_kg", None)
-            try:
-                entries.append(StrengthEntry.model_validate(cells))
-                if mass is not None:
-                    masses.add(StrengthForm.model_validate({"body_mass_kg": mass, "tests": []})
-                               .body_mass_kg or 0.0)  # fmt: skip
+            try:  # each row is a one-test form, so the mass is checked like a form's
+                one = StrengthForm.model_validate({"body_mass_kg": mass, "tests": [cells]})
             except ValidationError as exc:
-                raise _problem(str(path), f"line {line}", exc) from None
+                raise _problem(f"{path}:line {reader.line_num}", exc, row=True) from None
+            entries += one.tests
+            if one.body_mass_kg is not None:
+                masses.add(one.body_mass_kg)
     if len(masses) > 1:
         raise MeasureError(f"{path}: body_mass_kg differs between rows: {sorted(masses)}")
     return StrengthForm(body_mass_kg=masses.pop() if masses else None, tests=entries)
@@ -108,7 +110,7 @@ def _read_json(path: Path) -> StrengthForm:
     try:
         return StrengthForm.model_validate(data)
     except ValidationError as exc:
-        raise _problem(str(path), "", exc) from None
+        raise _problem(str(path), exc) from None
 
 
 def read_form(path: Path) -> StrengthForm:

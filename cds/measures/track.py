@@ -81,19 +81,20 @@ class Track:
         out: NDArray[np.bool_] = ~np.isnan(self.data[:, 23, X])
         return out
 
-    def leg_length(self, side: Side | None = None, percentile: float = 50) -> float:
-        """Hip-knee plus knee-ankle length in pixels (median; both sides unless named).
+    def leg_lengths(self, side: Side) -> Array:
+        """Hip-knee plus knee-ankle length of ``side`` in each frame, in pixels."""
+        out: Array = np.linalg.norm(
+            self.point("hip", side) - self.point("knee", side), axis=1
+        ) + np.linalg.norm(self.point("knee", side) - self.point("ankle", side), axis=1)
+        return out
+
+    def leg_length(self, percentile: float = 50) -> float:
+        """The legs' length in pixels over the clip (median of both sides' frames).
 
         From behind, the leg looks shorter while it swings (the knee flexes
         toward the camera): a high percentile then gives its straight length.
         """
-        sides: tuple[Side, ...] = (side,) if side else ("left", "right")
-        lengths = [
-            np.linalg.norm(self.point("hip", s) - self.point("knee", s), axis=1)
-            + np.linalg.norm(self.point("knee", s) - self.point("ankle", s), axis=1)
-            for s in sides
-        ]
-        values = np.concatenate(lengths)
+        values = np.concatenate([self.leg_lengths("left"), self.leg_lengths("right")])
         values = values[~np.isnan(values)]
         return float(np.percentile(values, percentile)) if values.size else float("nan")
 
