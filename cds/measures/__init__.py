@@ -11,8 +11,9 @@ MediaPipe.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cds._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from cds.measures.analyze import Analysis, TrackAnalysis, analyze_track, analyze_video
@@ -64,12 +65,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'cds.measures' has no attribute {name!r}")
-    return getattr(import_module(f"cds.measures.{home}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
