@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cds.measures import Analysis, Roi, analyze_video, probe_video
-from cds.measures.pose import MODEL_COMPLEXITY, estimate_track
+from cds.measures.pose import MODEL_COMPLEXITY, estimate_track, search_track
 from tests.media import DEMO_SHA256, demo_video, sha256
 
 WALKER_ROWS = Roi(0, 490, 1768, 504)  # excludes the person on the roof
@@ -162,3 +162,62 @@ def test_short_clips_stay_in_one_process() -> None:
     shares = plan_chunks(920, 2)
     assert [(c.start, c.stop) for c in shares] == [(0, 460), (460, 920)]
     assert len(plan_chunks(5000, 8, min_share=300)) == 8
+
+
+def test_shares_balance_the_warm_up_and_align_to_the_search_samples() -> None:
+    from cds.measures.pose import plan_chunks
+
+    shares = plan_chunks(920, 2, warmup=15)  # the second worker also runs 15 warm-up frames
+    assert [(c.start, c.stop) for c in shares] == [(0, 468), (468, 920)]
+    work = [c.stop - c.start + (15 if c.start else 0) for c in plan_chunks(5000, 4, warmup=15)]
+    assert max(work) - min(work) <= 1
+    searched = plan_chunks(1000, 3, align=3)
+    assert all(c.start % 3 == 0 for c in searched) and searched[-1].stop == 1000
+
+
+def test_the_search_pass_splits_across_workers_with_the_same_samples(demo: Path) -> None:
+    info = probe_video(demo)
+    one = search_track(info, every=3, workers=1)
+    two = search_track(info, every=3, workers=2, min_share=60)  # short clip: force it
+    assert one.data.shape == two.data.shape == (len(range(0, info.frames, 3)), 33, 4)
+    # each sample is detected afresh, so where the split falls changes nothing
+    np.testing.assert_allclose(two.data, one.data, atol=1e-3)
+
+
+WORKER_MAIN = """
+import os, time
+from concurrent.futures import ProcessPoolExecutor
+
+with open(os.environ["RUNS_FILE"], "a") as fh:
+    fh.write(__name__ + "\\n")
+
+
+def pid_after_a_nap() -> int:
+    time.sleep(1)
+    return os.getpid()
+
+
+if __name__ == "__main__":
+    from cds.measures.pose import _worker_context
+
+    with ProcessPoolExecutor(2, mp_context=_worker_context()) as pool:
+        pids = [pool.submit(pid_after_a_nap) for _ in range(2)]
+        print(len({f.result() for f in pids}))
+"""
+
+
+def test_pose_workers_do_not_each_rerun_the_main_script(tmp_path: Path) -> None:
+    """The fork server runs it once (the CLI, a benchmark): workers start at once."""
+    import os
+    import subprocess
+    import sys
+
+    script, runs = tmp_path / "main.py", tmp_path / "runs.txt"
+    script.write_text(WORKER_MAIN)
+    env = {**os.environ, "RUNS_FILE": str(runs)}
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "2"  # two worker processes served the calls
+    assert runs.read_text().split() == ["__main__", "__mp_main__"]  # parent, then server only

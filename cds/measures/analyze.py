@@ -113,7 +113,8 @@ def _person_track(
     if roi is None:
         finding = _progress(progress, "finding the runner", info.frames)
         every = max(1, round(info.fps / SEARCH_RATE_HZ))
-        roi = roi_around(keep_one_person(search_track(info, every, finding)), view)
+        searched = search_track(info, every, finding, workers=workers)
+        roi = roi_around(keep_one_person(searched), view)
         source = "auto" if roi is not None else "full-frame"
     raw = estimate_track(
         info, roi, workers=workers, progress=_progress(progress, "pose", info.frames)

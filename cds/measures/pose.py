@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cds.errors import MeasureError
+from cds.measures._forkserver import hand_main_to_server
 from cds.measures.track import Track
 from cds.measures.video import Frame, Roi, VideoInfo, prefetched, read_frames
 
@@ -189,11 +190,26 @@ class Chunk:
     stop: int
 
 
-def plan_chunks(frames: int, workers: int, min_share: int = MIN_FRAMES_PER_WORKER) -> list[Chunk]:
-    """Equal consecutive shares of ``frames`` for at most ``workers`` processes."""
+def plan_chunks(
+    frames: int,
+    workers: int,
+    min_share: int = MIN_FRAMES_PER_WORKER,
+    *,
+    warmup: int = 0,
+    align: int = 1,
+) -> list[Chunk]:
+    """Consecutive shares of ``frames`` for at most ``workers`` processes.
+
+    Every share but the first also runs ``warmup`` frames before it, so the
+    first share is that much longer: each worker gets the same work. Shares
+    start on multiples of ``align`` (a search samples every ``align``-th frame).
+    """
     count = max(1, min(workers, frames // min_share))
-    bounds = np.linspace(0, frames, count + 1).round().astype(int)
-    return [Chunk(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    bounds = np.linspace(warmup, frames, count + 1)
+    bounds[0] = 0
+    aligned = (np.round(bounds / align) * align).astype(int)
+    aligned[-1] = frames
+    return [Chunk(int(a), int(b)) for a, b in itertools.pairwise(aligned)]
 
 
 def estimate_track(
@@ -212,28 +228,47 @@ def estimate_track(
     """
     if roi is not None:
         roi = roi.clip(info.width, info.height)
-    chunks = plan_chunks(info.frames, workers, min_share)
     warmup = max(1, round(WARMUP_S * info.fps))
-    if len(chunks) == 1:
-        data = _estimate_chunk(info, 0, info.frames, 0, roi, progress or _ignore)
-    else:
-        data = _estimate_parallel(info, chunks, warmup, roi, progress)
+    chunks = plan_chunks(info.frames, workers, min_share, warmup=warmup)
+    data = _estimate_chunks(info, chunks, warmup, roi, progress)
     if np.isnan(data[:, 23, 0]).all():
         where = f" inside the region of interest {roi}" if roi else ""
         raise MeasureError(f"{info.path}: no person was found in any frame{where}")
     return Track(data=data, fps=info.fps, width=info.width, height=info.height)
 
 
-def search_track(info: VideoInfo, every: int, progress: Progress | None = None) -> Track:
+def search_track(
+    info: VideoInfo,
+    every: int,
+    progress: Progress | None = None,
+    *,
+    workers: int = 1,
+    min_share: int = MIN_FRAMES_PER_WORKER,
+) -> Track:
     """Every ``every``-th frame of the whole picture, each searched afresh for a person.
 
     MediaPipe's tracker keeps the person it found first (on Sports2D's demo, a
     person on a roof for 5 s while the walker crosses below); detecting in each
     sampled frame finds whoever is most prominent at that moment. The Track has
-    one row per sample (its ``fps`` is the sampling rate).
+    one row per sample (its ``fps`` is the sampling rate). Samples are
+    independent, so long clips split across ``workers`` with no warm-up.
     """
-    data = _estimate_chunk(info, 0, info.frames, 0, None, progress or _ignore, every=every)
+    chunks = plan_chunks(info.frames, workers, min_share, align=every)
+    data = _estimate_chunks(info, chunks, 0, None, progress, every)
     return Track(data=data, fps=info.fps / every, width=info.width, height=info.height)
+
+
+def _estimate_chunks(
+    info: VideoInfo,
+    chunks: list[Chunk],
+    warmup: int,
+    roi: Roi | None,
+    progress: Progress | None,
+    every: int = 1,
+) -> NDArray[np.float64]:
+    if len(chunks) == 1:
+        return _estimate_chunk(info, 0, info.frames, 0, roi, progress or _ignore, every)
+    return _estimate_parallel(info, chunks, warmup, roi, progress, every)
 
 
 def _worker_context() -> mp.context.BaseContext:
@@ -241,21 +276,34 @@ def _worker_context() -> mp.context.BaseContext:
 
     Not plain fork: this process may hold MediaPipe graph threads, which do not
     survive a fork. Not spawn: each worker would re-import MediaPipe (~1.5 s).
+    The server also runs our main script once, for all its forks (see
+    ``_forkserver``).
     """
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["cds.measures.pose", "mediapipe.python.solutions.pose", "cv2"])
+    hand_main_to_server()
+    ctx.set_forkserver_preload(
+        ["cds.measures._forkserver", "cds.measures.pose", "mediapipe.python.solutions.pose"]
+    )
     return ctx
 
 
 def _estimate_parallel(
-    info: VideoInfo, chunks: list[Chunk], warmup: int, roi: Roi | None, progress: Progress | None
+    info: VideoInfo,
+    chunks: list[Chunk],
+    warmup: int,
+    roi: Roi | None,
+    progress: Progress | None,
+    every: int,
 ) -> NDArray[np.float64]:
     ctx = _worker_context()
     queue: Queue[int] = ctx.Queue()
     with ProcessPoolExecutor(
         len(chunks), mp_context=ctx, initializer=_init_worker, initargs=(queue,)
     ) as pool:
-        futures = [pool.submit(_estimate_chunk, info, c.start, c.stop, warmup, roi) for c in chunks]
+        futures = [
+            pool.submit(_estimate_chunk, info, c.start, c.stop, warmup, roi, every=every)
+            for c in chunks
+        ]
         pending = info.frames
         while pending > 0 and not all(f.done() for f in futures):
             try:
@@ -271,6 +319,4 @@ def _estimate_parallel(
         if progress:
             progress(step)
     data: NDArray[np.float64] = np.concatenate(parts)
-    if len(data) != info.frames:  # the header over-counted frames; trust what decoded
-        data = data[: info.frames]
     return data
