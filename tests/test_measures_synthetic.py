@@ -214,3 +214,26 @@ def test_hampel_removes_spikes_and_gaps_are_filled_only_when_short() -> None:
     gappy[100:130] = np.nan
     filled, count = fill_gaps(gappy, max_gap=5)
     assert count == 1 and not np.isnan(filled[10:13]).any() and np.isnan(filled[100:130]).all()
+
+
+def test_channels_filtered_together_match_each_filtered_alone() -> None:
+    rng = np.random.default_rng(7)
+    channels = np.cumsum(rng.normal(size=(300, 6)), axis=0)
+    channels[40:45, :3] = np.nan  # two groups of channels with different gaps
+    channels[200:260, 4] = np.nan
+    together = butterworth(channels, 6.0, 30.0)
+    alone = np.column_stack([butterworth(channels[:, c], 6.0, 30.0) for c in range(6)])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-12)
+    assert np.array_equal(np.isnan(together), np.isnan(channels))
+
+
+def test_hampel_median_matches_numpy_with_gaps() -> None:
+    from cds.measures.clean import _nanmedian_of_rows
+
+    rng = np.random.default_rng(3)
+    windows = rng.normal(size=(400, 5, 7))
+    windows[rng.random(windows.shape) < 0.4] = np.nan
+    windows[0, 0] = np.nan  # a window with nothing in it
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        expected = np.nanmedian(windows, axis=-1)
+    np.testing.assert_allclose(_nanmedian_of_rows(windows), expected, equal_nan=True)

@@ -7,8 +7,8 @@ a zero-phase Butterworth whose cutoff suits the gait and stays below Nyquist.
 
 from __future__ import annotations
 
+import functools
 import itertools
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,15 +114,25 @@ def hampel(series: Array, window: int = 7, n_sigmas: float = 3.0) -> tuple[Array
     half = window // 2
     padded = np.pad(values, ((half, half), (0, 0)), constant_values=np.nan)
     windows = np.lib.stride_tricks.sliding_window_view(padded, window, axis=0)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
-        median = np.nanmedian(windows, axis=-1)
-        mad = 1.4826 * np.nanmedian(np.abs(windows - median[..., None]), axis=-1)
+    with np.errstate(all="ignore"):
+        median = _nanmedian_of_rows(windows)
+        mad = 1.4826 * _nanmedian_of_rows(np.abs(windows - median[..., None]))
         enough = (~np.isnan(windows)).sum(axis=-1) >= 3
         spike = enough & (mad > 0) & (np.abs(values - median) > n_sigmas * mad)
     out = values.copy()
     out[spike] = np.nan
     return out.reshape(series.shape), int(spike.sum())
+
+
+def _nanmedian_of_rows(windows: Array) -> Array:
+    """``np.nanmedian(windows, axis=-1)`` for short last axes, without its slow
+    masked path and its all-NaN warnings (those rows give NaN)."""
+    ordered = np.sort(windows, axis=-1)  # NaN sorts last
+    count = (~np.isnan(windows)).sum(axis=-1, keepdims=True)
+    low = np.take_along_axis(ordered, np.maximum(count - 1, 0) // 2, axis=-1)
+    high = np.take_along_axis(ordered, count // 2 - (count == 0), axis=-1)
+    middle = np.where(count > 0, (low + high) / 2, np.nan)
+    return np.asarray(middle[..., 0])
 
 
 def fill_gaps(series: Array, max_gap: int) -> tuple[Array, int]:
@@ -142,15 +152,30 @@ def effective_cutoff(cutoff_hz: float, fps: float) -> float:
     return min(cutoff_hz, MAX_NYQUIST_FRACTION * fps / 2)
 
 
+@functools.lru_cache(maxsize=16)
+def _lowpass(order: int, cutoff_hz: float, fps: float) -> Array:
+    return np.asarray(butter(order, cutoff_hz, fs=fps, output="sos"))
+
+
 def butterworth(series: Array, cutoff_hz: float, fps: float, order: int = 4) -> Array:
-    """Zero-phase low-pass of every NaN-free run long enough to filter."""
-    sos = butter(order, effective_cutoff(cutoff_hz, fps), fs=fps, output="sos")
-    out = series.copy()
+    """Zero-phase low-pass of every NaN-free run long enough to filter.
+
+    ``series`` is (frames,) or (frames, channels); channels with the same
+    gaps are filtered together, in one call.
+    """
+    sos = _lowpass(order, effective_cutoff(cutoff_hz, fps), fps)
+    values = series.reshape(len(series), -1)
+    valid = ~np.isnan(values)
+    out = values.copy()
     pad = 3 * (2 * len(sos) + 1)
-    for start, stop in _runs(~np.isnan(series)):
-        if stop - start > pad:
-            out[start:stop] = sosfiltfilt(sos, series[start:stop])
-    return out
+    same_gaps: dict[bytes, list[int]] = {}
+    for channel in range(values.shape[1]):
+        same_gaps.setdefault(valid[:, channel].tobytes(), []).append(channel)
+    for channels in same_gaps.values():
+        for start, stop in _runs(valid[:, channels[0]]):
+            if stop - start > pad:
+                out[start:stop, channels] = sosfiltfilt(sos, values[start:stop, channels], axis=0)
+    return out.reshape(series.shape)
 
 
 def _runs(mask: NDArray[np.bool_]) -> list[tuple[int, int]]:
@@ -194,10 +219,9 @@ def clean_track(
     flat, spikes = hampel(data[:, body, :3].reshape(len(data), -1))
     gaps = 0
     for channel in range(flat.shape[1]):
-        series, filled = fill_gaps(flat[:, channel], max_gap)
-        flat[:, channel] = butterworth(series, cutoff_hz, track.fps)
+        flat[:, channel], filled = fill_gaps(flat[:, channel], max_gap)
         gaps += filled
-    data[:, body, :3] = flat.reshape(len(data), -1, 3)
+    data[:, body, :3] = butterworth(flat, cutoff_hz, track.fps).reshape(len(data), -1, 3)
     report = CleaningReport(
         masked_fraction=masked / max(1, track.data[:, :, VIS].size),
         swapped_frames=swapped,
