@@ -212,6 +212,11 @@ def test_pose_workers_do_not_each_rerun_the_main_script(tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    from cds.measures._forkserver import MAIN_ENV
+    from cds.measures.pose import _worker_context
+
+    _worker_context()  # this process's own server: what it was told is not left behind
+    assert MAIN_ENV not in os.environ
     script, runs = tmp_path / "main.py", tmp_path / "runs.txt"
     script.write_text(WORKER_MAIN)
     env = {**os.environ, "RUNS_FILE": str(runs)}

@@ -12,20 +12,29 @@ there; each fork inherits the result, and ``spawn`` skips a main in place.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing import spawn
 
-__all__ = ["MAIN_ENV", "hand_main_to_server"]
+__all__ = ["MAIN_ENV", "main_handed_to_server"]
 
-#: "<parent pid>:<main script path>", set by the parent before it starts the server
+#: "<parent pid>:<main script path>", set only while the parent starts the server
 MAIN_ENV = "RUNFORM_FORKSERVER_MAIN"
 
 
-def hand_main_to_server() -> None:
-    """In the parent, before the fork server starts: tell it which script to run."""
+@contextmanager
+def main_handed_to_server() -> Iterator[None]:
+    """Around starting the fork server: tell it which main script to run.
+
+    The variable is removed again at once, so no other child process (a CLI
+    run from a test, say) inherits it and runs someone else's main script.
+    """
     path = spawn.get_preparation_data("worker").get("init_main_from_path")
     if path:
         os.environ[MAIN_ENV] = f"{os.getpid()}:{path}"
-    else:
+    try:
+        yield
+    finally:
         os.environ.pop(MAIN_ENV, None)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from multiprocessing.queues import Queue
 from typing import Any
 
@@ -25,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cds.errors import MeasureError
-from cds.measures._forkserver import hand_main_to_server
+from cds.measures._forkserver import main_handed_to_server
 from cds.measures.track import Track
 from cds.measures.video import Frame, Roi, VideoInfo, prefetched, read_frames
 
@@ -280,10 +281,11 @@ def _worker_context() -> mp.context.BaseContext:
     ``_forkserver``).
     """
     ctx = mp.get_context("forkserver")
-    hand_main_to_server()
     ctx.set_forkserver_preload(
         ["cds.measures._forkserver", "cds.measures.pose", "mediapipe.python.solutions.pose"]
     )
+    with main_handed_to_server():
+        forkserver.ensure_running()
     return ctx
 
 
