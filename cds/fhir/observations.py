@@ -8,7 +8,7 @@ from typing import Any
 
 from cds.fhir.codes import FINDINGS_SYSTEM, METRICS_SYSTEM, Side, metric, site_coding
 
-__all__ = ["metric_observation"]
+__all__ = ["metric_observation", "quantity_component"]
 
 UCUM = "http://unitsofmeasure.org"
 
@@ -17,10 +17,11 @@ def _quantity(value: float, unit: str) -> dict[str, Any]:
     return {"value": value, "unit": unit, "system": UCUM, "code": unit}
 
 
-def _component(code: str, value: float, unit: str) -> dict[str, Any]:
+def quantity_component(code: str, value: float, unit: str) -> dict[str, Any]:
+    """An Observation component: metric ``code`` of our CodeSystem, a UCUM quantity."""
     return {
         "code": {"coding": [{"system": METRICS_SYSTEM, "code": code}]},
-        "valueQuantity": _quantity(value, unit),
+        "valueQuantity": _quantity(round(value, 3), unit),
     }
 
 
@@ -68,5 +69,5 @@ def metric_observation(
     else:
         obs["valueQuantity"] = _quantity(value, unit or m.unit)
     if strides is not None:
-        obs["component"] = [_component("strides-analyzed", strides, "{strides}")]
+        obs["component"] = [quantity_component("strides-analyzed", strides, "{strides}")]
     return obs

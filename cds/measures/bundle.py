@@ -23,8 +23,7 @@ from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
 from cds.errors import FhirPostError, MeasureError
-from cds.fhir.codes import METRICS_SYSTEM
-from cds.fhir.observations import UCUM, metric_observation
+from cds.fhir.observations import metric_observation, quantity_component
 from cds.measures.analyze import Analysis
 from cds.measures.metrics import MetricResult
 from cds.measures.pose import MODEL_COMPLEXITY, mediapipe_version
@@ -37,7 +36,6 @@ __all__ = [
     "method_text",
     "patient_id",
     "post_bundle",
-    "quantity_component",
     "software_device",
     "validate_bundle",
 ]
@@ -54,13 +52,6 @@ def patient_id(reference: str) -> str:
             f"--patient must be Patient/ID (id: letters, digits, '-' or '.'), got {reference!r}"
         )
     return match.group(1)
-
-
-def quantity_component(code: str, value: float, unit: str) -> dict[str, Any]:
-    return {
-        "code": {"coding": [{"system": METRICS_SYSTEM, "code": code}]},
-        "valueQuantity": {"value": round(value, 3), "unit": unit, "system": UCUM, "code": unit},
-    }
 
 
 class Transaction:

@@ -35,6 +35,7 @@ __all__ = [
     "PoseEstimator",
     "estimate_track",
     "mediapipe_version",
+    "model_input",
     "plan_chunks",
     "search_track",
 ]
@@ -73,6 +74,13 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+def model_input(frame: Frame, roi: Roi | None) -> Frame:
+    """What the model sees: the region of interest of a BGR frame, as RGB."""
+    if roi is not None:
+        frame = frame[roi.y : roi.y + roi.h, roi.x : roi.x + roi.w]
+    return np.asarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+
+
 class PoseEstimator:
     """One MediaPipe Pose graph, reused over the frames of one clip, then closed.
 
@@ -105,19 +113,9 @@ class PoseEstimator:
     def close(self) -> None:
         self._pose.close()
 
-    def prepare(self, frame: Frame) -> Frame:
-        """The model's input: the region of interest of a BGR frame, as RGB."""
-        if self.roi is not None:
-            r = self.roi
-            frame = frame[r.y : r.y + r.h, r.x : r.x + r.w]
-        return np.asarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), dtype=np.uint8)
-
-    def landmarks(self, frame: Frame) -> NDArray[np.float64]:
-        """(33, 4) x, y (pixels of the full frame), z (scaled like x), visibility; NaN if none."""
-        return self.detect(self.prepare(frame))
-
     def detect(self, rgb: Frame) -> NDArray[np.float64]:
-        """Landmarks of a frame already passed through ``prepare``."""
+        """(33, 4) x, y (pixels of the full frame), z (scaled like x), visibility; NaN if
+        none. ``rgb`` is ``model_input`` of a frame with this estimator's ROI."""
         x0, y0 = (self.roi.x, self.roi.y) if self.roi is not None else (0, 0)
         crop_h, crop_w = rgb.shape[:2]
         if self._started:
@@ -171,7 +169,7 @@ def _estimate_chunk(
     with PoseEstimator(roi, search=every > 1) as estimator:
         # decoding, cropping and colour conversion run in a thread, overlapping the model
         decoded = read_frames(info.path, first, stop, decoder_threads=1, every=every)
-        frames = prefetched(estimator.prepare(f) for f in decoded)
+        frames = prefetched(model_input(f, roi) for f in decoded)
         for row, frame in enumerate(frames):
             landmarks = estimator.detect(frame)
             index = first + row * every

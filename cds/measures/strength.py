@@ -18,8 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cds.errors import MeasureError
-from cds.fhir.observations import metric_observation
-from cds.measures.bundle import Transaction, patient_id, quantity_component, software_device
+from cds.fhir.observations import metric_observation, quantity_component
+from cds.measures.bundle import Transaction, patient_id, software_device
 
 __all__ = ["StrengthEntry", "StrengthForm", "limb_symmetry", "read_form", "strength_bundle"]
 
