@@ -54,6 +54,11 @@ def _scenarios() -> list[tuple[str, str, dict[str, Any]]]:
             hook_request("patient-view", "demo-teen", age_years=16),
         ),
         (
+            "Same findings, but no birth date on record (age unknown: the plan waits)",
+            "runform-patient-view",
+            hook_request("patient-view", "demo-no-dob", age_years=None),
+        ),
+        (
             "Capture too short (5 strides per side)",
             "runform-patient-view",
             hook_request(

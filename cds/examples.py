@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from cds.fhir.codes import ICD10CM_SYSTEM, PLANS_SYSTEM
-from cds.fhir.observations import metric_observation
+from cds.fhir.observations import coded_component, metric_observation
 
 __all__ = [
     "condition",
@@ -86,23 +86,33 @@ def demo_observations(
     strides: int = 12,
     right_pelvic_drop: float = 7.5,
     right_abduction: float = 1.2,
+    running_pain: float | None = 4,
 ) -> list[dict[str, Any]]:
     """A runner with right-stance hip drop and right hip abductor weakness, filmed
-    from behind and from the side (landing within the clinic's thresholds)."""
+    running from behind and from the side (landing within the clinic's
+    thresholds), tested with eccentric dynamometry, with moderate running pain."""
     when = datetime.now(UTC) - timedelta(days=days_ago)
 
     def obs(code: str, value: float, unit: str, side: Any = None, n: int | None = None) -> Any:
         return metric_observation(
-            patient_id, code, value, unit, effective=when, side=side, strides=n
-        )
+            patient_id, code, value, unit, effective=when, side=side, strides=n,
+            gait_mode="running" if n is not None else None,
+        )  # fmt: skip
 
+    def strength(value: float, side: str) -> Any:
+        out = obs("hip-abduction-strength", value, "N.m/kg", side)
+        out["component"] = [coded_component("contraction-type", "eccentric")]
+        return out
+
+    pain = [] if running_pain is None else [obs("running-pain", running_pain, "{score}")]
     return [
+        *pain,
         obs("contralateral-pelvic-drop", right_pelvic_drop, "deg", "right", strides),
         obs("contralateral-pelvic-drop", 3.1, "deg", "left", strides),
         obs("peak-hip-adduction", 21.0, "deg", "right", strides),
         obs("peak-hip-adduction", 14.5, "deg", "left", strides),
-        obs("hip-abduction-strength", right_abduction, "N.m/kg", "right"),
-        obs("hip-abduction-strength", 1.65, "N.m/kg", "left"),
+        strength(right_abduction, "right"),
+        strength(1.65, "left"),
         obs("cadence", 164, "/min", None, strides),
         *(
             obs(code, value, unit, side, strides)
@@ -148,7 +158,7 @@ def hook_request(
     *,
     observations: list[dict[str, Any]] | None = None,
     conditions: list[dict[str, Any]] | None = None,
-    age_years: int = 29,
+    age_years: int | None = 29,
     draft_orders: list[dict[str, Any]] | None = None,
     prefetch: dict[str, Any] | None = None,
 ) -> dict[str, Any]:

@@ -120,7 +120,8 @@ def test_demo_starts_the_service_and_shows_cards(tmp_path: Path) -> None:
     out = done.stdout
     assert "runform-patient-view" in out and "hook=order-select" in out
     assert "[WARNING] Hip drop/adduction while running (right)" in out
-    assert "[WARNING] Strengthening alone will not change running mechanics" in out
+    assert "[WARNING] Strengthening alone is unlikely to change running mechanics" in out
+    assert "[WARNING] Confirm before planning" in out  # the runner without a birth date
     assert "route to clinician" in out and "re-capture" in out
     assert "TRACE" in out and "r1-hip-drop-symptomatic on right" in out
 

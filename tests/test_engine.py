@@ -84,7 +84,7 @@ def test_an_exception_in_a_rule_action_fails_the_evaluation(
         return run
 
     monkeypatch.setattr(engine_mod, "_action", broken)
-    with pytest.raises(EngineError, match=r"a rule action failed.*boom in q2-stale"):
+    with pytest.raises(EngineError, match=r"a rule action failed.*boom in "):
         RuleEngine().evaluate(
             pack, [{"kind": "patient", "hook": "patient-view", "q_stale": 1, "n": 0}]
         )
@@ -189,7 +189,7 @@ def test_cross_check_catches_an_engine_that_misses(
         return result
 
     monkeypatch.setattr(RuleEngine, "evaluate", lossy)
-    facts = _factset({}, {}, {"age_years": 12})
+    facts = _factset({}, {}, {"q_stale": 1})
     with pytest.raises(EngineError, match="disagree"):
         decide(core_pack, RuleEngine(), facts, hook="patient-view", patient_id="p")
 

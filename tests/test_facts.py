@@ -4,15 +4,15 @@ from typing import Any
 import pytest
 
 from cds.fhir.codes import PLANS_SYSTEM
-from cds.fhir.facts import ClinicalData, DiagnosisCode, FactPolicy, build_facts
+from cds.fhir.diagnoses import DiagnosisCode, ValueSet
+from cds.fhir.facts import ClinicalData, FactPolicy, build_facts
 from cds.fhir.observations import metric_observation
 from cds.fhir.parse import Condition, Observation, Patient, ServiceRequest, parse_entries
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
+PFP = DiagnosisCode("http://hl7.org/fhir/sid/icd-10-cm", "M22.2", prefix=True, laterality=6)
 POLICY = FactPolicy(
-    min_strides=7,
-    max_age_days=90,
-    diagnoses={"pfp": (DiagnosisCode("http://hl7.org/fhir/sid/icd-10-cm", "M22.2", prefix=True),)},
+    min_strides=7, max_age_days=90, value_sets={"pfp": ValueSet("pfp", "PFP", (PFP,))}
 )
 
 
@@ -25,8 +25,9 @@ def obs(
     strides: int | None = None,
 ) -> dict[str, Any]:
     return metric_observation(
-        "p", code, value, unit, side=side, strides=strides, effective=NOW - timedelta(days=days)
-    )
+        "p", code, value, unit, side=side, strides=strides, effective=NOW - timedelta(days=days),
+        gait_mode="running" if strides is not None else None,
+    )  # fmt: skip
 
 
 def facts(*raw: dict[str, Any], **kw: Any) -> Any:
@@ -72,7 +73,7 @@ def test_latest_observation_wins_and_the_previous_usable_one_is_the_baseline() -
     assert left["contralateral_pelvic_drop__increase"] == -3.0
     assert left["contralateral_pelvic_drop__change"] == 3.0
     assert [r.role for r in f.used] == [None, "baseline"]
-    assert [e.reason for e in f.excluded] == ["superseded by a more recent Observation"]
+    assert [e.reason for e in f.excluded] == ["too few strides (3)"]
 
 
 def test_a_single_capture_has_no_change() -> None:
@@ -95,7 +96,7 @@ def test_an_active_order_shortens_the_freshness_window() -> None:
         }
     )
     out_of_care = build_facts(ClinicalData(observations=parsed), policy, now=NOW)
-    in_care = build_facts(ClinicalData(observations=parsed, active_orders=[order]), policy, now=NOW)
+    in_care = build_facts(ClinicalData(observations=parsed, orders=[order]), policy, now=NOW)
     assert out_of_care.sides["left"]["contralateral_pelvic_drop"] == 6.0
     assert "contralateral_pelvic_drop" not in in_care.sides["left"]
     assert in_care.sides["left"]["q_stale"] == 1
@@ -178,6 +179,8 @@ def test_context_age_diagnoses_and_orders() -> None:
     assert f.patient["age_years"] == 25
     f = build_facts(ClinicalData(patient=patient, conditions=[cond]), POLICY, now=NOW)
     assert f.patient["dx_pfp"] == 1 and f.sides["left"]["dx_pfp"] == 1
+    # M22.2X1: the right knee (6th character), so the right side's fact holds it
+    assert f.sides["right"]["dx_pfp__here"] == 1 and f.sides["left"]["dx_pfp__there"] == 1
 
 
 def test_whole_body_metrics_reach_every_fact() -> None:

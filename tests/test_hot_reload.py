@@ -16,6 +16,7 @@ import pytest
 from cds.client import CdsClient
 from cds.examples import hook_request
 from tests.conftest import ROOT
+from tests.packs import core_data
 
 PV = "runform-patient-view"
 R1_SUMMARY = "Hip drop/adduction while running ({side}): hip strengthening PLUS gait retraining"
@@ -77,9 +78,14 @@ def _wait_logged(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 6
         time.sleep(0.1)
 
 
+CORE_VERSION: str = core_data()["version"]
+_MAJOR_MINOR, _PATCH = CORE_VERSION.rsplit(".", 1)
+NEXT, BROKEN = (f"{_MAJOR_MINOR}.{int(_PATCH) + n}" for n in (1, 2))
+
+
 def _edit(pack: Path, version: str, **replace: str) -> None:
     text = (ROOT / "rule_packs" / "runform-core" / "pack.yaml").read_text()
-    text = text.replace("version: 2.0.0\n", f"version: {version}\n", 1)
+    text = text.replace(f"version: {CORE_VERSION}\n", f"version: {version}\n", 1)
     for old, new in replace.items():
         assert old in text
         text = text.replace(old, new)
@@ -97,27 +103,23 @@ def test_reload_under_load_swaps_good_versions_and_keeps_serving_through_bad_one
     with Load(live.url, es_signer) as load:
         time.sleep(0.5)
         # 1. a good new version replaces the old one
-        _edit(
-            pack, "2.0.1", **{R1_SUMMARY: "RELOADED ({side}): strengthening PLUS gait retraining"}
-        )
-        _wait_for(live.url, "2.0.1")
+        _edit(pack, NEXT, **{R1_SUMMARY: "RELOADED ({side}): strengthening PLUS gait retraining"})
+        _wait_for(live.url, NEXT)
         time.sleep(0.5)
-        # 2. a version whose scenarios fail is refused; 2.0.1 keeps serving
+        # 2. a version whose scenarios fail is refused; the new version keeps serving
         drop = "value: 5\n    unit: deg\n    provenance: placeholder"
-        _edit(pack, "2.0.2", **{drop: drop.replace("value: 5", "value: 50")})
+        _edit(pack, BROKEN, **{drop: drop.replace("value: 5", "value: 50")})
         _wait_logged(caplog, "scenario(s) failed")
         # 3. a broken file is refused
         pack.write_text(pack.read_text() + "\n  - this is: [not valid\n")
         _wait_logged(caplog, "not valid YAML")
         # 4. a changed active version without a version bump is refused
         _edit(
-            pack,
-            "2.0.1",
-            **{R1_SUMMARY: "SNEAKY EDIT ({side}): strengthening PLUS gait retraining"},
+            pack, NEXT, **{R1_SUMMARY: "SNEAKY EDIT ({side}): strengthening PLUS gait retraining"}
         )
         _wait_logged(caplog, "is immutable")
         time.sleep(0.5)
-        assert [k.split("#")[0] for k in _serving(live.url)] == ["runform-core@2.0.1"]
+        assert [k.split("#")[0] for k in _serving(live.url)] == [f"runform-core@{NEXT}"]
 
     statuses = [s for s, _ in load.outcomes]
     assert len(statuses) > 50
@@ -137,4 +139,4 @@ def test_reload_under_load_swaps_good_versions_and_keeps_serving_through_bad_one
         for r in live.store.iter_raw()
         if r.kind == "trace"
     }
-    assert versions == {"2.0.0", "2.0.1"}  # every trace names the version that produced it
+    assert versions == {CORE_VERSION, NEXT}  # every trace names the version that produced it

@@ -68,8 +68,14 @@ def test_measure_writes_a_valid_transaction_bundle(measured: tuple[Path, Any]) -
         assert obs["effectiveDateTime"].startswith("2026-11-20T10:00:00")
         assert "model_complexity=1" in obs["method"]["text"] and "Zeni" in obs["method"]["text"]
         assert obs["derivedFrom"][0]["reference"].startswith("urn:uuid:")
-        codes = {c["code"]["coding"][0]["code"]: c["valueQuantity"] for c in obs["component"]}
+        codes = {
+            c["code"]["coding"][0]["code"]: c.get("valueQuantity") or c["valueCodeableConcept"]
+            for c in obs["component"]
+        }
         assert codes["frame-rate"]["value"] == 30.0 and "visible-fraction" in codes
+        # the Sports2D demo is a side-view walk: measure says so, and the service reads it
+        assert codes["gait-mode"]["coding"][0]["code"] == "walking"
+        assert codes["capture-view"]["coding"][0]["code"] == "side"
         assert ("valueQuantity" in obs) != ("dataAbsentReason" in obs)
 
 
@@ -94,18 +100,23 @@ def test_far_limb_and_slow_video_values_are_absent_with_a_reason(
     assert any("fewer than the 7" in n["text"] for n in near_knee["note"])
 
 
-def test_the_service_reads_what_measure_writes(measured: tuple[Path, Any]) -> None:
+def test_the_service_reads_what_measure_writes_and_never_uses_walking_for_running(
+    measured: tuple[Path, Any],
+) -> None:
     out, _ = measured
     bundle = json.loads((out / "out/walk.bundle.json").read_text())
     parsed, bad = parse_entries(resources(bundle, "Observation"), "bundle", Observation)
     assert not bad
-    policy = FactPolicy(min_strides=3, max_age_days=30, diagnoses={})
+    policy = FactPolicy(min_strides=3, max_age_days=30)
     now = datetime(2026, 11, 21, tzinfo=UTC)
     facts = build_facts(ClinicalData(observations=parsed), policy, now=now)
-    left = facts.sides["left"]
-    assert 95 <= left["cadence"] <= 100
-    assert 5 <= left["knee_flexion_initial_contact"] <= 15
-    assert "knee_flexion_initial_contact" not in facts.sides["right"]  # far limb: absent
+    read = {(r.code, r.side): r for r in facts.excluded}
+    assert 95 <= float(read[("cadence", None)].canonical or 0) <= 100
+    assert 5 <= float(read[("knee-flexion-initial-contact", "left")].canonical or 0) <= 15
+    far = read[("knee-flexion-initial-contact", "right")]  # the far limb: no value at all
+    assert far.canonical is None and far.reason == "dataAbsentReason present"
+    assert all("walking capture" in r.reason for r in read.values() if r.canonical is not None)
+    assert "cadence" not in facts.patient and facts.patient["q_walking"] >= 2
 
 
 def test_post_reports_what_the_fhir_server_created(measured: tuple[Path, Any]) -> None:

@@ -57,6 +57,7 @@ def _scenario(expect: list[dict[str, Any]], **given: Any) -> dict[str, Any]:
 
 
 HIP_DROP = {
+    "running-pain": 4,
     "contralateral-pelvic-drop": {"left": 3, "right": 7},
     "peak-hip-adduction": {"left": 12, "right": 21},
     "knee-flexion-initial-contact": {"left": 20, "right": 20},
@@ -162,7 +163,7 @@ def test_diff_lists_rules_thresholds_and_card_text(
     new = write_pack(tmp_path, data)
     assert main(["packs", "diff", str(CORE), str(new)]) == 0
     out = capsys.readouterr().out
-    assert "runform-core 2.0.0 (active) -> runform-core 2.1.0 (active)" in out
+    assert "runform-core 3.0.0 (active) -> runform-core 2.1.0 (active)" in out
     assert "~ pelvic_drop_high: 5 deg (placeholder) -> 6 deg (placeholder)" in out
     assert "- r11-isolated-trendelenburg" in out
     assert "+ r12-new-rule (A new rule)" in out

@@ -33,6 +33,7 @@ def _absent(
     }
     body = hook_request("patient-view", pid)
     body["prefetch"]["orders"] = searchset([])
+    body["prefetch"]["careplans"] = searchset([])
     body["prefetch"] = {k: v for k, v in body["prefetch"].items() if k in keep}
     body["fhirServer"] = base
     body["fhirAuthorization"] = AUTH
@@ -47,11 +48,14 @@ def test_absent_keys_are_fetched_with_the_bearer_token(live: LiveService, fhir_s
     assert "PLUS gait retraining" in r.json()["cards"][0]["summary"]
     paths = sorted(q["path"] for q in behaviour.requests)
     assert paths == [
+        "/fhir/CarePlan",
         "/fhir/Condition",
         "/fhir/Observation",
         "/fhir/Patient/p1",
         "/fhir/ServiceRequest",
     ]
+    orders = next(q["query"] for q in behaviour.requests if q["path"] == "/fhir/ServiceRequest")
+    assert "status=active,on-hold,completed" in orders  # follow-ups see finished programmes
     assert {q["authorization"] for q in behaviour.requests} == {"Bearer tok-1"}
     obs_query = next(q["query"] for q in behaviour.requests if q["path"] == "/fhir/Observation")
     assert "patient=p1" in obs_query and "_sort=-date" in obs_query
@@ -61,14 +65,14 @@ def test_absent_keys_are_fetched_with_the_bearer_token(live: LiveService, fhir_s
 
 def test_present_keys_are_not_refetched(live: LiveService, fhir_server: Any) -> None:
     base, behaviour = fhir_server
-    body = _absent(base, behaviour, keep=("patient", "conditions", "orders"))
+    body = _absent(base, behaviour, keep=("patient", "conditions", "orders", "careplans"))
     assert live.post(PV, body).status_code == 200
     assert [q["path"] for q in behaviour.requests] == ["/fhir/Observation"]
 
 
 def test_null_key_is_no_data_and_not_fetched(live: LiveService, fhir_server: Any) -> None:
     base, behaviour = fhir_server
-    body = _absent(base, behaviour, keep=("patient", "conditions", "orders"))
+    body = _absent(base, behaviour, keep=("patient", "conditions", "orders", "careplans"))
     body["prefetch"]["observations"] = None
     r = live.post(PV, body)
     assert r.status_code == 200 and r.json() == {"cards": []}
@@ -166,7 +170,7 @@ def test_operation_outcome_in_prefetch_triggers_a_fetch(
     live: LiveService, fhir_server: Any, where: str
 ) -> None:
     base, behaviour = fhir_server
-    body = _absent(base, behaviour, keep=("patient", "conditions", "orders"))
+    body = _absent(base, behaviour, keep=("patient", "conditions", "orders", "careplans"))
     oo = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
     body["prefetch"]["observations"] = (
         oo
@@ -190,3 +194,4 @@ def test_optional_orders_that_cannot_be_fetched_do_not_fail_the_call(
     assert r.status_code == 200
     trace = live.store.records_for(body["hookInstance"])[0].body
     assert trace["prefetch"]["orders"].startswith("unavailable (optional)")
+    assert trace["prefetch"]["careplans"].startswith("unavailable (optional)")

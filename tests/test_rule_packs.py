@@ -30,13 +30,19 @@ def test_core_pack_loads_and_every_rule_has_evidence(core_pack: Any) -> None:
         "s2-under-18",
     } <= ids
     for r in core_pack.rules:
-        assert r.rule.card.source.url and r.rule.card.evidence.strength in "ABCD"
+        assert r.rule.card.source.url
+        assert all(ev.strength in "ABCD" for ev in r.rule.card.evidence)
 
 
 def test_unverified_thresholds_are_not_labelled_evidence(core_pack: Any) -> None:
     t = core_pack.pack.thresholds
     assert t["hip_adduction_high"].provenance == "research"
-    for name in ("pelvic_drop_high", "hip_abduction_low", "strength_lsi_low"):
+    for name in (
+        "pelvic_drop_high",
+        "strength_norm_cut",
+        "strength_lsi_low",
+        "severe_running_pain",
+    ):
         assert t[name].provenance == "placeholder"
 
 
@@ -227,7 +233,7 @@ def test_packs_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     from tests.conftest import ROOT
 
     assert main(["packs", "validate", str(ROOT / "rule_packs")]) == 0
-    assert "OK  runform-core 2.0.0" in capsys.readouterr().out
+    assert "OK  runform-core 3.0.0" in capsys.readouterr().out
     data = core_data()
     _unknown_metric(data)
     path = write_pack(tmp_path, data)
@@ -268,14 +274,14 @@ def test_a_changed_active_pack_without_a_new_version_is_refused(
     folder.mkdir()
     data = core_data()
     write_pack(folder, data, name="core.yaml")
-    assert load_serving_packs(folder, registry=store)[0].pack.version == "2.0.0"
+    assert load_serving_packs(folder, registry=store)[0].pack.version == "3.0.0"
     data["thresholds"]["pelvic_drop_high"]["value"] = 6
     write_pack(folder, data, name="core.yaml")
     with pytest.raises(PackError, match="no serving rule pack"):
         load_serving_packs(folder, registry=store)
-    data["version"] = "2.0.1"
+    data["version"] = "3.0.1"
     write_pack(folder, data, name="core.yaml")
-    assert load_serving_packs(folder, registry=store)[0].pack.version == "2.0.1"
+    assert load_serving_packs(folder, registry=store)[0].pack.version == "3.0.1"
     data["status"] = "draft"  # drafts may change freely
     data["thresholds"]["pelvic_drop_high"]["value"] = 7
     write_pack(folder, data, name="core.yaml")

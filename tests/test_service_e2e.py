@@ -51,7 +51,9 @@ def test_patient_view_recommends_strength_and_gait_retraining(live: LiveService)
     }
     assert plans == {"hip-strengthening-program", "gait-retraining-video-feedback"}
     assert card["source"]["url"] == "https://doi.org/10.2519/jospt.2011.3470"
-    assert "Evidence strength: C" in card["detail"]
+    # evidence per recommendation and diagnosis (this runner has patellofemoral pain)
+    assert "gait retraining: C" in card["detail"]
+    assert "hip and knee exercise: A" in card["detail"]
     assert "clinic-configured, not validated" in card["detail"]
     assert _rules(live, body["hookInstance"]) == [
         "r1-hip-drop-symptomatic",
@@ -67,7 +69,7 @@ def test_order_select_strengthening_alone_warns_and_suggests_retraining(live: Li
     assert_valid_response(r.json())
     [card] = r.json()["cards"]
     assert card["indicator"] == "warning"
-    assert "will not change running mechanics" in card["summary"]
+    assert "unlikely to change running mechanics" in card["summary"]
     [suggestion] = card["suggestions"]
     [action] = suggestion["actions"]
     assert action["resource"]["resourceType"] == "ServiceRequest"
@@ -111,7 +113,7 @@ def test_run_form_impairment_without_weakness_targets_gait_retraining(live: Live
     assert plans == {"gait-retraining-video-feedback"}
 
 
-def test_weakness_without_impairment_gives_strengthening_care_plan(live: LiveService) -> None:
+def test_weakness_without_impairment_gives_a_strengthening_plan_to_file(live: LiveService) -> None:
     obs = [
         o
         for o in demo_observations("p3", right_pelvic_drop=2.9)
@@ -122,8 +124,16 @@ def test_weakness_without_impairment_gives_strengthening_care_plan(live: LiveSer
     assert_valid_response(r.json())
     [card] = r.json()["cards"]
     [action] = card["suggestions"][0]["actions"]
-    assert action["resource"]["resourceType"] == "CarePlan"
-    assert "side-plank" in card["detail"]
+    request = action["resource"]
+    assert request["resourceType"] == "ServiceRequest"  # the same resource on every card
+    assert request["reasonReference"] == [{"reference": "Condition/p3-pfp"}]
+    assert request["bodySite"][0]["coding"][0]["code"] == "287579007"  # right hip
+    assert request["occurrenceTiming"]["repeat"] == {
+        "count": 18, "frequency": 3, "period": 1.0, "periodUnit": "wk",
+    }  # fmt: skip
+    assert request["performerType"]["coding"][0]["code"] == "36682004"
+    assert "side plank" in request["patientInstruction"]
+    assert "Pain rule" in request["patientInstruction"]
 
 
 def test_too_few_strides_asks_for_remeasurement_and_no_plan(live: LiveService) -> None:
@@ -194,7 +204,8 @@ def test_mismatched_unit_is_excluded_not_used(live: LiveService) -> None:
 
 
 def test_no_diagnosis_gives_screening_info_without_orders(live: LiveService) -> None:
-    r = live.post(PV, hook_request("patient-view", "p9", conditions=[]))
+    obs = demo_observations("p9", running_pain=0)
+    r = live.post(PV, hook_request("patient-view", "p9", observations=obs, conditions=[]))
     [card] = r.json()["cards"]
     assert card["indicator"] == "info" and "suggestions" not in card
 
@@ -293,6 +304,7 @@ def test_trace_is_stored_with_inputs_pack_rules_and_cards(live: LiveService) -> 
     assert {th["name"] for th in fired["thresholds"]} >= {"pelvic_drop_high"}
     assert [c["uuid"] for c in t["cards"]] == [c["uuid"] for c in cards]
     orders = t["prefetch"].pop("orders")
+    assert t["prefetch"].pop("careplans").startswith("unavailable (optional)")
     assert t["prefetch"] == {
         "patient": "provided",
         "observations": "provided",

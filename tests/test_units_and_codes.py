@@ -37,6 +37,10 @@ REQUIRED = [
     "body-mass",
     "percent-body-weight",
     "limb-symmetry-index",
+    "night-pain",
+    "gait-mode",
+    "capture-view",
+    "contraction-type",
 ]
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 __all__ = [
     "FINDINGS_SYSTEM",
     "ICD10CM_SYSTEM",
+    "LATERALITY_SIDES",
     "METRICS_SYSTEM",
     "PLANS_SYSTEM",
     "SITE_SIDES",
@@ -40,6 +41,12 @@ SITE_SIDES: dict[str, tuple[Side, str]] = {
     "82169009": ("left", "knee"),
     "6757004": ("right", "knee"),
 }
+#: SNOMED CT laterality qualifiers, as they may appear in Condition.bodySite
+LATERALITY_SIDES: dict[str, tuple[Side, ...]] = {
+    "24028007": ("right",),
+    "7771000": ("left",),
+    "51440002": ("left", "right"),
+}
 _SITE_DISPLAY = {
     "287679003": "Left hip region structure",
     "287579007": "Right hip region structure",
@@ -59,6 +66,8 @@ class Metric:
     dimensions: tuple[str, ...]
     site: str  # "hip", "knee" or "none" (whole-body)
     group: str  # "run-form", "strength", "symptom" or "quality"
+    #: camera view a run-form metric needs ("posterior" or "side"); None: any view
+    view: str | None = None
 
     @property
     def field(self) -> str:
@@ -106,6 +115,7 @@ def metrics() -> dict[str, Metric]:
             dimensions=tuple(props["dimensions"].split("|")),
             site=props["site"],
             group=props["group"],
+            view=props.get("view"),
         )
     return out
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from cds.fhir.codes import FINDINGS_SYSTEM, METRICS_SYSTEM, Side, metric, site_coding
 
-__all__ = ["metric_observation", "quantity_component"]
+__all__ = ["coded_component", "metric_observation", "quantity_component"]
 
 UCUM = "http://unitsofmeasure.org"
 
@@ -25,6 +25,14 @@ def quantity_component(code: str, value: float, unit: str) -> dict[str, Any]:
     }
 
 
+def coded_component(code: str, value: str) -> dict[str, Any]:
+    """An Observation component: metric ``code`` of our CodeSystem, a findings code."""
+    return {
+        "code": {"coding": [{"system": METRICS_SYSTEM, "code": code}]},
+        "valueCodeableConcept": {"coding": [{"system": FINDINGS_SYSTEM, "code": value}]},
+    }
+
+
 def metric_observation(
     patient_id: str,
     code: str,
@@ -34,9 +42,11 @@ def metric_observation(
     effective: datetime,
     side: Side | None = None,
     strides: int | None = None,
+    gait_mode: str | None = None,
     obs_id: str | None = None,
 ) -> dict[str, Any]:
-    """One Observation of metric ``code`` (a coded finding when ``value`` is a str)."""
+    """One Observation of metric ``code`` (a coded finding when ``value`` is a str);
+    ``gait_mode`` (walking or running) is recorded for run-form metrics."""
     m = metric(code)
     if m is None:
         raise ValueError(f"unknown metric {code!r}")
@@ -68,6 +78,11 @@ def metric_observation(
         obs["valueCodeableConcept"] = {"coding": [{"system": FINDINGS_SYSTEM, "code": value}]}
     else:
         obs["valueQuantity"] = _quantity(value, unit or m.unit)
+    components = []
     if strides is not None:
-        obs["component"] = [quantity_component("strides-analyzed", strides, "{strides}")]
+        components.append(quantity_component("strides-analyzed", strides, "{strides}"))
+    if gait_mode is not None:
+        components.append(coded_component("gait-mode", gait_mode))
+    if components:
+        obs["component"] = components
     return obs

@@ -55,6 +55,8 @@ def _fhir_datetime(value: Any) -> Any:
 
 
 FhirDateTime = Annotated[datetime, BeforeValidator(_fhir_datetime)]
+#: a FHIR date: YYYY, YYYY-MM or YYYY-MM-DD (a partial date is not a day)
+FhirDate = Annotated[str, Field(pattern=r"^\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?$")]
 
 
 class Coding(_Element):
@@ -148,8 +150,18 @@ class Observation(_Resource):
 
 class Patient(_Resource):
     resourceType: Literal["Patient"]
-    birthDate: date | None = None
+    birthDate: FhirDate | None = None
     gender: str | None = None
+
+    @property
+    def birth_date(self) -> date | None:
+        """The birth date when it is a full day; None when absent or partial."""
+        if self.birthDate is None or len(self.birthDate) != 10:
+            return None
+        try:
+            return date.fromisoformat(self.birthDate)
+        except ValueError:  # 2001-02-30 passes the pattern
+            return None
 
 
 class Condition(_Resource):
@@ -157,13 +169,17 @@ class Condition(_Resource):
     clinicalStatus: CodeableConcept | None = None
     verificationStatus: CodeableConcept | None = None
     code: CodeableConcept | None = None
+    bodySite: list[CodeableConcept] = Field(default_factory=list)
     onsetDateTime: FhirDateTime | None = None
+    onsetPeriod: Period | None = None
     recordedDate: FhirDateTime | None = None
 
     @property
-    def since(self) -> datetime | date | None:
-        """When the condition began, or failing that when it was recorded."""
-        return self.onsetDateTime or self.recordedDate
+    def onset(self) -> datetime | None:
+        """When the condition began, if the record says (never the recorded date)."""
+        if self.onsetDateTime is not None:
+            return self.onsetDateTime
+        return self.onsetPeriod.start if self.onsetPeriod is not None else None
 
 
 class ServiceRequest(_Resource):
@@ -223,6 +239,8 @@ class Unreadable(BaseModel):
     id: str | None
     source: str
     reason: str
+    #: the resource type the list it came from should hold
+    expected: str | None = None
 
 
 def _describe(exc: ValidationError) -> str:
@@ -267,7 +285,7 @@ def parse_entries(raws: list[Any], source: str, want: type[R]) -> tuple[list[R],
         if isinstance(parsed, want):
             good.append(parsed)
         elif isinstance(parsed, Unreadable):
-            bad.append(parsed)
+            bad.append(parsed.model_copy(update={"expected": want.__name__}))
         elif not (isinstance(raw, dict) and raw.get("resourceType") == "OperationOutcome"):
             bad.append(
                 Unreadable(
@@ -275,6 +293,7 @@ def parse_entries(raws: list[Any], source: str, want: type[R]) -> tuple[list[R],
                     id=parsed.id,
                     source=f"{source}[{i}]",
                     reason=f"expected {want.__name__}",
+                    expected=want.__name__,
                 )
             )
     return good, bad

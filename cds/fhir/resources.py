@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from fhir.resources.R4B.careplan import CarePlan
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
-from cds.fhir.codes import PLANS_SYSTEM, plan_display
+from cds.fhir.codes import PLANS_SYSTEM, SNOMED_SYSTEM, Side, plan_display, site_coding
 
-__all__ = ["plan_resource", "validate_resource"]
+__all__ = ["PERFORMERS", "PlanRequest", "plan_resource", "validate_resource"]
 
 _VALIDATORS: dict[str, Any] = {"ServiceRequest": ServiceRequest, "CarePlan": CarePlan}
+#: performer types by the name a pack uses, as SNOMED CT occupations
+PERFORMERS: dict[str, tuple[str, str]] = {"physiotherapist": ("36682004", "Physiotherapist")}
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything a suggested plan says: what, for whom, why, where, when and by whom."""
+
+    kind: str
+    plan: str
+    patient_id: str
+    description: str
+    instruction: str
+    #: FHIR Timing.repeat (count, frequency, period, periodUnit)
+    timing: dict[str, Any] | None = None
+    performer: str | None = None
+    sides: tuple[Side, ...] = ()
+    region: str = "hip"
+    #: references of the Conditions (or a symptom Observation) the plan treats
+    reasons: tuple[str, ...] = field(default_factory=tuple)
 
 
 def _plan_concept(plan: str) -> dict[str, Any]:
@@ -20,30 +41,58 @@ def _plan_concept(plan: str) -> dict[str, Any]:
     return {"coding": [{"system": PLANS_SYSTEM, "code": plan, "display": display}], "text": display}
 
 
-def plan_resource(kind: str, plans: list[str], patient_id: str, note: str) -> dict[str, Any]:
-    """A draft ServiceRequest (one plan) or CarePlan (one activity per plan)."""
-    subject = {"reference": f"Patient/{patient_id}"}
-    if kind == "ServiceRequest":
-        resource: dict[str, Any] = {
-            "resourceType": "ServiceRequest",
-            "status": "draft",
-            "intent": "proposal",
-            "code": _plan_concept(plans[0]),
-            "subject": subject,
-            "note": [{"text": note}],
-        }
-    else:
-        resource = {
-            "resourceType": "CarePlan",
-            "status": "draft",
-            "intent": "proposal",
-            "title": " + ".join(plan_display(p) or p for p in plans),
-            "description": note,
-            "subject": subject,
-            "activity": [
-                {"detail": {"code": _plan_concept(p), "status": "not-started"}} for p in plans
-            ],
-        }
+def _performer(name: str) -> dict[str, Any]:
+    code, display = PERFORMERS[name]
+    return {"coding": [{"system": SNOMED_SYSTEM, "code": code, "display": display}]}
+
+
+def _service_request(req: PlanRequest) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "proposal",
+        "code": _plan_concept(req.plan),
+        "subject": {"reference": f"Patient/{req.patient_id}"},
+        "patientInstruction": req.instruction,
+        "note": [{"text": req.description}],
+    }
+    if req.reasons:
+        out["reasonReference"] = [{"reference": r} for r in req.reasons]
+    if req.sides:
+        out["bodySite"] = [{"coding": [site_coding(s, req.region)]} for s in req.sides]
+    if req.timing:
+        out["occurrenceTiming"] = {"repeat": req.timing}
+    if req.performer:
+        out["performerType"] = _performer(req.performer)
+    return out
+
+
+def _care_plan(req: PlanRequest) -> dict[str, Any]:
+    detail: dict[str, Any] = {
+        "code": _plan_concept(req.plan),
+        "status": "not-started",
+        "description": req.instruction,
+    }
+    if req.timing:
+        detail["scheduledTiming"] = {"repeat": req.timing}
+    out: dict[str, Any] = {
+        "resourceType": "CarePlan",
+        "status": "draft",
+        "intent": "proposal",
+        "title": plan_display(req.plan) or req.plan,
+        "description": req.description,
+        "subject": {"reference": f"Patient/{req.patient_id}"},
+        "activity": [{"detail": detail}],
+    }
+    conditions = [r for r in req.reasons if r.startswith("Condition/")]
+    if conditions:
+        out["addresses"] = [{"reference": r} for r in conditions]
+    return out
+
+
+def plan_resource(req: PlanRequest) -> dict[str, Any]:
+    """A draft ServiceRequest or CarePlan proposing one plan, validated as R4."""
+    resource = _service_request(req) if req.kind == "ServiceRequest" else _care_plan(req)
     validate_resource(resource)
     return resource
 

@@ -29,9 +29,11 @@ _UNITS: dict[str, dict[str, float]] = {
     "fraction": {"%": 1.0, "1": 100.0},
     "length": {"cm": 1.0, "m": 100.0, "mm": 0.1},
     "count": {"{strides}": 1.0, "{steps}": 1.0, "1": 1.0},
-    "days": {"d": 1.0, "wk": 7.0, "mo": 30.4375, "a": 365.25},
+    "days": {"d": 1.0, "wk": 7.0, "mo": 30.4375, "a": 365.25, "h": 1 / 24, "min": 1 / 1440},
     "years": {"a": 1.0},
     "score": {"{score}": 1.0, "1": 1.0},
+    #: standard deviations from a norm's predicted value
+    "sd": {"{SD}": 1.0},
     "rating": {},
     "result": {},
 }

@@ -3,8 +3,9 @@
 Each metric on each side becomes one Observation of our metrics CodeSystem
 (``cds.fhir.observations.metric_observation``), extended with what a reader
 needs to judge it: the method (view, model, filter, event method), the
-analysing software as a Device, quality components (strides, between-stride
-SD, visible fraction, frame rate) and ``derivedFrom`` a DocumentReference
+analysing software as a Device, quality components (strides, gait mode,
+camera view, between-stride SD, visible fraction, frame rate) and
+``derivedFrom`` a DocumentReference
 carrying the video's hash. A value that is not reliable carries a
 ``dataAbsentReason`` instead of a number, with the reason in its text.
 """
@@ -23,7 +24,7 @@ from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
 from cds.errors import FhirPostError, MeasureError
-from cds.fhir.observations import metric_observation, quantity_component
+from cds.fhir.observations import coded_component, metric_observation, quantity_component
 from cds.measures.analyze import Analysis
 from cds.measures.metrics import MetricResult
 from cds.measures.pose import MODEL_COMPLEXITY, mediapipe_version
@@ -156,9 +157,10 @@ def _observation(
     result: MetricResult, analysis: Analysis, patient: str, when: datetime, refs: dict[str, str]
 ) -> dict[str, Any]:
     obs = metric_observation(
-        patient, result.code, round(result.mean, 2), result.unit,
-        effective=when, side=result.side, strides=result.strides_per_side,
+        patient, result.code, round(result.mean, 2), result.unit, effective=when,
+        side=result.side, strides=result.strides_per_side, gait_mode=analysis.events.mode,
     )  # fmt: skip
+    obs["component"].append(coded_component("capture-view", analysis.view))
     obs["method"] = {"text": method_text(analysis)}
     obs["device"] = {"reference": refs["device"]}
     obs["derivedFrom"] = [{"reference": refs["video"]}]

@@ -183,7 +183,7 @@ def _form_from_flags(args: argparse.Namespace) -> dict[str, Any]:
             if field == "force_n" and args.lever:
                 entry["lever_arm_m"] = args.lever
             tests.append(entry)
-    return {"body_mass_kg": args.mass, "tests": tests}
+    return {"body_mass_kg": args.mass, "contraction": args.hhd_test, "tests": tests}
 
 
 def _strength(args: argparse.Namespace) -> int:
@@ -199,6 +199,8 @@ def _strength(args: argparse.Namespace) -> int:
         form = read_form(Path(args.form))
         if args.mass is not None:
             form.body_mass_kg = args.mass
+        if args.hhd_test is not None:
+            form.contraction = args.hhd_test
     else:
         try:
             form = StrengthForm.model_validate(_form_from_flags(args))
@@ -241,6 +243,12 @@ def add_commands(sub: Any) -> None:
     strength.add_argument("--form", help="CSV or JSON form (see docs/measures.md)")
     strength.add_argument("--mass", type=float, help="body mass in kg")
     strength.add_argument("--lever", type=float, help="dynamometer lever arm in m")
+    strength.add_argument(
+        "--hhd-test",
+        choices=["isometric", "eccentric"],
+        help="dynamometry contraction type: isometric (make) or eccentric (break) test; "
+        "strength norms apply only to the type they were measured with",
+    )
     for attr, (_, field, _) in _FLAG_TESTS.items():
         strength.add_argument(
             "--" + attr.replace("_", "-"), metavar="LEFT,RIGHT", help=_FLAG_HELP[field]

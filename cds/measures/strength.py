@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cds.errors import MeasureError
-from cds.fhir.observations import metric_observation, quantity_component
+from cds.fhir.observations import coded_component, metric_observation, quantity_component
 from cds.measures.bundle import Transaction, patient_id, software_device
 
 __all__ = ["StrengthEntry", "StrengthForm", "limb_symmetry", "read_form", "strength_bundle"]
@@ -36,7 +36,11 @@ _REQUIRED = {
     "side-plank": ("hold_s",),
     "trendelenburg": ("result",),
 }
-FIELDS = ("test", "side", "force_n", "lever_arm_m", "hold_s", "rating", "fppa_deg", "result")
+FIELDS = (
+    "test", "side", "force_n", "lever_arm_m", "contraction", "hold_s", "rating", "fppa_deg",
+    "result",
+)  # fmt: skip
+Contraction = Literal["isometric", "eccentric"]
 
 
 class StrengthEntry(BaseModel):
@@ -48,6 +52,8 @@ class StrengthEntry(BaseModel):
     side: Literal["left", "right"]
     force_n: float | None = Field(default=None, gt=0, le=3000)
     lever_arm_m: float | None = Field(default=None, gt=0.05, le=1.5)
+    #: isometric (make test) or eccentric (break test); norms are specific to it
+    contraction: Contraction | None = None
     hold_s: float | None = Field(default=None, ge=0, le=1800)
     rating: Literal["good", "fair", "poor"] | None = None
     fppa_deg: float | None = Field(default=None, ge=-60, le=60)
@@ -67,6 +73,8 @@ class StrengthForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     body_mass_kg: float | None = Field(default=None, gt=15, le=350)
+    #: the dynamometry tests' contraction type, unless an entry gives its own
+    contraction: Contraction | None = None
     tests: list[StrengthEntry]
 
 
@@ -173,13 +181,17 @@ def _observation(
     components = []
     if entry.test in HHD_TESTS and entry.force_n:
         components.append(quantity_component("measured-force", entry.force_n, "N"))
+        contraction = entry.contraction or form.contraction
+        if contraction:
+            components.append(coded_component("contraction-type", contraction))
         if entry.lever_arm_m:
             components.append(quantity_component("lever-arm", entry.lever_arm_m, "m"))
         if form.body_mass_kg:
             components.append(quantity_component("body-mass", form.body_mass_kg, "kg"))
             bw = 100 * entry.force_n / (form.body_mass_kg * GRAVITY)
             components.append(quantity_component("percent-body-weight", bw, "%"))
-        obs["method"] = {"text": "hand-held dynamometer; torque = force x lever arm"}
+        test = f"{contraction} " if contraction else ""
+        obs["method"] = {"text": f"hand-held dynamometer, {test}test; torque = force x lever arm"}
     if lsi is not None:
         components.append(quantity_component("limb-symmetry-index", lsi, "%"))
     if components:

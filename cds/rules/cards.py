@@ -1,35 +1,73 @@
 """Card templates -> CDS Hooks 2.0 cards.
 
-Templates fill in values through a closed set of placeholders, never code:
+A card says what to do and why in a few lines; the evidence grade, the
+thresholds that decided it (with their provenance) and the rule ids follow
+in one compact footer, and the audit trace is a link away. Templates fill in
+values through a closed set of placeholders, never code:
 
 * ``{side}``: the side(s) the rule fired for ("left", "right", "left and right");
 * ``{value:METRIC}``: the measured value(s) of a metric with its unit;
-* ``{change:METRIC}``: the latest value(s) against the previous capture;
+* ``{change:METRIC}``: the latest value(s) against the previous capture, and
+  whether the change exceeds the smallest detectable difference;
+* ``{norm:METRIC}``: the value against the pack's norm, or why the norm was not applied;
 * ``{threshold:NAME}``: a threshold of the pack with its unit;
+* ``{plan:PLAN}``: the one-line summary of a plan the pack defines;
 * ``{age}``: the patient's age in years;
-* ``{quality}``: which inputs were set aside, and why.
+* ``{quality}``: which inputs were set aside, and why;
+* ``{findings}``: the ``says`` lines of the findings the rule reads that hold;
+* ``{diagnoses}``: the value sets the rule reads that are on record, and how sure.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from cds.fhir.codes import Metric, metric, plan_display
-from cds.fhir.facts import order_field
-from cds.fhir.resources import plan_resource
+from cds.fhir.codes import Metric, Side, metric, plan_display
+from cds.fhir.diagnoses import DiagnosisMatch
+from cds.fhir.facts import FactSet
+from cds.fhir.fields import (
+    AGE,
+    OrderState,
+    diagnosis_field,
+    lsi_field,
+    norm_note_field,
+    order_field,
+)
+from cds.fhir.resources import PlanRequest, plan_resource
 from cds.rules.compile import CompiledPack, CompiledRule
+from cds.rules.evaluate import holds
+from cds.rules.pack import ActionTemplate, Evidence
 from cds.rules.template import PLACEHOLDER
 
 __all__ = ["Attachment", "CardContext", "build_card"]
+
+_IN_PLACE: tuple[OrderState, ...] = ("draft", "active", "on-hold", "completed")
+_SIDES: tuple[Side, Side] = ("left", "right")
+_LOWER = {"A": "B", "B": "C", "C": "D", "D": "D"}
+_LABELS = {"research": "R, a research inclusion criterion", "placeholder": "X, a placeholder"}
 
 
 @dataclass(frozen=True)
 class CardContext:
     pack: CompiledPack
     patient_id: str
+    facts: FactSet | None = None
+    #: where the audit trace of this call can be read (None: no viewer configured)
+    trace_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A rule whose text is added to another rule's card."""
+
+    rule: CompiledRule
+    facts: list[dict[str, Any]]
+    #: False when an earlier card of the response already carries the text
+    show_text: bool = True
 
 
 def _fmt(value: Any) -> str:
@@ -41,82 +79,167 @@ def _sides(facts: list[dict[str, Any]]) -> str:
     return " and ".join(names)
 
 
-def _render(text: str, ctx: CardContext, facts: list[dict[str, Any]]) -> str:
-    def sub(match: re.Match[str]) -> str:
-        kind, arg = match.group(1), match.group(2)
-        if kind == "side":
-            return _sides(facts) or "either"
-        if kind == "quality":
-            return str(facts[0].get("q_notes", "none"))
-        if kind == "age":
-            return _fmt(facts[0].get("age_years", "unknown"))
-        if kind == "threshold":
-            t = ctx.pack.pack.thresholds.get(arg)
-            return f"{_fmt(t.value)} {t.unit.strip('{}')}" if t else match.group(0)
-        m = metric(arg)
-        if m is None:
-            return match.group(0)
-        show = _show_change if kind == "change" else _show_value
-        parts = [show(f, m) for f in facts if m.field in f]
-        return ", ".join(dict.fromkeys(parts)) or "not measured"
+_UNIT_WORDS = {"{score}": "", "{SD}": "SD"}
 
-    return PLACEHOLDER.sub(sub, text)
+
+def _unit(unit: str) -> str:
+    return _UNIT_WORDS.get(unit, unit.strip("{}"))
+
+
+def _quantity(value: Any, unit: str) -> str:
+    """``7.5 deg``, ``90%``, ``4`` (a 0-10 score)."""
+    word = _unit(unit)
+    if not word:
+        return _fmt(value)
+    return f"{_fmt(value)}{'' if word == '%' else ' '}{word}"
 
 
 def _side_prefix(fact: dict[str, Any], m: Metric) -> str:
-    return f"{fact['side']} " if "side" in fact and m.lateral else ""
+    return f"{fact['side']} " if fact.get("_both") and m.lateral else ""
 
 
 def _show_value(fact: dict[str, Any], m: Metric) -> str:
-    return f"{_side_prefix(fact, m)}{_fmt(fact[m.field])} {m.unit}"
+    return f"{_side_prefix(fact, m)}{_quantity(fact[m.field], m.unit)}"
 
 
-def _show_change(fact: dict[str, Any], m: Metric) -> str:
-    delta = fact.get(f"{m.field}__increase")
-    if not isinstance(delta, int | float):
-        return f"{_show_value(fact, m)} (no earlier capture)"
-    before = round(fact[m.field] - delta, 4)
-    return f"{_show_value(fact, m)} (was {_fmt(before)}, change {delta:+g} {m.unit})"
+class _Renderer:
+    def __init__(self, ctx: CardContext, rule: CompiledRule, facts: list[dict[str, Any]]) -> None:
+        self.ctx = ctx
+        self.rule = rule
+        # values name their side only when the card speaks of both
+        both = sum("side" in f for f in facts) > 1
+        self.facts = [{**f, "_both": True} for f in facts] if both else facts
 
+    def __call__(self, text: str) -> str:
+        return PLACEHOLDER.sub(self._sub, text)
 
-_LOWER = {"A": "B", "B": "C", "C": "D", "D": "D"}
+    def _sub(self, match: re.Match[str]) -> str:
+        kind, arg = match.group(1), match.group(2)
+        simple = {
+            "side": lambda: _sides(self.facts) or "either",
+            "quality": lambda: str(self.facts[0].get("q_notes", "none")),
+            "age": lambda: _fmt(self.facts[0].get(AGE, "unknown")),
+            "findings": self._findings,
+            "diagnoses": self._diagnoses,
+        }
+        if kind in simple:
+            return simple[kind]()
+        if kind == "threshold":
+            t = self.ctx.pack.pack.thresholds[arg]
+            return _quantity(t.value, t.unit)
+        if kind == "plan":
+            return self.ctx.pack.pack.plans[arg].summary
+        m = metric(arg)
+        assert m is not None
+        show = {"change": self._change, "norm": self._norm}.get(kind, _show_value)
+        parts = [show(f, m) for f in self.facts if m.field in f or norm_note_field(m) in f]
+        return ", ".join(dict.fromkeys(p for p in parts if p)) or "not measured"
 
-
-@dataclass(frozen=True)
-class Attachment:
-    """A rule whose text is added to another rule's card."""
-
-    rule: CompiledRule
-    facts: list[dict[str, Any]]
-
-
-def _strength(rule: CompiledRule, attachments: list[Attachment]) -> str:
-    strength: str = rule.rule.card.evidence.strength
-    for att in attachments:
-        if att.rule.rule.lower_evidence:
-            strength = _LOWER[strength]
-    return strength
-
-
-def _footer(rule: CompiledRule, deciding: list[str], attachments: list[Attachment]) -> str:
-    card = rule.rule.card
-    strength = _strength(rule, attachments)
-    lowered = (
-        f" (lowered from {card.evidence.strength})" if strength != card.evidence.strength else ""
-    )
-    lines = [f"**Evidence strength: {strength}{lowered}.** {card.evidence.label}"]
-    for used in (rule.thresholds[name] for name in deciding):
-        t = used.threshold
-        if not t.validated:
-            kind = (
-                "a research inclusion criterion" if t.provenance == "research" else "a placeholder"
+    def _change(self, fact: dict[str, Any], m: Metric) -> str:
+        if m.field not in fact:
+            return ""
+        delta = fact.get(f"{m.field}__increase")
+        if not isinstance(delta, int | float):
+            return f"{_show_value(fact, m)} (no earlier capture to compare)"
+        before = round(fact[m.field] - delta, 4)
+        sdd = self.ctx.pack.policy.smallest_detectable_difference.get(m.field)
+        verdict = ""
+        if sdd is not None:
+            verdict = (
+                "; more than the smallest detectable difference"
+                if abs(delta) >= sdd
+                else "; no detectable change"
             )
-            lines.append(
-                f"Threshold `{used.name}` ({_fmt(t.value)} {t.unit}) is clinic-configured, "
-                f"not validated ({kind})."
-            )
-    rules = ", ".join(f"`{r}`" for r in [rule.rule.id, *(a.rule.rule.id for a in attachments)])
-    lines.append(f"Rules: {rules}.")
+        change = _quantity(f"{delta:+g}", m.unit)
+        return f"{_show_value(fact, m)} (was {_fmt(before)}, change {change}{verdict})"
+
+    def _norm(self, fact: dict[str, Any], m: Metric) -> str:
+        """The value against its norm (or why none applies), and its symmetry."""
+        note = fact.get(norm_note_field(m))
+        if note is None:
+            return ""
+        value = f"{_quantity(fact[m.field], m.unit)}, " if m.field in fact else ""
+        lsi = fact.get(lsi_field(m))
+        symmetry = f"; limb symmetry {_fmt(round(lsi))}%" if isinstance(lsi, int | float) else ""
+        return f"{_side_prefix(fact, m)}{value}{note}{symmetry}"
+
+    def _holding(self) -> list[str]:
+        """The findings with a ``says`` line that the rule reads and that hold."""
+        pack = self.ctx.pack.pack
+        return [
+            name
+            for name in self.rule.said
+            if any(holds(pack, pack.findings[name].when, f) for f in self.facts)
+        ]
+
+    def _findings(self) -> str:
+        says = self.ctx.pack.pack.findings
+        return "\n".join(f"- {says[name].says}" for name in self._holding()) or "- (none)"
+
+    def _diagnoses(self) -> str:
+        """What is on record behind the findings listed (or, without any, the rule)."""
+        matches = self.ctx.facts.diagnoses if self.ctx.facts else []
+        named = self._holding()
+        wanted = (
+            set().union(*(self.ctx.pack.finding_value_sets.get(n, set()) for n in named))
+            if named
+            else self.rule.value_sets
+        )
+        lines: dict[str, str] = {}
+        for d in matches:
+            if d.value_set not in wanted:
+                continue
+            state = "confirmed" if d.confirmed else f"not confirmed ({d.doubt})"
+            if d.confirmed and d.onset_days is None:
+                state += ", onset date not recorded"
+            lines.setdefault(f"{d.value_set}:{state}", f"- {d.title} ({d.code}): {state}")
+        return "\n".join(lines.values()) or "- (none on record)"
+
+
+def _grades(evidence: list[Evidence], fact: dict[str, Any]) -> list[Evidence]:
+    """Per recommendation (``for``): the grades for the patient's confirmed diagnoses,
+    or, when none is specific to them, the general grades."""
+    groups: dict[str | None, list[Evidence]] = {}
+    for ev in evidence:
+        groups.setdefault(ev.for_, []).append(ev)
+    chosen = []
+    for entries in groups.values():
+        specific = [
+            e for e in entries
+            if any(fact.get(diagnosis_field(vs)) == 1 for vs in e.diagnoses)
+        ]  # fmt: skip
+        chosen += specific or [e for e in entries if not e.diagnoses]
+    return chosen
+
+
+def _evidence_line(rule: CompiledRule, fact: dict[str, Any], attachments: list[Attachment]) -> str:
+    lowered = any(a.rule.rule.lower_evidence for a in attachments)
+    parts = []
+    for ev in _grades(rule.rule.card.evidence, fact):
+        grade = _LOWER[ev.strength] if lowered else ev.strength
+        note = f" (lowered from {ev.strength})" if grade != ev.strength else ""
+        scope = f"{ev.for_}: " if ev.for_ else ""
+        parts.append(f"{scope}{grade}{note}, {ev.label}")
+    return "**Evidence strength:** " + "; ".join(parts)
+
+
+def _footer(
+    rule: CompiledRule,
+    fact: dict[str, Any],
+    deciding: list[str],
+    attachments: list[Attachment],
+) -> str:
+    lines = [_evidence_line(rule, fact, attachments)]
+    unvalidated = [
+        f"`{name}` {_quantity(t.threshold.value, t.threshold.unit)} "
+        f"({_LABELS[t.threshold.provenance]})"
+        for name in deciding
+        if not (t := rule.thresholds[name]).threshold.validated
+    ]
+    if unvalidated:
+        lines.append("Thresholds clinic-configured, not validated: " + "; ".join(unvalidated) + ".")
+    ids = [rule.rule.id, *(a.rule.rule.id for a in attachments)]
+    lines.append("Rules: " + ", ".join(f"`{r}`" for r in ids) + ".")
     return "\n\n---\n" + "\n\n".join(lines)
 
 
@@ -124,27 +247,81 @@ def _summary(text: str) -> str:
     return text if len(text) < 140 else text[:138].rstrip() + "…"
 
 
-def _already_ordered(plans: list[str], fact: dict[str, Any]) -> bool:
-    return all(
-        fact.get(order_field(p, "active")) == 1 or fact.get(order_field(p, "draft")) == 1
-        for p in plans
+def _in_place(plan: str, fact: dict[str, Any]) -> str | None:
+    """The state of an order for ``plan`` already in the chart or being placed."""
+    return next((s for s in _IN_PLACE if fact.get(order_field(plan, s)) == 1), None)
+
+
+def _targets(facts: list[dict[str, Any]]) -> tuple[Side, ...]:
+    sides = {f["side"] for f in facts if "side" in f}
+    return tuple(s for s in _SIDES if s in sides)
+
+
+def _reasons(rule: CompiledRule, ctx: CardContext, sides: tuple[Side, ...]) -> tuple[str, ...]:
+    """The Conditions behind the rule on the targeted sides, else a pain rating."""
+    facts = ctx.facts
+    if facts is None:
+        return ()
+    refs = [
+        d.reference
+        for d in _confirmed(facts.diagnoses, rule.value_sets)
+        if d.reference and (d.sides is None or not sides or set(d.sides) & set(sides))
+    ]
+    if not refs:
+        refs = [r.resource for r in facts.used if r.code == "running-pain"][-1:]
+    return tuple(dict.fromkeys(refs))
+
+
+def _confirmed(matches: Iterable[DiagnosisMatch], value_sets: set[str]) -> list[DiagnosisMatch]:
+    return [d for d in matches if d.confirmed and d.value_set in value_sets]
+
+
+def _action(
+    a: ActionTemplate, rule: CompiledRule, ctx: CardContext, facts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    plan = ctx.pack.pack.plans[a.plan]
+    render = _Renderer(ctx, rule, facts)
+    sides = _targets(facts) if plan.sided else ()
+    timing = (
+        None
+        if plan.timing is None
+        else {
+            "count": plan.timing.count,
+            "frequency": plan.timing.frequency,
+            "period": plan.timing.period,
+            "periodUnit": plan.timing.period_unit,
+        }
     )
+    description = render(a.description or plan.summary)
+    request = PlanRequest(
+        kind=plan.resource,
+        plan=a.plan,
+        patient_id=ctx.patient_id,
+        description=description,
+        instruction=render(plan.instruction).strip(),
+        timing=timing,
+        performer=plan.performer,
+        sides=sides,
+        region=plan.region,
+        reasons=_reasons(rule, ctx, sides),
+    )
+    return {"type": "create", "description": description, "resource": plan_resource(request)}
 
 
 def _suggestions(
-    rule: CompiledRule, ctx: CardContext, fact: dict[str, Any]
+    rule: CompiledRule, ctx: CardContext, facts: list[dict[str, Any]]
 ) -> tuple[list[Any], list[str]]:
-    """Suggestions, leaving out orders that already exist (draft or active)."""
+    """Suggestions, leaving out plans already in place (draft, active, on hold or done)."""
     out: list[Any] = []
     skipped: list[str] = []
     for s in rule.rule.card.suggestions:
         actions = []
         for a in s.actions:
-            if _already_ordered(a.plans, fact):
-                skipped.extend(plan_display(p) or p for p in a.plans)
+            state = _in_place(a.plan, facts[0])
+            if state is not None:
+                skipped.append(f"{plan_display(a.plan) or a.plan} ({state})")
                 continue
-            resource = plan_resource(a.resource, a.plans, ctx.patient_id, a.description)
-            actions.append({"type": "create", "description": a.description, "resource": resource})
+            actions.append(_action(a, rule, ctx, facts))
         if actions:
             out.append(
                 {
@@ -160,9 +337,11 @@ def _suggestions(
 def _attached_text(attachments: list[Attachment], ctx: CardContext) -> str:
     parts = []
     for att in attachments:
+        if not att.show_text:
+            continue
         tpl = att.rule.rule.card
-        summary = _render(tpl.summary, ctx, att.facts)
-        parts.append(f"**{summary}** {_render(tpl.detail, ctx, att.facts).strip()}")
+        render = _Renderer(ctx, att.rule, att.facts)
+        parts.append(f"**{render(tpl.summary)}** {render(tpl.detail).strip()}")
     return "".join(f"\n\n{p}" for p in parts)
 
 
@@ -175,20 +354,22 @@ def build_card(
 ) -> dict[str, Any]:
     """One card for ``rule`` fired on ``facts`` (one fact per side, or the patient fact).
 
-    ``deciding`` names the thresholds whose test decided the match; the card says
-    which of them are not validated. ``attachments`` add their text (and may lower
-    the evidence strength). Orders that already exist are not suggested again.
+    ``deciding`` names the thresholds whose test decided the match; the footer
+    says which of them are not validated. ``attachments`` add their text (once
+    per response) and may lower the evidence strength. Plans already in place
+    are not suggested again.
     """
     attachments = attachments or []
     tpl = rule.rule.card
-    suggestions, skipped = _suggestions(rule, ctx, facts[0])
-    detail = _render(tpl.detail, ctx, facts).rstrip() + _attached_text(attachments, ctx)
+    render = _Renderer(ctx, rule, facts)
+    suggestions, skipped = _suggestions(rule, ctx, facts)
+    detail = render(tpl.detail).rstrip() + _attached_text(attachments, ctx)
     if skipped:
-        detail += f"\n\nNot suggested again, already ordered: {', '.join(skipped)}."
+        detail += f"\n\nNot suggested again, already in place: {', '.join(skipped)}."
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
-        "summary": _summary(_render(tpl.summary, ctx, facts)),
-        "detail": detail + _footer(rule, deciding, attachments),
+        "summary": _summary(render(tpl.summary)),
+        "detail": detail + _footer(rule, facts[0], deciding, attachments),
         "indicator": tpl.indicator,
         "source": {"label": tpl.source.label} | ({"url": tpl.source.url} if tpl.source.url else {}),
     }
@@ -199,6 +380,12 @@ def build_card(
         card["overrideReasons"] = [
             {"system": r.system, "code": r.code, "display": r.display} for r in tpl.override_reasons
         ]
-    if tpl.links:
-        card["links"] = [{"label": x.label, "url": x.url, "type": "absolute"} for x in tpl.links]
+    links = [{"label": x.label, "url": x.url, "type": "absolute"} for x in tpl.links]
+    if ctx.trace_url:
+        links.append(
+            {"label": "Why this card: inputs, thresholds, rules", "url": ctx.trace_url,
+             "type": "absolute"}
+        )  # fmt: skip
+    if links:
+        card["links"] = links
     return card

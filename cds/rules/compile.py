@@ -15,9 +15,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from cds.errors import PackError
-from cds.fhir.codes import code_system, metric, metrics, plan_display
-from cds.fhir.facts import DiagnosisCode, FactPolicy, diagnosis_field, order_field
-from cds.fhir.units import UnitError, convert
+from cds.fhir.codes import Metric, code_system, metric, metrics, plan_display
+from cds.fhir.diagnoses import DiagnosisCode, ValueSet
+from cds.fhir.fields import (
+    AGE,
+    AGE_UNKNOWN,
+    MEASURE_SUFFIX,
+    diagnosis_field,
+    finding_field,
+    lsi_field,
+    order_days_field,
+    order_field,
+    present_field,
+    quality_field,
+    sex_field,
+)
+from cds.fhir.norms import Norm
+from cds.fhir.policy import FactPolicy
+from cds.fhir.units import UnitError, convert, dimension_of
 from cds.rules.pack import (
     AgeCondition,
     AllOf,
@@ -58,12 +73,6 @@ MAX_ALTERNATIVES = 1024
 SUMMARY_LIMIT = 140
 Scope = Literal["side", "patient"]
 
-_MEASURE_SUFFIX = {
-    "value": "",
-    "asymmetry": "__asym",
-    "change": "__change",
-    "increase": "__increase",
-}
 #: which HTI-1 data-use declaration each kind of input needs
 _DATA_USE = {"age": "date_of_birth", "sex": "sex", "symptom": "health_status_assessments"}
 _OPS = {"at_least": "$gte", "above": "$gt", "below": "$lt", "at_most": "$lte"}
@@ -96,6 +105,10 @@ class Compiled:
     pattern: dict[str, Any]
     fields: set[str] = field(default_factory=set)
     thresholds: dict[str, UsedThreshold] = field(default_factory=dict)
+    #: value sets the condition reads (through its findings too)
+    value_sets: set[str] = field(default_factory=set)
+    #: findings with a ``says`` line that the condition reads, in order
+    said: list[str] = field(default_factory=list)
 
     @property
     def engine_id(self) -> str:
@@ -110,6 +123,11 @@ class Compiled:
             self.scope = "side"
         self.fields |= other.fields
         self.thresholds |= other.thresholds
+        self.value_sets |= other.value_sets
+        self.say(*other.said)
+
+    def say(self, *names: str) -> None:
+        self.said += [n for n in names if n not in self.said]
 
 
 @dataclass(kw_only=True)
@@ -144,11 +162,6 @@ class CompiledFinding(Compiled):
         return 0
 
 
-def finding_field(name: str) -> str:
-    """Fact field the engine sets when finding ``name`` holds on that fact."""
-    return f"f_{name.replace('-', '_')}"
-
-
 @dataclass
 class CompiledPack:
     pack: Pack
@@ -156,6 +169,8 @@ class CompiledPack:
     rules: list[CompiledRule]
     policy: FactPolicy
     findings: list[CompiledFinding] = field(default_factory=list)
+    #: value sets each finding reads, through the findings it uses
+    finding_value_sets: dict[str, set[str]] = field(default_factory=dict)
     path: Path | None = None
     scenarios: ScenarioFile | None = None
 
@@ -176,15 +191,16 @@ def _chunked(items: list[Compiled]) -> list[list[Compiled]]:
 
 
 def resolve_metric_fields(cond: MetricCondition, unit: str | None) -> list[str]:
-    """Fact fields a metric condition reads (several for a dimension-free LSI)."""
+    """Fact fields a metric condition reads; ``unit`` is the threshold's (for ``norm``:
+    the norm's unit, which names the dimension the norm applies to)."""
     m = metric(cond.metric)
     assert m is not None
     if cond.measure == "lsi":
-        return [f"{m.field}__lsi"]
+        return [lsi_field(m)]
     if unit is None:
-        return [f"{m.field}__present"]
+        return [present_field(m)]
     _, dim = convert(0.0, unit, m.dimensions)
-    return [m.field_for(dim) + _MEASURE_SUFFIX[cond.measure]]
+    return [m.field_for(dim) + MEASURE_SUFFIX[cond.measure]]
 
 
 class _Compiler:
@@ -193,6 +209,8 @@ class _Compiler:
         self.problems: list[PackProblem] = []
         self.data_used: dict[str, Loc] = {}
         self.findings: dict[str, CompiledFinding] = {}
+        #: value sets each finding reads (for the cards that list what is on record)
+        self.finding_value_sets: dict[str, set[str]] = {}
 
     def uses(self, kind: str, loc: Loc) -> None:
         self.data_used.setdefault(_DATA_USE[kind], loc)
@@ -220,16 +238,22 @@ class _Compiler:
         out.thresholds[name] = UsedThreshold(name, t, value)
         return value
 
-    def _metric(self, loc: Loc, c: MetricCondition, neg: bool, out: Compiled) -> Any:
-        m = metric(c.metric)
+    def _known_metric(self, loc: Loc, code: str) -> Metric | None:
+        m = metric(code)
         if m is None or m.group == "quality":
             known = [k for k, v in metrics().items() if v.group != "quality"]
             self.fail(
                 "pack-unknown-metric",
-                (*loc, "metric"),
-                f"unknown metric {c.metric!r}",
-                did_you_mean(c.metric, known) or "see docs/data-contract.md for the codes",
+                loc,
+                f"unknown metric {code!r}",
+                did_you_mean(code, known) or "see docs/data-contract.md for the codes",
             )
+            return None
+        return m
+
+    def _metric(self, loc: Loc, c: MetricCondition, neg: bool, out: Compiled) -> Any:
+        m = self._known_metric((*loc, "metric"), c.metric)
+        if m is None:
             return _INVALID
         if m.lateral:
             out.scope = "side"
@@ -256,10 +280,11 @@ class _Compiler:
                 "use is: poor (or good, fair, positive, negative)",
             )
             return _INVALID
-        t = self.pack.thresholds.get(name)
-        dims = ("fraction",) if c.measure == "lsi" else m.dimensions
+        unit = self._compared_unit(loc, c)
+        if unit is _INVALID_UNIT:
+            return _INVALID
+        dims = {"lsi": ("fraction",), "norm": ("sd",)}.get(c.measure, m.dimensions)
         value = self._threshold((*loc, op), name, dims, out)
-        unit = t.unit if t is not None and c.measure != "lsi" else None
         try:
             fields = resolve_metric_fields(c, unit)
         except UnitError:
@@ -267,51 +292,96 @@ class _Compiler:
         out.fields.update(fields)
         return _join("$or", [_compare(f, op, value, neg) for f in fields])
 
+    def _compared_unit(self, loc: Loc, c: MetricCondition) -> str | None:
+        """The unit that picks the compared field: the threshold's, or the norm's."""
+        if c.measure == "lsi":
+            return None
+        if c.measure == "norm":
+            norm = self.pack.norms.get(c.metric)
+            if norm is None:
+                self.fail(
+                    "pack-no-norm",
+                    (*loc, "measure"),
+                    f"measure: norm needs a norm for {c.metric!r}",
+                    "define it under norms:, or compare the value with a threshold",
+                )
+                return _INVALID_UNIT
+            return norm.unit
+        comparison = c.comparison
+        assert comparison is not None
+        t = self.pack.thresholds.get(comparison[1])
+        return t.unit if t is not None else None
+
+    def _diagnosis(self, loc: Loc, c: DiagnosisCondition, neg: bool, out: Compiled) -> Any:
+        if c.diagnosis not in self.pack.value_sets:
+            self.fail(
+                "pack-unknown-value-set",
+                (*loc, "diagnosis"),
+                f"value set {c.diagnosis!r} is not defined",
+                did_you_mean(c.diagnosis, self.pack.value_sets) or "define it under value_sets:",
+            )
+        out.value_sets.add(c.diagnosis)
+
+        def fld(part: Any) -> str:
+            return diagnosis_field(c.diagnosis, part)
+
+        days = (
+            None
+            if c.within is None
+            else self._threshold((*loc, "within"), c.within, ("days",), out)
+        )
+        if c.certainty == "possible":
+            if days is None:
+                return _flag(fld("possible"), neg, out)
+            unconfirmed = _all(
+                [_flag(fld("possible"), neg, out),
+                 _compare(fld("possible_days"), "at_most", days, neg)], neg
+            )  # fmt: skip
+            out.fields.update({fld("possible_days"), fld("undated_days")})
+            return _any([unconfirmed, _compare(fld("undated_days"), "at_most", days, neg)], neg)
+        parts = [_flag(fld(""), neg, out)]
+        if days is not None:
+            out.fields.add(fld("days"))
+            parts.append(_compare(fld("days"), "at_most", days, neg))
+        side_part = {"this": "here", "other": "there", "unknown": "unsided"}.get(c.side)
+        if side_part is not None:
+            if c.side != "unknown":
+                out.scope = "side"
+            parts.append(_flag(fld(side_part), neg, out))
+        return _all(parts, neg)
+
     def _atom(self, loc: Loc, c: Condition, neg: bool, out: Compiled) -> Any:
         if isinstance(c, MetricCondition):
             return self._metric(loc, c, neg, out)
         if isinstance(c, AgeCondition):
+            self.uses("age", loc)
+            if c.age == "unknown":
+                return _flag(AGE_UNKNOWN, neg, out)
             comparison = c.age.comparison
             assert comparison is not None
             op, name = comparison
             value = self._threshold((*loc, "age", op), name, ("years",), out)
-            out.fields.add("age_years")
-            self.uses("age", loc)
-            return _compare("age_years", op, value, neg)
+            out.fields.add(AGE)
+            return _compare(AGE, op, value, neg)
         if isinstance(c, SexCondition):
             self.uses("sex", loc)
-            return _flag(f"sex_{c.sex}", neg, out)
+            return _flag(sex_field(c.sex), neg, out)
         if isinstance(c, DiagnosisCondition):
-            if c.diagnosis not in self.pack.value_sets:
-                self.fail(
-                    "pack-unknown-value-set",
-                    (*loc, "diagnosis"),
-                    f"value set {c.diagnosis!r} is not defined",
-                    did_you_mean(c.diagnosis, self.pack.value_sets)
-                    or "define it under value_sets:",
-                )
-            fld = diagnosis_field(c.diagnosis)
-            return self._dated(loc, fld, "at_most", c.within, "within", neg, out)
+            return self._diagnosis(loc, c, neg, out)
         if isinstance(c, OrderCondition):
             self._plan((*loc, "order"), c.order)
-            fld = order_field(c.order, c.state)
-            return self._dated(loc, fld, "at_least", c.older_than, "older_than", neg, out)
+            flag = _flag(order_field(c.order, c.state), neg, out)
+            if c.older_than is None:
+                return flag
+            days = self._threshold((*loc, "older_than"), c.older_than, ("days",), out)
+            started = order_days_field(c.order, c.state)
+            out.fields.add(started)
+            return _all([flag, _compare(started, "at_least", days, neg)], neg)
         if isinstance(c, QualityCondition):
-            fld = f"q_{c.quality}"
+            fld = quality_field(c.quality)
             out.fields.add(fld)
             return {"$nex": {fld: 1}} if neg else {"$gt": {fld: 0}}
         raise TypeError(type(c))
-
-    def _dated(
-        self, loc: Loc, fld: str, op: str, limit: str | None, key: str, neg: bool, out: Compiled
-    ) -> Any:
-        """A flag, optionally with its age in days compared with a threshold."""
-        if limit is None:
-            return _flag(fld, neg, out)
-        days = self._threshold((*loc, key), limit, ("days",), out)
-        out.fields.add(f"{fld}__days")
-        parts = [_flag(fld, neg, out), _compare(f"{fld}__days", op, days, neg)]
-        return _join("$or" if neg else "$and", parts)
 
     def _plan(self, loc: Loc, plan: str) -> None:
         if plan_display(plan) is None:
@@ -334,29 +404,40 @@ class _Compiler:
             parts = [self.expr((*loc, key, i), x, neg, out, seen) for i, x in enumerate(items)]
             return _join("$and" if conj else "$or", parts)
         if isinstance(c, FindingCondition):
-            if c.finding in seen:
-                self.fail(
-                    "pack-finding-cycle",
-                    (*loc, "finding"),
-                    f"finding {c.finding!r} refers to itself",
-                    "a finding may not use itself, directly or through another finding",
-                )
-                return _INVALID
-            sub = self.pack.findings.get(c.finding)
-            if sub is None:
-                self.fail(
-                    "pack-unknown-finding",
-                    (*loc, "finding"),
-                    f"finding {c.finding!r} is not defined",
-                    did_you_mean(c.finding, self.pack.findings) or "define it under findings:",
-                )
-                return _INVALID
-            if seen:  # inside a finding: expand in place
-                return self.expr(("findings", c.finding), sub, neg, out, (*seen, c.finding))
-            compiled = self.finding(c.finding, sub)
-            out.absorb(compiled)
-            return _flag(compiled.flag, neg, out)
+            return self._finding_ref(loc, c, neg, out, seen)
         return self._atom(loc, c, neg, out)
+
+    def _finding_ref(
+        self, loc: Loc, c: FindingCondition, neg: bool, out: Compiled, seen: tuple[str, ...]
+    ) -> Any:
+        if c.finding in seen:
+            self.fail(
+                "pack-finding-cycle",
+                (*loc, "finding"),
+                f"finding {c.finding!r} refers to itself",
+                "a finding may not use itself, directly or through another finding",
+            )
+            return _INVALID
+        sub = self.pack.findings.get(c.finding)
+        if sub is None:
+            self.fail(
+                "pack-unknown-finding",
+                (*loc, "finding"),
+                f"finding {c.finding!r} is not defined",
+                did_you_mean(c.finding, self.pack.findings) or "define it under findings:",
+            )
+            return _INVALID
+        if sub.says:
+            out.say(c.finding)
+        if seen:  # inside a finding: expand in place
+            inline = Compiled(scope="patient", pattern={})
+            pattern = self.expr(("findings", c.finding), sub.when, neg, inline, (*seen, c.finding))
+            self.finding_value_sets[c.finding] = set(inline.value_sets)
+            out.absorb(inline)
+            return pattern
+        compiled = self.finding(c.finding, sub.when)
+        out.absorb(compiled)
+        return _flag(compiled.flag, neg, out)
 
     def finding(self, name: str, cond: Condition) -> CompiledFinding:
         """Compile finding ``name`` once; rules then test the flag it sets."""
@@ -368,6 +449,7 @@ class _Compiler:
         out.pattern = self.expr(loc, cond, False, out, (name,))
         self._check_size(loc, f"finding {name!r}", out.pattern)
         self.findings[name] = out
+        self.finding_value_sets[name] = set(out.value_sets)
         return out
 
     def _check_size(self, loc: Loc, what: str, pattern: Any) -> None:
@@ -389,20 +471,29 @@ class _Compiler:
         out.pattern = {"$and": [{"kind": out.scope}, hooks, cond]}
         self._check_size((*loc, "when"), f"rule {rule.id!r}", cond)
         self._check_card(loc, rule)
+        if rule.show == "when-suppressing" and not rule.suppresses:
+            self.fail(
+                "pack-show-never",
+                (*loc, "show"),
+                f"rule {rule.id!r} shows only when it suppresses, but suppresses nothing",
+                "add suppresses: [recommendation], or remove show:",
+            )
         return out
+
+    def _text(self, loc: Loc, text: str) -> None:
+        for problem in check_placeholders(text, self.pack):
+            self.fail(
+                "pack-unknown-placeholder",
+                loc,
+                problem,
+                "placeholders: {side}, {value:METRIC}, {change:METRIC}, {norm:METRIC}, "
+                "{threshold:NAME}, {plan:PLAN}, {age}, {quality}, {findings}, {diagnoses}",
+            )
 
     def _check_card(self, loc: Loc, rule: Rule) -> None:
         card = (*loc, "card")
-        names = set(self.pack.thresholds)
         for part in ("summary", "detail"):
-            for problem in check_placeholders(getattr(rule.card, part), names):
-                self.fail(
-                    "pack-unknown-placeholder",
-                    (*card, part),
-                    problem,
-                    "placeholders: {side}, {value:METRIC}, {change:METRIC}, {threshold:NAME}, "
-                    "{age}, {quality}",
-                )
+            self._text((*card, part), getattr(rule.card, part))
         if len(rule.card.summary) >= SUMMARY_LIMIT:
             self.fail(
                 "pack-summary-too-long",
@@ -418,32 +509,108 @@ class _Compiler:
                 f"rule {rule.id!r} cites no evidence",
                 "add source.url with the DOI (https://doi.org/...) or URL of the evidence",
             )
+        for i, ev in enumerate(rule.card.evidence):
+            for j, vs in enumerate(ev.diagnoses):
+                if vs not in self.pack.value_sets:
+                    self.fail(
+                        "pack-unknown-value-set",
+                        (*card, "evidence", i, "diagnoses", j),
+                        f"value set {vs!r} is not defined",
+                        did_you_mean(vs, self.pack.value_sets) or "define it under value_sets:",
+                    )
         for i, s in enumerate(rule.card.suggestions):
             for j, a in enumerate(s.actions):
-                for plan in a.plans:
-                    self._plan((*card, "suggestions", i, "actions", j, "plans"), plan)
+                self._suggested_plan((*card, "suggestions", i, "actions", j, "plan"), a.plan)
+
+    def _suggested_plan(self, loc: Loc, plan: str) -> None:
+        self._plan(loc, plan)
+        if plan_display(plan) is not None and plan not in self.pack.plans:
+            self.fail(
+                "pack-undefined-plan",
+                loc,
+                f"plan {plan!r} is suggested but not defined under plans:",
+                "add it under plans: with its summary, instruction, timing and performer",
+            )
+
+    def check_plans(self) -> None:
+        for code, plan in self.pack.plans.items():
+            self._plan(("plans", code), code)
+            self._text(("plans", code, "instruction"), plan.instruction)
+            self._text(("plans", code, "summary"), plan.summary)
+
+    def value_sets(self) -> dict[str, ValueSet]:
+        return {
+            name: ValueSet(
+                name,
+                vs.title,
+                tuple(
+                    DiagnosisCode(c.system, c.code, c.match == "prefix", c.laterality)
+                    for c in vs.codes
+                ),
+            )
+            for name, vs in self.pack.value_sets.items()
+        }
+
+    def norms(self) -> dict[str, Norm]:
+        out: dict[str, Norm] = {}
+        for code, n in self.pack.norms.items():
+            loc: Loc = ("norms", code)
+            m = self._known_metric(loc, code)
+            if m is None:
+                continue
+            try:
+                dim = dimension_of(n.unit, m.dimensions)
+            except UnitError as exc:
+                self.fail("pack-unit-mismatch", (*loc, "unit"), f"norm for {code!r}: {exc}")
+                continue
+            out[code] = Norm(
+                metric=code,
+                test=n.test,
+                unit=n.unit,
+                dimension=dim,
+                intercept=n.intercept,
+                per_year=n.per_year_of_age,
+                male=n.male,
+                sd=n.sd,
+                sexes=tuple(n.sexes),
+                min_age=n.ages.from_,
+                max_age=n.ages.to,
+                source=n.citation.split(";")[0].strip(),
+            )
+        return out
+
+    def smallest_detectable_difference(self, out: Compiled) -> dict[str, float]:
+        limits: dict[str, float] = {}
+        for code, name in self.pack.quality.smallest_detectable_difference.items():
+            loc: Loc = ("quality", "smallest_detectable_difference", code)
+            m = self._known_metric(loc, code)
+            t = self.pack.thresholds.get(name)
+            if m is None:
+                continue
+            value = self._threshold(loc, name, m.dimensions, out)
+            if t is not None and name in out.thresholds:
+                limits[m.field_for(dimension_of(t.unit, m.dimensions))] = value
+        return limits
 
     def policy(self) -> FactPolicy:
         out = Compiled(scope="patient", pattern={})
-        min_strides = self._threshold(
-            ("quality", "min_strides"), self.pack.quality.min_strides, ("count",), out
-        )
-        max_age = self._threshold(("quality", "max_age"), self.pack.quality.max_age, ("days",), out)
-        in_care = self.pack.quality.max_age_in_care
-        max_age_in_care = (
-            None
-            if in_care is None
-            else self._threshold(("quality", "max_age_in_care"), in_care, ("days",), out)
-        )
-        diagnoses = {
-            name: tuple(DiagnosisCode(c.system, c.code, c.match == "prefix") for c in codes)
-            for name, codes in self.pack.value_sets.items()
-        }
+        q = self.pack.quality
+        min_strides = self._threshold(("quality", "min_strides"), q.min_strides, ("count",), out)
+        max_age = self._threshold(("quality", "max_age"), q.max_age, ("days",), out)
+
+        def days(key: str, name: str | None) -> float | None:
+            return None if name is None else self._threshold(("quality", key), name, ("days",), out)
+
+        window = days("session_window", q.session_window)
         return FactPolicy(
             min_strides=min_strides,
             max_age_days=max_age,
-            max_age_in_care_days=max_age_in_care,
-            diagnoses=diagnoses,
+            max_age_in_care_days=days("max_age_in_care", q.max_age_in_care),
+            session_window_days=window if window is not None else FactPolicy.session_window_days,
+            gait_mode_missing=q.gait_mode_missing,
+            smallest_detectable_difference=self.smallest_detectable_difference(out),
+            value_sets=self.value_sets(),
+            norms=self.norms(),
         )
 
     def check_attachments(self) -> None:
@@ -480,6 +647,7 @@ class _Compiler:
 
 
 _INVALID: dict[str, Any] = {"$ex": {"__invalid__": 1}}
+_INVALID_UNIT = "\x00invalid"
 
 
 def _path(loc: Loc) -> str:
@@ -510,6 +678,15 @@ def _compare(fld: str, op: str, value: float, neg: bool) -> Any:
     return {"$or": [{_OPS[_NEGATED[op]]: {fld: value}}, {"$nex": {fld: 1}}]}
 
 
+def _all(parts: list[Any], neg: bool) -> Any:
+    """Every part holds (parts already negated when ``neg``: then any fails)."""
+    return _join("$or" if neg else "$and", parts)
+
+
+def _any(parts: list[Any], neg: bool) -> Any:
+    return _join("$and" if neg else "$or", parts)
+
+
 def _flag(fld: str, neg: bool, out: Compiled) -> Any:
     out.fields.add(fld)
     return {"$nex": {fld: 1}} if neg else {fld: 1}
@@ -533,6 +710,7 @@ def compile_pack(pack: Pack, source_bytes: bytes) -> CompiledPack:
     policy = compiler.policy()
     compiler.check_attachments()
     compiler.check_data_use()
+    compiler.check_plans()
     if compiler.problems:
         raise PackError(
             f"rule pack {pack.id!r} has {len(compiler.problems)} problem(s)",
@@ -541,4 +719,11 @@ def compile_pack(pack: Pack, source_bytes: bytes) -> CompiledPack:
     rules.sort(key=lambda r: (r.priority, r.engine_id))
     digest = hashlib.sha256(source_bytes).hexdigest()
     findings = sorted(compiler.findings.values(), key=lambda f: f.name)
-    return CompiledPack(pack=pack, sha256=digest, rules=rules, policy=policy, findings=findings)
+    return CompiledPack(
+        pack=pack,
+        sha256=digest,
+        rules=rules,
+        policy=policy,
+        findings=findings,
+        finding_value_sets=compiler.finding_value_sets,
+    )

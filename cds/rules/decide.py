@@ -24,6 +24,8 @@ class FiredRule:
     thresholds: list[dict[str, Any]]
     card_uuid: str | None = None
     suppressed_by: str | None = None
+    #: for a rule that suppresses others: the rules whose cards it held back
+    held_back: list[str] = field(default_factory=list)
     #: for a rule that adds its text to other cards: the uuids of those cards
     attached_to: list[str] = field(default_factory=list)
 
@@ -87,7 +89,7 @@ def _cross_check(
         (f.engine_id, i)
         for f in pack.findings
         for i, fact in enumerate(stamped)
-        if holds(pack.pack, pack.pack.findings[f.name], fact)
+        if holds(pack.pack, pack.pack.findings[f.name].when, fact)
     }
     _disagree("findings", findings, {(f.rule_id, f.index) for f in result.findings})
     rules = [(r.rule.id, r.scope, list(r.rule.hooks), r.rule.when) for r in pack.rules]
@@ -113,8 +115,31 @@ def _fired_rule(
     )
 
 
+def _suppress(pack: CompiledPack, fired: dict[str, FiredRule]) -> None:
+    """Each fired rule's card is held back by the first fired rule that suppresses its category."""
+    for rid, record in fired.items():
+        for blocker in fired:
+            if blocker != rid and record.category in pack.rule(blocker).rule.suppresses:
+                record.suppressed_by = record.suppressed_by or blocker
+                if not pack.rule(rid).rule.attach_to:
+                    fired[blocker].held_back.append(rid)
+
+
+def _shows(pack: CompiledPack, record: FiredRule) -> bool:
+    rule = pack.rule(record.rule_id).rule
+    if rule.attach_to or record.suppressed_by:
+        return False
+    return rule.show == "always" or bool(record.held_back)
+
+
 def decide(
-    pack: CompiledPack, engine: RuleEngine, facts: FactSet, *, hook: str, patient_id: str
+    pack: CompiledPack,
+    engine: RuleEngine,
+    facts: FactSet,
+    *,
+    hook: str,
+    patient_id: str,
+    trace_url: str | None = None,
 ) -> Decision:
     """Evaluate ``pack`` on ``facts`` for ``hook`` and build the cards."""
     stamped = [{**f, "hook": hook, "n": i} for i, f in enumerate(facts.all_facts())]
@@ -122,25 +147,24 @@ def decide(
     decision = Decision(pack=pack, unmatched_facts=result.unmatched)
     deciding = _cross_check(pack, stamped, result, hook)
     grouped = _group(pack, result.firings)
-    suppressors: dict[str, str] = {
-        cat: rid for rid in grouped for cat in pack.rule(rid).rule.suppresses
-    }
     fired = {rid: _fired_rule(pack.rule(rid), m, deciding[rid]) for rid, m in grouped.items()}
-    for rid, record in fired.items():
-        blocker = suppressors.get(record.category)
-        if blocker is not None and blocker != rid:
-            record.suppressed_by = blocker
-    ctx = CardContext(pack=pack, patient_id=patient_id)
+    _suppress(pack, fired)
+    ctx = CardContext(pack=pack, patient_id=patient_id, facts=facts, trace_url=trace_url)
+    attached_once: set[str] = set()
     for rule_id, matched in grouped.items():
-        compiled = pack.rule(rule_id)
-        if compiled.rule.attach_to or fired[rule_id].suppressed_by:
+        if not _shows(pack, fired[rule_id]):
             continue
         extras = [
             rid
             for rid in grouped
             if rule_id in pack.rule(rid).rule.attach_to and not fired[rid].suppressed_by
         ]
-        attachments = [Attachment(pack.rule(rid), grouped[rid]) for rid in extras]
+        attachments = [
+            Attachment(pack.rule(rid), grouped[rid], show_text=rid not in attached_once)
+            for rid in extras
+        ]
+        attached_once.update(extras)
+        compiled = pack.rule(rule_id)
         card = build_card(compiled, matched, ctx, deciding[rule_id].thresholds, attachments)
         fired[rule_id].card_uuid = card["uuid"]
         for rid in extras:

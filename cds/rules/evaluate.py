@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cds.fhir.codes import metric
-from cds.fhir.facts import diagnosis_field, order_field
+from cds.fhir.fields import (
+    AGE,
+    AGE_UNKNOWN,
+    diagnosis_field,
+    order_days_field,
+    order_field,
+    present_field,
+    quality_field,
+    sex_field,
+)
 from cds.fhir.units import convert
 from cds.rules.compile import resolve_metric_fields
 from cds.rules.pack import (
@@ -64,45 +73,75 @@ def _metric(pack: Pack, c: MetricCondition, fact: dict[str, Any]) -> tuple[bool,
     m = metric(c.metric)
     assert m is not None
     if c.present is not None:
-        return (fact.get(f"{m.field}__present") == 1) == c.present, None
+        return (fact.get(present_field(m)) == 1) == c.present, None
     if c.is_ is not None:
         return fact.get(m.field) == c.is_, None
     comparison = c.comparison
     assert comparison is not None
     op, name = comparison
-    t = pack.thresholds[name]
     if c.measure == "lsi":
         return _compare(pack, fact, resolve_metric_fields(c, None), op, name, ("fraction",)), name
-    fields = resolve_metric_fields(c, t.unit)
+    if c.measure == "norm":
+        fields = resolve_metric_fields(c, pack.norms[c.metric].unit)
+        return _compare(pack, fact, fields, op, name, ("sd",)), name
+    fields = resolve_metric_fields(c, pack.thresholds[name].unit)
     return _compare(pack, fact, fields, op, name, m.dimensions), name
 
 
-def _dated(
-    pack: Pack, fact: dict[str, Any], fld: str, op: str, limit: str | None
-) -> tuple[bool, str | None]:
-    if fact.get(fld) != 1:
-        return False, None
-    if limit is None:
-        return True, None
-    return _compare(pack, fact, [f"{fld}__days"], op, limit, ("days",)), limit
+def _within(pack: Pack, fact: dict[str, Any], fld: str, limit: str) -> bool:
+    return _compare(pack, fact, [fld], "at_most", limit, ("days",))
+
+
+def _diagnosis(pack: Pack, c: DiagnosisCondition, fact: dict[str, Any]) -> bool:
+    def has(part: Any) -> bool:
+        return fact.get(diagnosis_field(c.diagnosis, part)) == 1
+
+    def within(part: Any) -> bool:
+        assert c.within is not None
+        return _within(pack, fact, diagnosis_field(c.diagnosis, part), c.within)
+
+    if c.certainty == "possible":
+        if c.within is None:
+            return has("possible")
+        return (has("possible") and within("possible_days")) or within("undated_days")
+    if not has(""):
+        return False
+    if c.within is not None and not within("days"):
+        return False
+    part = {"this": "here", "other": "there", "unknown": "unsided"}.get(c.side)
+    return part is None or has(part)
+
+
+def _order(pack: Pack, c: OrderCondition, fact: dict[str, Any]) -> bool:
+    if fact.get(order_field(c.order, c.state)) != 1:
+        return False
+    if c.older_than is None:
+        return True
+    started = order_days_field(c.order, c.state)
+    return _compare(pack, fact, [started], "at_least", c.older_than, ("days",))
 
 
 def _atom(pack: Pack, c: Condition, fact: dict[str, Any]) -> tuple[bool, str | None]:
     if isinstance(c, MetricCondition):
         return _metric(pack, c, fact)
     if isinstance(c, AgeCondition):
+        if c.age == "unknown":
+            return fact.get(AGE_UNKNOWN) == 1, None
         comparison = c.age.comparison
         assert comparison is not None
         op, name = comparison
-        return _compare(pack, fact, ["age_years"], op, name, ("years",)), name
+        return _compare(pack, fact, [AGE], op, name, ("years",)), name
     if isinstance(c, SexCondition):
-        return fact.get(f"sex_{c.sex}") == 1, None
+        return fact.get(sex_field(c.sex)) == 1, None
     if isinstance(c, DiagnosisCondition):
-        return _dated(pack, fact, diagnosis_field(c.diagnosis), "at_most", c.within)
+        # the window decided only if a record was there to be dated
+        dated = c.within if _diagnosis(pack, c.model_copy(update={"within": None}), fact) else None
+        return _diagnosis(pack, c, fact), dated
     if isinstance(c, OrderCondition):
-        return _dated(pack, fact, order_field(c.order, c.state), "at_least", c.older_than)
+        ordered = fact.get(order_field(c.order, c.state)) == 1
+        return _order(pack, c, fact), c.older_than if ordered else None
     if isinstance(c, QualityCondition):
-        value = fact.get(f"q_{c.quality}")
+        value = fact.get(quality_field(c.quality))
         return isinstance(value, int) and value > 0, None
     raise TypeError(type(c))
 
@@ -118,7 +157,7 @@ def holds(
     if isinstance(cond, NotOf):
         return not holds(pack, cond.not_, fact, why, not negated)
     if isinstance(cond, FindingCondition):
-        return holds(pack, pack.findings[cond.finding], fact, why, negated)
+        return holds(pack, pack.findings[cond.finding].when, fact, why, negated)
     if isinstance(cond, AllOf | AnyOf):
         items = cond.all if isinstance(cond, AllOf) else cond.any
         results = [holds(pack, c, fact, why, negated) for c in items]

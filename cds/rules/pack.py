@@ -16,20 +16,27 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = [
     "HOOKS",
+    "QUALITY_KINDS",
     "AllOf",
     "AnyOf",
     "CardTemplate",
     "Condition",
+    "Finding",
+    "NormDef",
     "NotOf",
     "Pack",
+    "PlanDef",
     "Rule",
     "SourceAttributes",
     "Threshold",
+    "ValueSetDef",
 ]
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 Hook = Literal["patient-view", "order-select", "order-sign"]
-Category = Literal["quality", "safety", "recommendation", "info"]
+#: quality: inputs; safety: red flags and exclusions; check: what must be confirmed
+#: before a plan; recommendation: plans; info: everything else
+Category = Literal["quality", "safety", "check", "recommendation", "info"]
 _NAME = r"^[a-z][a-z0-9_-]*$"
 Name = Annotated[str, Field(pattern=_NAME)]
 
@@ -71,7 +78,8 @@ class _Compare(_Model):
 
 class MetricCondition(_Compare):
     metric: str
-    measure: Literal["value", "lsi", "asymmetry", "change", "increase"] = "value"
+    #: norm: standard deviations from the pack's norm for the metric (where it fits)
+    measure: Literal["value", "lsi", "asymmetry", "change", "increase", "norm"] = "value"
     is_: str | None = Field(default=None, alias="is")
     present: bool | None = None
 
@@ -88,24 +96,37 @@ class MetricCondition(_Compare):
 
 
 class AgeCondition(_Model):
-    age: _Compare
+    #: a comparison, or ``unknown`` (no exact birth date, or no readable Patient)
+    age: _Compare | Literal["unknown"]
 
     @model_validator(mode="after")
     def _one_test(self) -> AgeCondition:
-        if self.age.comparison is None:
-            raise ValueError("age needs one of at_least, above, below, at_most")
+        if self.age != "unknown" and self.age.comparison is None:
+            raise ValueError("age needs one of at_least, above, below, at_most, or unknown")
         return self
 
 
 class DiagnosisCondition(_Model):
     diagnosis: Name
-    #: only a diagnosis whose onset (or recording) is at most this threshold ago
+    #: only a diagnosis whose onset is at most this threshold ago
     within: Name | None = None
+    #: confirmed: an active, confirmed record (with a recorded onset if ``within``);
+    #: possible: a record that is not confirmed, or whose onset is needed and missing
+    certainty: Literal["confirmed", "possible"] = "confirmed"
+    #: this/other: a confirmed record whose laterality names this side (or the other);
+    #: unknown: one without laterality
+    side: Literal["any", "this", "other", "unknown"] = "any"
+
+    @model_validator(mode="after")
+    def _side_needs_confirmed(self) -> DiagnosisCondition:
+        if self.side != "any" and self.certainty != "confirmed":
+            raise ValueError("side applies to confirmed diagnoses only")
+        return self
 
 
 class OrderCondition(_Model):
     order: str
-    state: Literal["any", "draft", "active", "completed"] = "any"
+    state: Literal["any", "draft", "active", "on-hold", "completed"] = "any"
     #: only an order started at least this threshold ago
     older_than: Name | None = None
 
@@ -114,8 +135,24 @@ class SexCondition(_Model):
     sex: Literal["female", "male", "other", "unknown"]
 
 
+QualityKind = Literal[
+    "low_strides",
+    "stale",
+    "excluded",
+    "unreadable",
+    "unnormalised",
+    "walking",
+    "gait_mode_unknown",
+    "trials_disagree",
+    "conditions_unreadable",
+    "patient_missing",
+    "norm_unfit",
+]
+QUALITY_KINDS: tuple[str, ...] = QualityKind.__args__  # type: ignore[attr-defined]
+
+
 class QualityCondition(_Model):
-    quality: Literal["low_strides", "stale", "excluded", "unreadable", "unnormalised"]
+    quality: QualityKind
 
 
 class FindingCondition(_Model):
@@ -151,6 +188,11 @@ Condition = (
 class Evidence(_Model):
     strength: Literal["A", "B", "C", "D"]
     label: str = Field(min_length=1)
+    #: what the grade is for (e.g. "gait retraining"), when a card carries several
+    for_: str | None = Field(default=None, alias="for")
+    #: value sets this grade is specific to; a grade without them is shown for a
+    #: recommendation only when no grade specific to the patient's diagnoses is
+    diagnoses: list[Name] = Field(default_factory=list)
 
 
 class Source(_Model):
@@ -165,9 +207,10 @@ class OverrideReason(_Model):
 
 
 class ActionTemplate(_Model):
-    resource: Literal["ServiceRequest", "CarePlan"]
-    plans: list[str] = Field(min_length=1)
-    description: str = Field(min_length=1)
+    #: a plan defined under ``plans:``; its resource, timing and instruction come from there
+    plan: str
+    #: the action's description (default: the plan's summary)
+    description: str | None = None
 
 
 class SuggestionTemplate(_Model):
@@ -185,12 +228,18 @@ class CardTemplate(_Model):
     indicator: Literal["info", "warning", "critical"]
     summary: str = Field(min_length=1)
     detail: str = Field(min_length=1)
-    evidence: Evidence
+    #: one grade, or one per recommendation and diagnosis
+    evidence: list[Evidence] = Field(min_length=1)
     source: Source
     suggestions: list[SuggestionTemplate] = Field(default_factory=list)
     selection: Literal["any", "at-most-one"] = "any"
     override_reasons: list[OverrideReason] = Field(default_factory=list)
     links: list[LinkTemplate] = Field(default_factory=list)
+
+    @field_validator("evidence", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _at_most_one_recommended(self) -> CardTemplate:
@@ -207,6 +256,8 @@ class Rule(_Model):
     category: Category
     priority: int = Field(default=50, ge=0, le=1000)
     suppresses: list[Category] = Field(default_factory=list)
+    #: when-suppressing: the card shows only while it holds back another rule's card
+    show: Literal["always", "when-suppressing"] = "always"
     #: no card of its own: the text is added to these rules' cards when they fire
     attach_to: list[Name] = Field(default_factory=list)
     #: when attached, lower the evidence strength of the target cards one level
@@ -219,7 +270,74 @@ class DiagnosisCode(_Model):
     system: str
     code: str
     match: Literal["exact", "prefix"] = "exact"
+    #: 1-based position (dot not counted) of the ICD-10-CM laterality character
+    laterality: int | None = Field(default=None, ge=4, le=7)
+    #: checked against an edition of the code system (false: verify before use)
+    verified: bool = False
     note: str | None = None
+
+
+class ValueSetDef(_Model):
+    title: str = Field(min_length=1)
+    codes: list[DiagnosisCode] = Field(min_length=1)
+
+
+class Finding(_Model):
+    """A named condition; with ``says``, a line a card can list with ``{findings}``."""
+
+    when: Condition
+    says: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_condition(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "when" not in value:
+            return {"when": value}
+        return value
+
+
+class NormAges(_Model):
+    from_: float = Field(alias="from", ge=0)
+    to: float = Field(gt=0)
+
+
+class NormDef(_Model):
+    """``mean = intercept + per_year_of_age x age + male x (1 for men)``, spread ``sd``."""
+
+    test: Literal["isometric", "eccentric"]
+    unit: str
+    intercept: float
+    per_year_of_age: float = 0.0
+    male: float = 0.0
+    sd: float = Field(gt=0)
+    sexes: list[Literal["female", "male"]] = Field(min_length=1)
+    ages: NormAges
+    provenance: Literal["evidence", "research", "placeholder"]
+    citation: str = Field(min_length=1)
+
+
+class Timing(_Model):
+    """``count`` sessions, ``frequency`` per ``period`` ``period_unit``."""
+
+    count: int = Field(ge=1)
+    frequency: int = Field(ge=1)
+    period: float = Field(gt=0)
+    period_unit: Literal["d", "wk", "mo"]
+
+
+class PlanDef(_Model):
+    """How a plan is suggested: always the same resource, wherever a card suggests it."""
+
+    resource: Literal["ServiceRequest", "CarePlan"] = "ServiceRequest"
+    #: one line for the card and the suggestion's description
+    summary: str = Field(min_length=1)
+    #: the patient instruction of the suggested resource (placeholders allowed)
+    instruction: str = Field(min_length=1)
+    timing: Timing | None = None
+    performer: Literal["physiotherapist"] | None = None
+    #: the suggestion names the side(s) it targets (bodySite, in this body region)
+    sided: bool = False
+    region: Literal["hip", "knee"] = "hip"
 
 
 class Effective(_Model):
@@ -232,6 +350,13 @@ class QualityGates(_Model):
     max_age: Name
     #: a shorter freshness window while an order is active
     max_age_in_care: Name | None = None
+    #: captures of one metric and side this close together are trials of one session
+    session_window: Name | None = None
+    #: a run-form value without a gait mode: ask for one, or take it as running
+    gait_mode_missing: Literal["ask", "running"] = "ask"
+    #: per metric: repeat trials of a session agree when they differ by at most this,
+    #: and a change between visits smaller than this is "no detectable change"
+    smallest_detectable_difference: dict[str, Name] = Field(default_factory=dict)
 
 
 class DataUse(_Model):
@@ -277,8 +402,10 @@ class Pack(_Model):
     source_attributes: SourceAttributes
     quality: QualityGates
     thresholds: dict[Name, Threshold]
-    value_sets: dict[Name, list[DiagnosisCode]] = Field(default_factory=dict)
-    findings: dict[Name, Condition] = Field(default_factory=dict)
+    value_sets: dict[Name, ValueSetDef] = Field(default_factory=dict)
+    findings: dict[Name, Finding] = Field(default_factory=dict)
+    norms: dict[str, NormDef] = Field(default_factory=dict)
+    plans: dict[str, PlanDef] = Field(default_factory=dict)
     rules: list[Rule] = Field(min_length=1)
 
     @field_validator("version")

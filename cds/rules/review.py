@@ -36,13 +36,25 @@ _MEASURES = {
     "asymmetry": "{m} minus the other side's",
     "change": "the change in {m} since the previous capture",
     "increase": "the rise in {m} since the previous capture",
+    "norm": "{m} in standard deviations from its norm",
 }
 _QUALITY = {
     "low_strides": "some run-form values were measured over too few strides",
     "stale": "some measurements are older than the freshness window",
-    "excluded": "some Observations were left out (no value, unit or side)",
+    "excluded": "some Observations were left out (no value, unit, side, view or frame rate)",
     "unreadable": "some resources could not be read",
     "unnormalised": "hip strength was recorded without body mass",
+    "walking": "a run-form capture was of walking, not running",
+    "gait_mode_unknown": "a run-form capture does not say whether it was walking or running",
+    "trials_disagree": "repeat trials of one session disagree",
+    "conditions_unreadable": "some Conditions (the problem list) could not be read",
+    "patient_missing": "the Patient record was not available or could not be read",
+    "norm_unfit": "a strength norm does not fit this patient or test",
+}
+_SIDES = {
+    "this": ", on this side",
+    "other": ", on the other side only",
+    "unknown": ", with no side recorded",
 }
 _ARTICLE = {"info": "an info card", "warning": "a warning", "critical": "a critical alert"}
 
@@ -72,14 +84,15 @@ def _atom(pack: Pack, c: Condition) -> str:
     if isinstance(c, MetricCondition):
         return _metric(pack, c)
     if isinstance(c, AgeCondition):
+        if c.age == "unknown":
+            return "the patient's exact age is not known"
         comparison = c.age.comparison
         assert comparison is not None
         return f"the patient's age {_OPS[comparison[0]]} {_threshold(pack, comparison[1])}"
     if isinstance(c, SexCondition):
         return f"the patient's recorded sex is {c.sex}"
     if isinstance(c, DiagnosisCondition):
-        text = f"an active diagnosis from the value set {c.diagnosis!r}"
-        return text + (f", begun within {_threshold(pack, c.within)}" if c.within else "")
+        return _diagnosis(pack, c)
     if isinstance(c, OrderCondition):
         state = "" if c.state == "any" else f"{c.state} "
         text = f"a {state}order for {plan_display(c.order) or c.order}"
@@ -89,6 +102,22 @@ def _atom(pack: Pack, c: Condition) -> str:
     if isinstance(c, QualityCondition):
         return _QUALITY[c.quality]
     raise TypeError(type(c))
+
+
+def _diagnosis(pack: Pack, c: DiagnosisCondition) -> str:
+    vs = pack.value_sets.get(c.diagnosis)
+    name = f"{vs.title} ({c.diagnosis})" if vs else repr(c.diagnosis)
+    if c.certainty == "possible":
+        text = f"a possible {name}: recorded but not confirmed"
+        if c.within:
+            text += ", or confirmed without an onset date, that may have begun within " + (
+                _threshold(pack, c.within)
+            )
+        return text
+    text = f"a confirmed, active {name}"
+    if c.within:
+        text += f", begun within {_threshold(pack, c.within)}"
+    return text + _SIDES.get(c.side, "")
 
 
 def _lines(pack: Pack, c: Condition, depth: int, negated: bool = False) -> list[str]:
@@ -111,7 +140,7 @@ def _lines(pack: Pack, c: Condition, depth: int, negated: bool = False) -> list[
         sub = pack.findings.get(c.finding)
         if sub is None:
             return [head + " (undefined finding)"]
-        return [head + ", that is:", *_lines(pack, sub, depth + 1)]
+        return [head + ", that is:", *_lines(pack, sub.when, depth + 1)]
     return [f"{pad}- {'NOT: ' if negated else ''}{_atom(pack, c)}"]
 
 
@@ -127,14 +156,19 @@ def explain_rule(pack: Pack, rule: Rule) -> str:
         lines.append(f"  show {_ARTICLE[card.indicator]}:")
     lines.append(f'    "{card.summary}"')
     for s in card.suggestions:
-        plans = ", ".join(plan_display(p) or p for a in s.actions for p in a.plans)
+        plans = ", ".join(plan_display(a.plan) or a.plan for a in s.actions)
         lines.append(f"  suggesting: {s.label} ({plans})")
-    lines.append(f"  Evidence strength {card.evidence.strength}: {card.evidence.label}")
+    for ev in card.evidence:
+        scope = f" for {ev.for_}" if ev.for_ else ""
+        scope += f" (only with {', '.join(ev.diagnoses)})" if ev.diagnoses else ""
+        lines.append(f"  Evidence strength {ev.strength}{scope}: {ev.label}")
     lines.append(
         f"  Source: {card.source.label}" + (f" <{card.source.url}>" if card.source.url else "")
     )
     if rule.suppresses:
         lines.append(f"  While it shows, no {' or '.join(rule.suppresses)} cards are shown.")
+    if rule.show == "when-suppressing":
+        lines.append("  Its card shows only while it holds back another rule's card.")
     if rule.lower_evidence:
         lines.append("  It lowers the evidence strength of those cards by one level.")
     return "\n".join(lines)
@@ -165,7 +199,9 @@ def _text_diff(label: str, old: str, new: str) -> list[str]:
 def _rule_changes(old: Rule, new: Rule) -> list[str]:
     out: list[str] = []
     a, b = _dump(old), _dump(new)
-    for key in ("title", "description", "hooks", "category", "priority", "suppresses", "attach_to"):
+    for key in (
+        "title", "description", "hooks", "category", "priority", "suppresses", "show", "attach_to",
+    ):  # fmt: skip
         if a.get(key) != b.get(key):
             out.append(f"    {key}: {a.get(key)!r} -> {b.get(key)!r}")
     if a["when"] != b["when"]:
@@ -222,6 +258,8 @@ def diff_packs(old: Pack, new: Pack) -> list[str]:
         out += ["Thresholds:", *thresholds]
     sets = _named_changes("value set", old.value_sets, new.value_sets)
     sets += _named_changes("finding", old.findings, new.findings)
+    sets += _named_changes("norm", old.norms, new.norms)
+    sets += _named_changes("plan", old.plans, new.plans)
     if sets:
         out += ["Value sets and findings:", *sets]
     old_rules, new_rules = {r.id: r for r in old.rules}, {r.id: r for r in new.rules}

@@ -18,10 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cds.errors import CdsError
 from cds.examples import condition, patient, plan_order
-from cds.fhir.codes import Side, metric, metrics, plan_display
+from cds.fhir.codes import SNOMED_SYSTEM, Side, metric, metrics, plan_display
 from cds.fhir.facts import ClinicalData, build_facts
-from cds.fhir.observations import metric_observation
-from cds.fhir.parse import CarePlan, Condition, Observation, Patient, ServiceRequest, parse_entries
+from cds.fhir.observations import coded_component, metric_observation, quantity_component
+from cds.fhir.parse import (
+    CarePlan,
+    Condition,
+    Observation,
+    Patient,
+    ServiceRequest,
+    Unreadable,
+    parse_entries,
+)
 from cds.rules.compile import CompiledPack
 from cds.rules.decide import CardOutcome, decide
 from cds.rules.engine import RuleEngine
@@ -39,8 +47,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+GaitMode = Literal["running", "walking", "none"]
+
+
 class Capture(_Model):
-    """One measurement in full: when a scenario needs strides, units or an absent value."""
+    """One measurement in full: when a scenario needs strides, units, capture details,
+    an absent value, or a time within the day (repeat trials)."""
 
     metric: str
     side: Side | None = None
@@ -48,7 +60,16 @@ class Capture(_Model):
     unit: str | None = None
     strides: int | None = None
     days_ago: float = 3
+    #: overrides days_ago: for trials minutes or hours apart
+    hours_ago: float | None = None
     absent: str | None = None
+    #: run-form captures: walking, running or none (not recorded); default: the given's
+    gait_mode: GaitMode | None = None
+    view: Literal["posterior", "side"] | None = None
+    fps: float | None = None
+    visible_percent: float | None = None
+    #: strength tests: the dynamometry contraction type; default: the given's
+    test: Literal["isometric", "eccentric", "none"] | None = None
 
 
 class Earlier(_Model):
@@ -58,23 +79,46 @@ class Earlier(_Model):
 
 class Diagnosis(_Model):
     value_set: Name
+    #: onset this many days ago (none: no onset recorded)
     days_ago: float | None = None
+    #: recordedDate this many days ago
+    recorded_days_ago: float | None = None
+    status: Literal["confirmed", "provisional", "unconfirmed", "refuted", "no-status"] = "confirmed"
+    #: laterality (ICD-10-CM character when the value set's code has one, else bodySite)
+    side: Literal["left", "right", "both", "unspecified"] | None = None
+    #: the value set's code to use: its position in the list (default: the first)
+    code_index: int = 0
 
 
 class Order(_Model):
     plan: str
-    status: Literal["draft", "active", "completed"] = "active"
+    status: Literal["draft", "active", "on-hold", "completed"] = "active"
     days_ago: float | None = None
+    resource: Literal["ServiceRequest", "CarePlan"] = "ServiceRequest"
 
 
 class Given(_Model):
     base: Name | None = None
     age: int | None = None
+    #: with age: the next birthday is this many days away
+    birthday_in_days: int | None = None
+    #: a FHIR birth date as recorded, e.g. a partial "2008"
+    birth_date: str | None = None
+    #: the Patient resource: recorded, missing (prefetch null) or unreadable
+    patient: Literal["recorded", "missing", "unreadable"] = "recorded"
     sex: Literal["female", "male", "other", "unknown"] | None = None
     diagnoses: list[Name | Diagnosis] = Field(default_factory=list)
+    #: Conditions in the problem list that cannot be read
+    unreadable_conditions: int = 0
     measures: dict[str, Value | SideValues] = Field(default_factory=dict)
+    #: measures of the base to leave out (the metric was not recorded)
+    without: list[str] = Field(default_factory=list)
     strides: int = 12
     days_ago: float = 3
+    #: gait mode recorded with every run-form measure (none: not recorded)
+    gait_mode: GaitMode = "running"
+    #: contraction type recorded with every dynamometry measure (none: not recorded)
+    strength_test: Literal["isometric", "eccentric", "none"] = "eccentric"
     previous: Earlier | None = None
     captures: list[Capture] = Field(default_factory=list)
     orders: list[Order] = Field(default_factory=list)
@@ -82,7 +126,8 @@ class Given(_Model):
     def on(self, base: Given) -> Given:
         """This given on top of ``base``: fields set here win; measures merge."""
         merged = base.model_dump(exclude_unset=True) | self.model_dump(exclude_unset=True)
-        merged["measures"] = {**base.measures, **self.measures}
+        measures = {**base.measures, **self.measures}
+        merged["measures"] = {k: v for k, v in measures.items() if k not in self.without}
         merged["base"] = None
         return Given.model_validate(merged)
 
@@ -244,6 +289,10 @@ def check_scenarios(pack: CompiledPack, scenarios: ScenarioFile) -> list[PackPro
 # -- building FHIR from a scenario ---------------------------------------------------
 
 
+_SIDE_CHARS = {"right": "1", "left": "2", "both": "3", "unspecified": "9"}
+_SIDE_SITES = {"right": ["24028007"], "left": ["7771000"], "both": ["51440002"]}
+
+
 @dataclass
 class _Builder:
     pack: CompiledPack
@@ -264,32 +313,88 @@ class _Builder:
     def capture(self, cap: Capture) -> None:
         m = metric(cap.metric)
         assert m is not None
+        run_form = m.group == "run-form"
         strides = cap.strides
-        if strides is None and m.group == "run-form":
+        if strides is None and run_form:
             strides = self.given.strides
+        mode = cap.gait_mode or self.given.gait_mode
         value: Value = cap.value if cap.value is not None else 0.0
+        when = self.at(cap.days_ago if cap.hours_ago is None else cap.hours_ago / 24)
         obs = metric_observation(
             PATIENT_ID,
             cap.metric,
             value,
             cap.unit,
-            effective=self.at(cap.days_ago),
+            effective=when,
             side=cap.side,
             strides=strides,
+            gait_mode=mode if run_form and mode != "none" else None,
         )
+        obs.setdefault("component", []).extend(self._components(cap, m.group))
+        if not obs["component"]:
+            del obs["component"]
         if cap.absent is not None or cap.value is None:
             obs.pop("valueQuantity", None)
             obs.pop("valueCodeableConcept", None)
             obs["dataAbsentReason"] = {"text": cap.absent or "not measured"}
         self.resources.append(obs)
 
+    def _components(self, cap: Capture, group: str) -> list[dict[str, Any]]:
+        out = []
+        if cap.view is not None:
+            out.append(coded_component("capture-view", cap.view))
+        if cap.fps is not None:
+            out.append(quantity_component("frame-rate", cap.fps, "/s"))
+        if cap.visible_percent is not None:
+            out.append(quantity_component("visible-fraction", cap.visible_percent, "%"))
+        test = cap.test or self.given.strength_test
+        m = metric(cap.metric)
+        if m is not None and "torque_per_mass" in m.dimensions and test != "none":
+            out.append(coded_component("contraction-type", test))
+        return out
+
     def condition(self, dx: str | Diagnosis) -> dict[str, Any]:
         dx = Diagnosis(value_set=dx) if isinstance(dx, str) else dx
-        code = self.pack.pack.value_sets[dx.value_set][0]
+        codes = self.pack.pack.value_sets[dx.value_set].codes
+        code = codes[min(dx.code_index, len(codes) - 1)]
+        coded = code.code
+        sites: list[str] = []
+        if dx.side is not None and code.laterality is not None:
+            coded = _with_laterality(coded, code.laterality, _SIDE_CHARS[dx.side])
+        elif dx.side is not None:
+            sites = _SIDE_SITES.get(dx.side, [])
         since = None if dx.days_ago is None else self.at(dx.days_ago)
-        return condition(
-            PATIENT_ID, code.system, code.code, since=since, condition_id=f"dx-{dx.value_set}"
+        out = condition(
+            PATIENT_ID, code.system, coded, since=since, condition_id=f"dx-{dx.value_set}"
         )
+        if dx.recorded_days_ago is not None:
+            out["recordedDate"] = self.at(dx.recorded_days_ago).isoformat()
+        if dx.status == "no-status":
+            del out["clinicalStatus"]
+        elif dx.status != "confirmed":
+            out["verificationStatus"] = {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                        "code": dx.status,
+                    }
+                ]
+            }
+        if sites:
+            out["bodySite"] = [{"coding": [{"system": SNOMED_SYSTEM, "code": c}]} for c in sites]
+        return out
+
+    def person(self) -> Patient | None:
+        g = self.given
+        if g.patient != "recorded":
+            return None
+        raw = patient(PATIENT_ID, age_years=g.age, gender=g.sex)
+        if g.age is not None and g.birthday_in_days is not None:
+            birthday = (self.now + timedelta(days=g.birthday_in_days)).date()
+            raw["birthDate"] = birthday.replace(year=birthday.year - g.age - 1).isoformat()
+        if g.birth_date is not None:
+            raw["birthDate"] = g.birth_date
+        return Patient.model_validate(raw)
 
     def data(self) -> ClinicalData:
         for code, value in self.given.measures.items():
@@ -300,32 +405,55 @@ class _Builder:
         for cap in self.given.captures:
             self.capture(cap)
         observations, bad = parse_entries(self.resources, "scenario", Observation)
-        conditions, _ = parse_entries(
-            [self.condition(d) for d in self.given.diagnoses], "scenario", Condition
+        raw_conditions = [self.condition(d) for d in self.given.diagnoses]
+        raw_conditions += [{"resourceType": "Condition", "id": f"bad-{i}", "code": 5}
+                           for i in range(self.given.unreadable_conditions)]  # fmt: skip
+        conditions, bad_conditions = parse_entries(raw_conditions, "scenario", Condition)
+        if self.given.patient == "unreadable":
+            bad.append(Unreadable(resource_type="Patient", id=PATIENT_ID, source="scenario",
+                                  reason="birthDate: not a date"))  # fmt: skip
+        orders = [self._order(i, o) for i, o in enumerate(self.given.orders)]
+        requests, _ = parse_entries(
+            [o for o in orders if o["resourceType"] == "ServiceRequest"], "scenario", ServiceRequest
         )
-        orders = [
-            plan_order(
-                PATIENT_ID,
-                o.plan,
-                status=o.status,
-                started=None if o.days_ago is None else self.at(o.days_ago),
-                order_id=f"{o.status}-{o.plan}-{i}",
-            )
-            for i, o in enumerate(self.given.orders)
-        ]
-        parsed_orders, _ = parse_entries(orders, "scenario", ServiceRequest)
-        person = Patient.model_validate(
-            patient(PATIENT_ID, age_years=self.given.age, gender=self.given.sex)
+        plans, _ = parse_entries(
+            [o for o in orders if o["resourceType"] == "CarePlan"], "scenario", CarePlan
         )
-        drafts: list[ServiceRequest | CarePlan] = [o for o in parsed_orders if o.status == "draft"]
+        placed: list[ServiceRequest | CarePlan] = [*requests, *plans]
         return ClinicalData(
-            patient=person,
+            patient=self.person(),
             observations=observations,
             conditions=conditions,
-            draft_orders=drafts,
-            active_orders=[o for o in parsed_orders if o.status != "draft"],
-            unreadable=bad,
+            draft_orders=[o for o in placed if o.status == "draft"],
+            orders=[o for o in placed if o.status != "draft"],
+            unreadable=bad + bad_conditions,
         )
+
+    def _order(self, i: int, o: Order) -> dict[str, Any]:
+        started = None if o.days_ago is None else self.at(o.days_ago)
+        order_id = f"{o.status}-{o.plan}-{i}"
+        if o.resource == "ServiceRequest":
+            return plan_order(PATIENT_ID, o.plan, status=o.status, started=started,
+                              order_id=order_id)  # fmt: skip
+        out: dict[str, Any] = {
+            "resourceType": "CarePlan",
+            "id": order_id,
+            "status": o.status,
+            "intent": "plan",
+            "subject": {"reference": f"Patient/{PATIENT_ID}"},
+            "activity": [{"detail": {"status": "in-progress", "code": {"coding": [
+                {"system": "http://runform-cds.org/fhir/CodeSystem/plans", "code": o.plan}]}}}],
+        }  # fmt: skip
+        if started is not None:
+            out["period"] = {"start": started.isoformat()}
+        return out
+
+
+def _with_laterality(code: str, position: int, char: str) -> str:
+    """``code`` padded with X to ``position`` and given the laterality character there."""
+    compact = code.replace(".", "")
+    compact = (compact + "X" * position)[: position - 1] + char
+    return compact[:3] + "." + compact[3:]
 
 
 # -- running -----------------------------------------------------------------------------

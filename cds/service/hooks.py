@@ -30,11 +30,14 @@ PREFETCH: dict[str, str] = {
         f"&code={METRICS_SYSTEM}|&_sort=-date&_count=100"
     ),
     "conditions": "Condition?patient={{context.patientId}}&clinical-status=active",
-    "orders": "ServiceRequest?patient={{context.patientId}}&status=active",
+    # completed and paused programmes matter at follow-up: strengthening done,
+    # form unchanged -> add retraining, and never suggest a plan again
+    "orders": "ServiceRequest?patient={{context.patientId}}&status=active,on-hold,completed",
+    "careplans": "CarePlan?patient={{context.patientId}}&status=active,on-hold,completed",
 }
 #: keys the rules can do without: if they cannot be obtained, the call goes on
 #: and the trace records the gap
-OPTIONAL_PREFETCH = frozenset({"orders"})
+OPTIONAL_PREFETCH = frozenset({"orders", "careplans"})
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def _clinical_data(req: HookRequest, pre: Prefetched) -> ClinicalData:
         if isinstance(parsed, Patient):
             data.patient = parsed
         elif isinstance(parsed, Unreadable):
-            data.unreadable.append(parsed)
+            data.unreadable.append(parsed.model_copy(update={"expected": "Patient"}))
     data.observations, bad_obs = parse_entries(
         _search(pre.data.get("observations")), "prefetch.observations", Observation
     )
@@ -84,9 +84,9 @@ def _clinical_data(req: HookRequest, pre: Prefetched) -> ClinicalData:
         _search(pre.data.get("conditions")), "prefetch.conditions", Condition
     )
     data.unreadable += bad_obs + bad_cond
-    data.active_orders, _ = parse_entries(
-        _search(pre.data.get("orders")), "prefetch.orders", ServiceRequest
-    )
+    requests, _ = parse_entries(_search(pre.data.get("orders")), "prefetch.orders", ServiceRequest)
+    plans, _ = parse_entries(_search(pre.data.get("careplans")), "prefetch.careplans", CarePlan)
+    data.orders = [*requests, *plans]
     for i, raw in enumerate(_search(req.context.get("draftOrders"))):
         parsed = parse_resource(raw, f"context.draftOrders.entry[{i}]")
         if isinstance(parsed, ServiceRequest | CarePlan):
@@ -131,6 +131,7 @@ def _record_decisions(trace: dict[str, Any], facts: FactSet, decisions: list[Dec
         "excluded": [r.as_dict() for r in facts.excluded],
     }
     trace["facts"] = facts.all_facts()
+    trace["diagnoses"] = [d.as_trace() for d in facts.diagnoses]
     trace["rules_fired"] = [
         {"pack": d.pack.key, **f.as_trace()} for d in decisions for f in d.fired
     ]
@@ -163,7 +164,7 @@ async def run_call(rt: Runtime, svc: Service, req: HookRequest) -> dict[str, Any
         trace["notes"] = pre.notes
         data = _clinical_data(req, pre)
         # CPU-bound and short: a thread would add a hop and gain nothing under the GIL
-        decisions, facts = _evaluate(rt, packs, svc, req, data)
+        decisions, facts = _evaluate(rt, packs, svc, req, data, _trace_url(rt, trace))
         _record_decisions(trace, facts, decisions)
         cards = [c for d in decisions for c in d.cards]
         trace["outcome"] = {"status": 200}
@@ -176,13 +177,35 @@ async def run_call(rt: Runtime, svc: Service, req: HookRequest) -> dict[str, Any
     return {"cards": cards}
 
 
+def _trace_url(rt: Runtime, trace: dict[str, Any]) -> str | None:
+    """The viewer page of this call's trace, when the viewer is on."""
+    if not rt.settings.viewer.enabled:
+        return None
+    return f"{rt.settings.server.public_base}/audit/trace/{trace['trace_id']}"
+
+
 def _evaluate(
-    rt: Runtime, packs: list[CompiledPack], svc: Service, req: HookRequest, data: ClinicalData
+    rt: Runtime,
+    packs: list[CompiledPack],
+    svc: Service,
+    req: HookRequest,
+    data: ClinicalData,
+    trace_url: str | None,
 ) -> tuple[list[Decision], FactSet]:
     decisions = []
     facts: FactSet | None = None
+    limits = rt.settings.measures.capture_limits()
     for pack in packs:
-        facts = build_facts(data, pack.policy)
-        decisions.append(decide(pack, rt.engine, facts, hook=svc.hook, patient_id=req.patient_id))
+        facts = build_facts(data, pack.policy, limits=limits)
+        decisions.append(
+            decide(
+                pack,
+                rt.engine,
+                facts,
+                hook=svc.hook,
+                patient_id=req.patient_id,
+                trace_url=trace_url,
+            )
+        )
     assert facts is not None
     return decisions, facts
