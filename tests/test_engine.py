@@ -178,7 +178,7 @@ def test_engine_agrees_with_the_independent_evaluator_on_random_facts(
     assert fired_rules == expected  # every rule for the hook was exercised
 
 
-def test_cross_check_catches_an_engine_that_misses(
+def test_h35_cross_check_catches_an_engine_that_misses(
     core_pack: CompiledPack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = RuleEngine.evaluate

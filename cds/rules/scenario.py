@@ -31,12 +31,19 @@ from cds.fhir.parse import (
     parse_entries,
 )
 from cds.rules.compile import CompiledPack
-from cds.rules.decide import CardOutcome, decide
+from cds.rules.decide import CardOutcome, Decision, decide
 from cds.rules.engine import RuleEngine
 from cds.rules.pack import Hook, Name
 from cds.rules.problems import Loc, PackProblem, did_you_mean
 
-__all__ = ["Scenario", "ScenarioFile", "ScenarioResult", "check_scenarios", "run_scenarios"]
+__all__ = [
+    "Scenario",
+    "ScenarioFile",
+    "ScenarioResult",
+    "check_scenarios",
+    "decide_scenario",
+    "run_scenarios",
+]
 
 PATIENT_ID = "scenario-patient"
 Value = float | str
@@ -87,7 +94,7 @@ class Diagnosis(_Model):
     #: laterality (ICD-10-CM character when the value set's code has one, else bodySite)
     side: Literal["left", "right", "both", "unspecified"] | None = None
     #: the value set's code to use: its position in the list (default: the first)
-    code_index: int = 0
+    code_index: int = Field(default=0, ge=0)
 
 
 class Order(_Model):
@@ -212,15 +219,32 @@ def _check_given(pack: CompiledPack, given: Given, loc: Loc, out: list[PackProbl
     _check_measures(given.measures, (*loc, "measures"), out)
     if given.previous is not None:
         _check_measures(given.previous.measures, (*loc, "previous", "measures"), out)
+    for i, code in enumerate(given.without):
+        if metric(code) is None:
+            hint = did_you_mean(code, _metric_codes()) or "see docs/data-contract.md"
+            where = (*loc, "without", i)
+            message = f"unknown metric {code!r}"
+            out.append(PackProblem("pack-scenario-unknown-metric", where, message, hint))
     for i, dx in enumerate(given.diagnoses):
         name = dx if isinstance(dx, str) else dx.value_set
-        if name not in pack.pack.value_sets:
+        value_set = pack.pack.value_sets.get(name)
+        if value_set is None:
             out.append(
                 PackProblem(
                     "pack-scenario-unknown-value-set",
                     (*loc, "diagnoses", i),
                     f"value set {name!r} is not defined in the pack",
                     did_you_mean(name, pack.pack.value_sets) or "use a name from value_sets:",
+                )
+            )
+        elif isinstance(dx, Diagnosis) and dx.code_index >= len(value_set.codes):
+            out.append(
+                PackProblem(
+                    "pack-scenario-no-such-code",
+                    (*loc, "diagnoses", i, "code_index"),
+                    f"value set {name!r} has {len(value_set.codes)} codes; "
+                    f"code_index {dx.code_index} is past the end",
+                    "count from 0 in the value set's codes list",
                 )
             )
     for i, order in enumerate(given.orders):
@@ -356,7 +380,7 @@ class _Builder:
     def condition(self, dx: str | Diagnosis) -> dict[str, Any]:
         dx = Diagnosis(value_set=dx) if isinstance(dx, str) else dx
         codes = self.pack.pack.value_sets[dx.value_set].codes
-        code = codes[min(dx.code_index, len(codes) - 1)]
+        code = codes[dx.code_index]
         coded = code.code
         sites: list[str] = []
         if dx.side is not None and code.laterality is not None:
@@ -495,15 +519,21 @@ class ScenarioResult:
         return lines
 
 
+def decide_scenario(
+    pack: CompiledPack, file: ScenarioFile, scenario: Scenario, engine: RuleEngine
+) -> Decision:
+    """The scenario's patient as FHIR, through facts, engine, cross-check and cards."""
+    now = datetime.now(UTC)
+    data = _Builder(pack, file.resolved(scenario), now).data()
+    facts = build_facts(data, pack.policy, now=now)
+    return decide(pack, engine, facts, hook=scenario.hook, patient_id=PATIENT_ID)
+
+
 def run_scenario(
     pack: CompiledPack, file: ScenarioFile, scenario: Scenario, engine: RuleEngine
 ) -> ScenarioResult:
-    now = datetime.now(UTC)
-    given = file.resolved(scenario)
     try:
-        data = _Builder(pack, given, now).data()
-        facts = build_facts(data, pack.policy, now=now)
-        decision = decide(pack, engine, facts, hook=scenario.hook, patient_id=PATIENT_ID)
+        decision = decide_scenario(pack, file, scenario, engine)
     except CdsError as exc:
         return ScenarioResult(scenario.name, scenario.expect, [], error=exc.message)
     return ScenarioResult(scenario.name, scenario.expect, decision.outcomes())
