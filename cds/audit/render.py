@@ -6,11 +6,35 @@ from typing import Any
 
 from cds.audit.store import StoredRecord
 
-__all__ = ["render_records"]
+__all__ = ["diagnosis_lines", "render_records", "rule_fate"]
 
 
 def _line(label: str, value: Any) -> str:
     return f"  {label:<14} {value}"
+
+
+def rule_fate(r: dict[str, Any]) -> str:
+    """What became of a fired rule: its card, attached to cards, held back, or no card."""
+    held = f"; held back {', '.join(r['held_back'])}" if r.get("held_back") else ""
+    if r.get("suppressed_by"):
+        return f"suppressed by {r['suppressed_by']}{held}"
+    if r.get("card_uuid"):
+        return f"card {r['card_uuid']}{held}"
+    if r.get("attached_to"):
+        return f"text attached to card {', '.join(r['attached_to'])}"
+    return "no card (it shows only while it holds another card back)"
+
+
+def diagnosis_lines(b: dict[str, Any]) -> list[str]:
+    """The Conditions matched to the pack's value sets, with how sure and which side."""
+    out = []
+    for d in b.get("diagnoses", []):
+        state = "confirmed" if d.get("confirmed") else f"possible ({d.get('doubt')})"
+        onset = f"onset {d['onset_days']:g} days ago" if "onset_days" in d else "no onset recorded"
+        sides = "/".join(d["sides"]) if d.get("sides") else "side not recorded"
+        ref = d.get("reference", "Condition/?")
+        out.append(f"{d['value_set']} ({d['code']}): {state}, {onset}, {sides}  ({ref})")
+    return out
 
 
 def _trace(rec: StoredRecord) -> list[str]:
@@ -44,15 +68,14 @@ def _trace(rec: StoredRecord) -> list[str]:
         out.append("  inputs excluded:")
         for i in inputs["excluded"]:
             out.append(f"    - {i.get('code') or i['resource']}: {i.get('reason')}")
+    diagnoses = diagnosis_lines(b)
+    if diagnoses:
+        out.append("  diagnoses matched:")
+        out += [f"    - {line}" for line in diagnoses]
     out.append("  rules fired:")
     for r in b.get("rules_fired", []):
         sides = f" on {', '.join(r['sides'])}" if r.get("sides") else ""
-        what = (
-            f"suppressed by {r['suppressed_by']}"
-            if r.get("suppressed_by")
-            else f"card {r.get('card_uuid')}"
-        )
-        out.append(f"    - {r['rule_id']}{sides} -> {what}")
+        out.append(f"    - {r['rule_id']}{sides} -> {rule_fate(r)}")
         for t in r.get("thresholds", []):
             out.append(f"        threshold {t['name']} = {t['value']} {t['unit']} ({t['label']})")
     out.append("  cards:")

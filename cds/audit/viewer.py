@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from cds.audit.chain import GENESIS, RawRecord, VerifyResult, verify_rows
 from cds.audit.passwords import SessionSigner, verify_password
+from cds.audit.render import diagnosis_lines, rule_fate
 from cds.audit.store import StoredRecord, TraceFilter, TraceStore
 from cds.config import ViewerSettings
 
@@ -184,7 +185,12 @@ def _inputs(b: dict[str, Any]) -> str:
         "<table><tr><th>metric</th><th>side</th><th>value</th><th>canonical</th>"
         f"<th>strides</th><th>measured</th><th>resource</th></tr>{used}</table>"
     )
-    return table + (f"<p><b>Excluded</b></p><ul>{excluded}</ul>" if excluded else "")
+    diagnoses = "".join(f"<li>{_e(line)}</li>" for line in diagnosis_lines(b))
+    return (
+        table
+        + (f"<p><b>Excluded</b></p><ul>{excluded}</ul>" if excluded else "")
+        + (f"<p><b>Diagnoses matched</b></p><ul>{diagnoses}</ul>" if diagnoses else "")
+    )
 
 
 def _rules(b: dict[str, Any]) -> str:
@@ -194,11 +200,7 @@ def _rules(b: dict[str, Any]) -> str:
             f"{_e(t['name'])} = {_e(t['value'])} {_e(t['unit'])} ({_e(t['label'])})"
             for t in r.get("thresholds", [])
         )
-        fate = (
-            f"suppressed by {_e(r['suppressed_by'])}"
-            if r.get("suppressed_by")
-            else f"card <code>{_e(r.get('card_uuid'))}</code>"
-        )
+        fate = _e(rule_fate(r))
         sides = f" on {_e(', '.join(r['sides']))}" if r.get("sides") else ""
         items.append(
             f"<li><b>{_e(r['rule_id'])}</b>{sides} → {fate}"

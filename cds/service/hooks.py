@@ -78,7 +78,8 @@ SERVICES: dict[str, Service] = {
             "order-select",
             "Run-form check on selected orders",
             "Warns when hip strengthening is ordered alone for a runner whose measured run form "
-            "is impaired: strengthening does not by itself change running mechanics.",
+            "is impaired: in a 6-week trial strengthening did not change running mechanics, and on "
+            "its own it is unlikely to.",
             ("userId", "patientId", "selections", "draftOrders"),
         ),
         Service(
