@@ -30,28 +30,31 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from cds.config import CONFIG_ENV_VAR
     from cds.service.app import create_app
+    from cds.service.server import server_config
 
     settings = _settings(args.config)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     workers = args.workers or settings.server.workers
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        uvicorn.Server(server_config(create_app(settings), settings, host=host, port=port)).run()
         return 0
     create_app(settings)  # fail fast, in this process, on a bad pack or store
     if args.config:
         os.environ[CONFIG_ENV_VAR] = str(Path(args.config).resolve())
-    uvicorn.run(
+    config = server_config(
         "cds.service.app:app_from_env",
+        settings,
         factory=True,
         workers=workers,
         host=host,
         port=port,
-        log_level="info",
     )
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
     return 0
 
 

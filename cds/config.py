@@ -6,17 +6,19 @@ file are resolved against the directory of the file itself.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cds.errors import ConfigError
 from cds.measures.settings import MeasureSettings
 
-__all__ = ["CONFIG_ENV_VAR", "AuthClient", "Settings", "load_settings"]
+__all__ = ["CONFIG_ENV_VAR", "AuthClient", "Settings", "is_loopback_url", "load_settings"]
 
 CONFIG_ENV_VAR = "RUNFORM_CDS_CONFIG"
 
@@ -30,7 +32,21 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=5_000_000, gt=0)
+    #: resources one call may bring (prefetch plus fetched), across every key
+    max_resources: int = Field(default=2000, ge=1)
+    #: feedback items one feedback call may carry
+    max_feedback_items: int = Field(default=50, ge=1)
     workers: int = Field(default=1, ge=1, le=64)
+    #: a client must send a whole request (headers and body) within this many seconds
+    request_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: idle keep-alive connections are closed after this many seconds
+    keep_alive_s: float = Field(default=5.0, gt=0, le=300)
+    #: open connections per process beyond which new requests get 503
+    max_connections: int = Field(default=1000, ge=1)
+    #: serve /openapi.json (behind the CDS client JWT); off by default
+    openapi: bool = False
+    #: extra CA certificates (PEM) trusted for outbound TLS: JWK Sets and FHIR servers
+    ca_file: Path | None = None
 
     @property
     def public_base(self) -> str:
@@ -48,17 +64,54 @@ class PackSettings(_Section):
     watch_interval_s: float = Field(default=2.0, ge=0)
 
 
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class AuthClient(_Section):
     iss: str
     jwks_file: Path | None = None
     jku: str | None = None
     tenants: list[str] = Field(default_factory=list)
+    #: the FHIR base URLs this client may name as ``fhirServer`` (none: the service
+    #: never fetches for it; prefetch must then be complete)
+    fhir_servers: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_key_source(self) -> AuthClient:
         if (self.jwks_file is None) == (self.jku is None):
             raise ValueError(f"auth client {self.iss!r}: set exactly one of jwks_file or jku")
         return self
+
+    @field_validator("jku")
+    @classmethod
+    def _https_jku(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("https://"):
+            raise ValueError(
+                "jku must be an https:// URL (keys fetched over plain http can be forged)"
+            )
+        return v
+
+    @field_validator("fhir_servers")
+    @classmethod
+    def _plain_bases(cls, v: list[str]) -> list[str]:
+        out = []
+        for url in v:
+            parts = urlsplit(url)
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise ValueError(f"fhir_servers: {url!r} is not an absolute http(s) URL")
+            if parts.username or parts.password or parts.query or parts.fragment:
+                raise ValueError(
+                    f"fhir_servers: {url!r} may not carry credentials, query or fragment"
+                )
+            out.append(url.rstrip("/"))
+        return out
 
 
 class AuthSettings(_Section):
@@ -82,6 +135,10 @@ class FhirSettings(_Section):
     timeout_s: float = Field(default=3.0, gt=0, le=60)
     max_pages: int = Field(default=10, ge=1, le=1000)
     page_size: int = Field(default=100, ge=1, le=1000)
+    #: bytes of FHIR responses one call may read, across every page and key
+    max_response_bytes: int = Field(default=10_000_000, ge=1000)
+    #: development only: allow fhir_servers over plain http on a loopback address
+    allow_http_loopback: bool = False
 
 
 class CorsSettings(_Section):
@@ -97,6 +154,10 @@ class ViewerSettings(_Section):
     users: list[ViewerUser] = Field(default_factory=list)
     session_secret: str | None = Field(default=None, min_length=32)
     session_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    #: failed logins allowed per user name, and per client address, within lockout_minutes
+    max_failures_per_user: int = Field(default=5, ge=1)
+    max_failures_per_address: int = Field(default=20, ge=1)
+    lockout_minutes: float = Field(default=15, gt=0)
 
     @property
     def enabled(self) -> bool:
@@ -115,10 +176,25 @@ class Settings(_Section):
     viewer: ViewerSettings = Field(default_factory=ViewerSettings)
     measures: MeasureSettings = Field(default_factory=MeasureSettings)
 
+    @model_validator(mode="after")
+    def _fhir_servers_over_https(self) -> Settings:
+        for client in self.auth.clients:
+            for url in client.fhir_servers:
+                if url.startswith("https://"):
+                    continue
+                if not (self.fhir.allow_http_loopback and is_loopback_url(url)):
+                    raise ValueError(
+                        f"auth client {client.iss!r}: fhir_servers entry {url!r} must be https "
+                        "(plain http only on a loopback address with fhir.allow_http_loopback)"
+                    )
+        return self
+
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
     if not settings.packs.dir.is_absolute():
         settings.packs.dir = base / settings.packs.dir
+    if settings.server.ca_file is not None and not settings.server.ca_file.is_absolute():
+        settings.server.ca_file = base / settings.server.ca_file
     for client in settings.auth.clients:
         if client.jwks_file is not None and not client.jwks_file.is_absolute():
             client.jwks_file = base / client.jwks_file

@@ -22,6 +22,7 @@ from cds.client import CdsClient, JwtSigner
 from cds.config import AuthClient, Settings
 from cds.examples import demo_observations, hook_request
 from cds.service.app import create_app
+from cds.service.server import server_config
 
 __all__ = ["DEMO_ISSUER", "demo_settings", "run_demo"]
 
@@ -134,7 +135,7 @@ def run_demo(settings: Settings, *, port: int = 8080, keep_serving: bool = True)
         settings = demo_settings(settings, port, jwks)
         app = create_app(settings)
         server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+            server_config(app, settings, host="127.0.0.1", port=port, log_level="warning")
         )
         shower = threading.Thread(
             target=_show,

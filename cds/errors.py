@@ -12,9 +12,10 @@ optional FHIRPath-like ``expression`` pointing at the offending element.
     │   ├── PayloadTooLargeError    payload-too-large (413)
     │   └── UnknownCardError        feedback-card-unknown (404)
     ├── AuthError (401)             auth-invalid   (message never sent to the client)
-    ├── PrefetchError (412)         prefetch-unavailable
+    ├── PrefetchError (412)         prefetch-unavailable (detail kept for the trace only)
     ├── PackError                   pack-invalid
     ├── EngineError (500)           engine-failed
+    ├── InternalError (500)         internal-error (an unexpected failure; carries an error id)
     └── MeasureError                measure-invalid (a video or test form cannot be measured)
         └── FhirPostError           fhir-post-failed
 """
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "EngineError",
     "FhirPostError",
+    "InternalError",
     "MeasureError",
     "PackError",
     "PayloadTooLargeError",
@@ -76,10 +78,14 @@ class CdsError(Exception):
     status: ClassVar[int] = 500
     issue_type: ClassVar[str] = "exception"
 
-    def __init__(self, message: str, *, expression: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, expression: str | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.expression = expression
+        #: what happened, for the trace and the log only: never sent to the caller
+        self.detail = detail
 
     def to_operation_outcome(self) -> dict[str, Any]:
         return operation_outcome(
@@ -128,6 +134,9 @@ class AuthError(CdsError):
 
 
 class PrefetchError(CdsError):
+    """Prefetch data cannot be obtained. The message says which key; ``detail`` (which
+    host, what failed) goes to the trace, never to the caller."""
+
     code = "prefetch-unavailable"
     status = 412
     issue_type = "processing"
@@ -150,6 +159,24 @@ class EngineError(CdsError):
     code = "engine-failed"
     status = 500
     issue_type = "exception"
+
+
+class InternalError(CdsError):
+    """An unexpected failure. The caller sees only the error id, which the trace also holds.
+
+    >>> InternalError.for_id("5f1c").message
+    'internal error 5f1c: the call was not completed; it is recorded under this id'
+    """
+
+    code = "internal-error"
+    status = 500
+    issue_type = "exception"
+
+    @classmethod
+    def for_id(cls, error_id: str) -> InternalError:
+        return cls(
+            f"internal error {error_id}: the call was not completed; it is recorded under this id"
+        )
 
 
 class MeasureError(CdsError):

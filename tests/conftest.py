@@ -61,28 +61,30 @@ def service_factory(tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner) 
     """Start the real service on a loopback port; yields a factory taking settings overrides."""
     stack: list[Any] = []
 
-    def start(**overrides: Any) -> LiveService:
+    def start(fhir_servers: tuple[str, ...] = (), **overrides: Any) -> LiveService:
+        """``fhir_servers``: FHIR bases on loopback the test clients may have us fetch from."""
         port = free_port()
         es = es_signer.write_jwks(tmp_path / "es-jwks.json")
         rs = rs_signer.write_jwks(tmp_path / "rs-jwks.json")
+        allowed = list(fhir_servers)
         data: dict[str, Any] = {
             "server": {"base_url": f"http://127.0.0.1:{port}"},
             "store": {"url": f"sqlite:///{tmp_path / f'traces-{port}.db'}"},
             "packs": {"dir": str(ROOT / "rule_packs")},
             "auth": {
                 "clients": [
-                    {"iss": ES_ISSUER, "jwks_file": str(es)},
-                    {"iss": RS_ISSUER, "jwks_file": str(rs)},
+                    {"iss": ES_ISSUER, "jwks_file": str(es), "fhir_servers": allowed},
+                    {"iss": RS_ISSUER, "jwks_file": str(rs), "fhir_servers": allowed},
                 ]
             },
-            "fhir": {"timeout_s": 1.0},
+            "fhir": {"timeout_s": 1.0, "allow_http_loopback": bool(allowed)},
         }
         for section, values in overrides.items():
             data.setdefault(section, {}).update(values)
         settings = Settings.model_validate(data)
         store = open_store(settings.store.url)
         app = create_app(settings, store=store)
-        ctx = serve(app, port)
+        ctx = serve(app, port, settings)
         url = ctx.__enter__()
         stack.append(ctx)
         live = LiveService(url, store, settings, es_signer)
@@ -108,6 +110,15 @@ def fhir_server() -> Iterator[tuple[str, FhirBehaviour]]:
     port = free_port()
     with serve(fhir_app(behaviour), port) as url:
         yield f"{url}/fhir", behaviour
+
+
+@pytest.fixture
+def fhir_live(
+    service_factory: Any, fhir_server: tuple[str, FhirBehaviour]
+) -> tuple[LiveService, str, FhirBehaviour]:
+    """The service, allowed to fetch from a local FHIR server; (service, FHIR base, behaviour)."""
+    base, behaviour = fhir_server
+    return service_factory(fhir_servers=(base,)), base, behaviour
 
 
 def pg_available() -> bool:

@@ -30,10 +30,75 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Tls:
+    """A throw-away CA and a certificate for 127.0.0.1 signed by it (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(folder: Path) -> Tls:
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    cert = (
+        x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    out = Tls(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+    out.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    out.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return out
+
+
 @contextmanager
-def serve(app: Any, port: int) -> Iterator[str]:
-    """Run ``app`` with uvicorn on 127.0.0.1:``port`` in a thread."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+def serve(app: Any, port: int, settings: Any = None, tls: Tls | None = None) -> Iterator[str]:
+    """Run ``app`` with uvicorn on 127.0.0.1:``port`` in a thread; with ``settings``,
+    configured as the service runs in production (cds.service.server); with ``tls``,
+    over https."""
+    options: dict[str, Any] = {
+        "host": "127.0.0.1", "port": port, "log_level": "warning", "lifespan": "on",
+    }  # fmt: skip
+    if tls is not None:
+        options.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
+    if settings is not None:
+        from cds.service.server import server_config
+
+        config = server_config(app, settings, **options)
+    else:
+        config = uvicorn.Config(app, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -43,7 +108,7 @@ def serve(app: Any, port: int) -> Iterator[str]:
             raise RuntimeError("server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -158,15 +223,25 @@ _ROOT = Path(__file__).resolve().parent.parent
 class ServiceProcess:
     """`runform-cds serve` in a child process, with its log captured to a file."""
 
-    def __init__(self, tmp: Path, signer: JwtSigner, store_url: str, workers: int = 1) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        signer: JwtSigner,
+        store_url: str,
+        workers: int = 1,
+        fhir_servers: tuple[str, ...] = (),
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         jwks = signer.write_jwks(tmp / "jwks.json")
         self.config = tmp / "svc.toml"
+        allowed = ", ".join(f'"{url}"' for url in fhir_servers)
         self.config.write_text(
             f'[server]\nbase_url = "{self.base}"\n[store]\nurl = "{store_url}"\n'
             f'[packs]\ndir = "{_ROOT / "rule_packs"}"\n'
+            f"[fhir]\nallow_http_loopback = {'true' if fhir_servers else 'false'}\n"
             f'[[auth.clients]]\niss = "{signer.iss}"\njwks_file = "{jwks}"\n'
+            f"fhir_servers = [{allowed}]\n"
         )
         self.log = tmp / "service.log"
         self._log = self.log.open("w")

@@ -73,11 +73,14 @@ def test_every_answered_call_survives_sigkill_and_the_chain_verifies(
 
 
 def test_tokens_never_reach_the_logs_or_the_database(
-    service_process: ServiceProcess, es_signer: JwtSigner, fhir_server: Any
+    tmp_path: Path, es_signer: JwtSigner, fhir_server: Any
 ) -> None:
     from cds.examples import patient
 
     base, behaviour = fhir_server
+    service_process = ServiceProcess(
+        tmp_path, es_signer, f"sqlite:///{tmp_path / 'traces.db'}", fhir_servers=(base,)
+    )
     behaviour.resources["Patient"] = [patient("p1")]
     secrets = []
     for i in range(5):

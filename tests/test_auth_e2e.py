@@ -137,15 +137,17 @@ def test_jku_keys_are_fetched_from_the_allowlisted_url(
 ) -> None:
     from fastapi import FastAPI
 
-    from tests.servers import free_port, serve
+    from tests.servers import free_port, make_tls, serve
 
     signer = JwtSigner(iss="https://jku-ehr.example.org", alg="ES384")
     jwks_app = FastAPI()
     jwks_app.get("/jwks.json")(lambda: signer.jwks())
     port = free_port()
-    with serve(jwks_app, port) as jwks_url:
+    tls = make_tls(tmp_path)
+    with serve(jwks_app, port, tls=tls) as jwks_url:
         live = service_factory(
-            auth={"clients": [{"iss": signer.iss, "jku": f"{jwks_url}/jwks.json"}]}
+            auth={"clients": [{"iss": signer.iss, "jku": f"{jwks_url}/jwks.json"}]},
+            server={"ca_file": str(tls.ca)},
         )
         client = CdsClient(live.url, signer)
         assert client.discovery().status_code == 200
@@ -162,12 +164,12 @@ def test_auth_off_needs_explicit_setting_and_warns(
 
 
 def test_tokens_never_reach_the_store_or_logs(
-    live: LiveService, es_signer: JwtSigner, caplog: pytest.LogCaptureFixture, fhir_server: Any
+    fhir_live: Any, es_signer: JwtSigner, caplog: pytest.LogCaptureFixture
 ) -> None:
     import logging
 
     caplog.set_level(logging.DEBUG)
-    base, behaviour = fhir_server
+    live, base, behaviour = fhir_live
     body = hook_request("patient-view", "p1")
     from cds.examples import patient
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cds.audit.store import TraceFilter
 from cds.client import CdsClient
 from cds.examples import hook_request
 from tests.conftest import ROOT
@@ -55,14 +56,16 @@ class Load:
             t.join(timeout=30)
 
 
-def _serving(url: str) -> list[str]:
-    return httpx.get(f"{url}/healthz").json()["packs"]  # type: ignore[no-any-return]
+def _serving(live: Any) -> list[str]:
+    """The pack versions of the newest answered call (health checks reveal no packs)."""
+    items, _ = live.store.search_page(TraceFilter(), size=1)
+    return [f"{p['id']}@{p['version']}" for rec, _ in items for p in rec.body.get("packs", [])]
 
 
-def _wait_for(url: str, version: str, timeout: float = 30) -> None:
+def _wait_for(live: Any, version: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while not any(f"@{version}#" in k for k in _serving(url)):
-        assert time.monotonic() < deadline, _serving(url)
+    while not any(k.endswith(f"@{version}") for k in _serving(live)):
+        assert time.monotonic() < deadline, _serving(live)
         time.sleep(0.1)
 
 
@@ -104,7 +107,7 @@ def test_reload_under_load_swaps_good_versions_and_keeps_serving_through_bad_one
         time.sleep(0.5)
         # 1. a good new version replaces the old one
         _edit(pack, NEXT, **{R1_SUMMARY: "RELOADED ({side}): strengthening PLUS gait retraining"})
-        _wait_for(live.url, NEXT)
+        _wait_for(live, NEXT)
         time.sleep(0.5)
         # 2. a version whose scenarios fail is refused; the new version keeps serving
         drop = "value: 5\n    unit: deg\n    provenance: placeholder"
@@ -119,7 +122,7 @@ def test_reload_under_load_swaps_good_versions_and_keeps_serving_through_bad_one
         )
         _wait_logged(caplog, "is immutable")
         time.sleep(0.5)
-        assert [k.split("#")[0] for k in _serving(live.url)] == [f"runform-core@{NEXT}"]
+        assert _serving(live) == [f"runform-core@{NEXT}"]
 
     statuses = [s for s, _ in load.outcomes]
     assert len(statuses) > 50

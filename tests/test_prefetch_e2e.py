@@ -40,8 +40,8 @@ def _absent(
     return body
 
 
-def test_absent_keys_are_fetched_with_the_bearer_token(live: LiveService, fhir_server: Any) -> None:
-    base, behaviour = fhir_server
+def test_absent_keys_are_fetched_with_the_bearer_token(fhir_live: Any) -> None:
+    live, base, behaviour = fhir_live
     body = _absent(base, behaviour)
     r = live.post(PV, body)
     assert r.status_code == 200, r.text
@@ -63,15 +63,15 @@ def test_absent_keys_are_fetched_with_the_bearer_token(live: LiveService, fhir_s
     assert set(trace["prefetch"].values()) == {"fetched"}
 
 
-def test_present_keys_are_not_refetched(live: LiveService, fhir_server: Any) -> None:
-    base, behaviour = fhir_server
+def test_present_keys_are_not_refetched(fhir_live: Any) -> None:
+    live, base, behaviour = fhir_live
     body = _absent(base, behaviour, keep=("patient", "conditions", "orders", "careplans"))
     assert live.post(PV, body).status_code == 200
     assert [q["path"] for q in behaviour.requests] == ["/fhir/Observation"]
 
 
-def test_null_key_is_no_data_and_not_fetched(live: LiveService, fhir_server: Any) -> None:
-    base, behaviour = fhir_server
+def test_null_key_is_no_data_and_not_fetched(fhir_live: Any) -> None:
+    live, base, behaviour = fhir_live
     body = _absent(base, behaviour, keep=("patient", "conditions", "orders", "careplans"))
     body["prefetch"]["observations"] = None
     r = live.post(PV, body)
@@ -91,17 +91,26 @@ def test_absent_key_without_fhir_server_is_412(live: LiveService) -> None:
     assert record.body["outcome"]["status"] == 412
 
 
-def test_failing_fhir_server_is_412(live: LiveService, fhir_server: Any) -> None:
-    base, behaviour = fhir_server
+def _outcome(live: LiveService, body: dict[str, Any]) -> dict[str, Any]:
+    [record] = live.store.records_for(body["hookInstance"])
+    outcome: dict[str, Any] = record.body["outcome"]
+    return outcome
+
+
+def test_failing_fhir_server_is_412_and_only_the_trace_says_why(fhir_live: Any) -> None:
+    live, base, behaviour = fhir_live
     body = _absent(base, behaviour)
     behaviour.fail_status = 503
     r = live.post(PV, body)
     assert r.status_code == 412
-    assert "503" in r.json()["issue"][0]["diagnostics"]
+    diagnostics = r.json()["issue"][0]["diagnostics"]
+    assert "could not be obtained" in diagnostics
+    assert "503" not in diagnostics and "127.0.0.1" not in diagnostics
+    assert "503" in _outcome(live, body)["detail"]
 
 
-def test_slow_fhir_server_gives_412_within_the_budget(live: LiveService, fhir_server: Any) -> None:
-    base, behaviour = fhir_server
+def test_slow_fhir_server_gives_412_within_the_budget(fhir_live: Any) -> None:
+    live, base, behaviour = fhir_live
     body = _absent(base, behaviour)
     behaviour.delay_s = 5.0
     started = time.monotonic()
@@ -109,11 +118,11 @@ def test_slow_fhir_server_gives_412_within_the_budget(live: LiveService, fhir_se
     elapsed = time.monotonic() - started
     assert r.status_code == 412
     assert elapsed < 3.0  # budget is 1 s in the test settings
-    assert "within 1 s" in r.json()["issue"][0]["diagnostics"]
+    assert "within 1 s" in _outcome(live, body)["detail"]
 
 
-def test_pagination_is_followed(live: LiveService, fhir_server: Any) -> None:
-    base, behaviour = fhir_server
+def test_pagination_is_followed(fhir_live: Any) -> None:
+    live, base, behaviour = fhir_live
     body = _absent(base, behaviour)
     behaviour.page_size = 2
     r = live.post(PV, body)
@@ -126,27 +135,25 @@ def test_pagination_is_followed(live: LiveService, fhir_server: Any) -> None:
 
 
 def test_page_cap_gives_412(service_factory: Any, fhir_server: Any) -> None:
-    live = service_factory(fhir={"max_pages": 2})
     base, behaviour = fhir_server
+    live = service_factory(fhir_servers=(base,), fhir={"max_pages": 2})
     body = _absent(base, behaviour)
     behaviour.page_size = 2
     assert live.post(PV, body).status_code == 412
 
 
-def test_next_link_to_another_host_is_not_followed(live: LiveService, fhir_server: Any) -> None:
-    base, behaviour = fhir_server
+def test_next_link_to_another_host_is_not_followed(fhir_live: Any) -> None:
+    live, base, behaviour = fhir_live
     body = _absent(base, behaviour)
     behaviour.page_size = 2
     behaviour.next_link_base = "http://127.0.0.2:9"
     r = live.post(PV, body)
     assert r.status_code == 412
-    assert "refusing to follow" in r.json()["issue"][0]["diagnostics"]
+    assert "refusing to follow" in _outcome(live, body)["detail"]
 
 
-def test_paginated_prefetch_is_completed_from_the_server(
-    live: LiveService, fhir_server: Any
-) -> None:
-    base, behaviour = fhir_server
+def test_paginated_prefetch_is_completed_from_the_server(fhir_live: Any) -> None:
+    live, base, behaviour = fhir_live
     body = _absent(base, behaviour, keep=("patient", "conditions"))
     all_obs = demo_observations("p1")
     behaviour.resources["Observation"] = all_obs
@@ -166,10 +173,8 @@ def test_paginated_prefetch_is_completed_from_the_server(
 
 
 @pytest.mark.parametrize("where", ["value", "entry"])
-def test_operation_outcome_in_prefetch_triggers_a_fetch(
-    live: LiveService, fhir_server: Any, where: str
-) -> None:
-    base, behaviour = fhir_server
+def test_operation_outcome_in_prefetch_triggers_a_fetch(fhir_live: Any, where: str) -> None:
+    live, base, behaviour = fhir_live
     body = _absent(base, behaviour, keep=("patient", "conditions", "orders", "careplans"))
     oo = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
     body["prefetch"]["observations"] = (
@@ -184,10 +189,8 @@ def test_operation_outcome_in_prefetch_triggers_a_fetch(
     assert "OperationOutcome" in trace["notes"][0]
 
 
-def test_optional_orders_that_cannot_be_fetched_do_not_fail_the_call(
-    live: LiveService, fhir_server: Any
-) -> None:
-    base, behaviour = fhir_server
+def test_optional_orders_that_cannot_be_fetched_do_not_fail_the_call(fhir_live: Any) -> None:
+    live, base, behaviour = fhir_live
     body = _absent(base, behaviour, keep=("patient", "observations", "conditions"))
     behaviour.fail_status = 500
     r = live.post(PV, body)

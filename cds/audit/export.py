@@ -63,9 +63,24 @@ def _feedback_text(feedback: list[StoredRecord], card_uuid: str) -> tuple[str, s
     return ";".join(outcomes), ";".join(reasons)
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """A spreadsheet does not run a cell that starts with ' (CSV/formula injection)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+class _SafeWriter(csv.DictWriter):  # type: ignore[type-arg]
+    def writerow(self, rowdict: Any) -> Any:
+        return super().writerow({k: _cell(v) for k, v in rowdict.items()})
+
+
 def to_csv(items: list[tuple[StoredRecord, list[StoredRecord]]], pseudo: Pseudonymiser) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
+    writer = _SafeWriter(out, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for rec, feedback in items:
         b = rec.body

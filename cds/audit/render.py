@@ -1,12 +1,24 @@
-"""Print stored traces so a person can read them."""
+"""Print stored traces so a person can read them.
+
+Stored text came in from callers; terminal control characters (which could
+rewrite the screen of whoever reads the trace) are removed before printing.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from cds.audit.store import StoredRecord
 
-__all__ = ["diagnosis_lines", "render_records", "rule_fate"]
+__all__ = ["diagnosis_lines", "render_records", "rule_fate", "terminal_safe"]
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` without control characters (newlines and tabs are kept)."""
+    return _CONTROL.sub("", text)
 
 
 def _line(label: str, value: Any) -> str:
@@ -99,7 +111,7 @@ def render_records(records: list[StoredRecord]) -> str:
     for rec in records:
         lines.extend(_trace(rec) if rec.kind == "trace" else _feedback(rec))
         lines.append("")
-    return "\n".join(lines)
+    return terminal_safe("\n".join(lines))
 
 
 def render_list(items: list[tuple[StoredRecord, list[StoredRecord]]]) -> str:
@@ -120,4 +132,4 @@ def render_list(items: list[tuple[StoredRecord, list[StoredRecord]]]) -> str:
             + (f" / {fb}" if fb else "")
         )
     lines.append(f"{len(items)} trace(s)")
-    return "\n".join(lines)
+    return terminal_safe("\n".join(lines))

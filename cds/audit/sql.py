@@ -20,7 +20,7 @@ from cds.audit.chain import (
     record_hash,
     verify_rows,
 )
-from cds.audit.store import StoredRecord, TraceFilter
+from cds.audit.store import CardOrigin, StoredRecord, TraceFilter
 
 __all__ = ["SCHEMA_TEMPLATE", "SqlTraceStore"]
 
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     seq {int} NOT NULL, hash TEXT NOT NULL, signed_at TEXT NOT NULL,
     key_id TEXT NOT NULL, signature TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS viewer_sessions (user_name TEXT PRIMARY KEY, version {int} NOT NULL);
 """
 
 
@@ -89,25 +90,30 @@ class SqlTraceStore(ABC):
         return sql.replace("?", self.P)
 
     # -- appends -------------------------------------------------------------------
-    def _append_many(
-        self, rows: list[Row], extra: list[tuple[str, tuple[Any, ...]]]
-    ) -> list[StoredRecord]:
+    def _insert_chain(self, cur: Any, rows: list[Row]) -> list[StoredRecord]:
+        """Append ``rows`` to the chain with ``cur``, inside a write transaction."""
         encoded = [(k, tid, hi, pat, body, canonical_json(body)) for k, tid, hi, pat, body in rows]
         now = datetime.now(UTC).isoformat()
         out: list[StoredRecord] = []
         insert = self._q(
             f"INSERT INTO records ({_COLUMNS}, patient) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
+        cur.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1")
+        last = cur.fetchone()
+        seq, prev = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+        for kind, tid, hi, patient, body, body_json in encoded:
+            seq += 1
+            digest = record_hash(prev, seq, kind, now, body_json)
+            cur.execute(insert, (seq, kind, tid, hi, now, body_json, prev, digest, patient))
+            out.append(StoredRecord(seq, kind, tid, hi, now, body, prev, digest))
+            prev = digest
+        return out
+
+    def _append_many(
+        self, rows: list[Row], extra: list[tuple[str, tuple[Any, ...]]]
+    ) -> list[StoredRecord]:
         with self._write() as cur:
-            cur.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1")
-            last = cur.fetchone()
-            seq, prev = (int(last[0]), str(last[1])) if last else (0, GENESIS)
-            for kind, tid, hi, patient, body, body_json in encoded:
-                seq += 1
-                digest = record_hash(prev, seq, kind, now, body_json)
-                cur.execute(insert, (seq, kind, tid, hi, now, body_json, prev, digest, patient))
-                out.append(StoredRecord(seq, kind, tid, hi, now, body, prev, digest))
-                prev = digest
+            out = self._insert_chain(cur, rows)
             for sql, params in extra:
                 cur.execute(self._q(sql), params)
         return out
@@ -130,29 +136,45 @@ class SqlTraceStore(ABC):
         return self.append_traces([trace])[0]
 
     def append_feedback(self, trace_id: str, key: str, feedback: dict[str, Any]) -> bool:
+        return self.append_feedback_many([(trace_id, key, feedback)]) == 1
+
+    def append_feedback_many(self, items: list[tuple[str, str, dict[str, Any]]]) -> int:
+        """Record feedback items in one transaction, each once per key; all or nothing.
+
+        Returns how many were new (keys already recorded, or repeated in ``items``, are
+        skipped). The keys are checked inside the chain's write lock, so concurrent
+        duplicates cannot both be recorded.
+        """
+        context = self._trace_context({tid for tid, _, _ in items})
+        with self._write() as cur:
+            keys = list(dict.fromkeys(key for _, key, _ in items))
+            marks = ", ".join("?" for _ in keys)
+            cur.execute(self._q(f"SELECT key FROM feedback_keys WHERE key IN ({marks})"), keys)
+            seen = {str(r[0]) for r in cur.fetchall()}
+            rows: list[Row] = []
+            for trace_id, key, record in items:
+                if key in seen:
+                    continue
+                seen.add(key)
+                hook_instance, patient = context.get(trace_id, (None, None))
+                rows.append(("feedback", trace_id, hook_instance, patient, record))
+                cur.execute(self._q("INSERT INTO feedback_keys (key) VALUES (?)"), (key,))
+            self._insert_chain(cur, rows)
+        return len(rows)
+
+    def _trace_context(self, trace_ids: set[str]) -> dict[str, tuple[str | None, str | None]]:
+        if not trace_ids:
+            return {}
+        marks = ", ".join("?" for _ in trace_ids)
         with self._read() as cur:
-            cur.execute(self._q("SELECT 1 FROM feedback_keys WHERE key = ?"), (key,))
-            if cur.fetchone():
-                return False
             cur.execute(
                 self._q(
-                    "SELECT hook_instance, patient FROM records "
-                    "WHERE trace_id = ? AND kind = 'trace'"
+                    "SELECT trace_id, hook_instance, patient FROM records "
+                    f"WHERE kind = 'trace' AND trace_id IN ({marks})"
                 ),
-                (trace_id,),
+                tuple(trace_ids),
             )
-            found = cur.fetchone()
-        hook_instance, patient = (found[0], found[1]) if found else (None, None)
-        try:
-            self._append_many(
-                [("feedback", trace_id, hook_instance, patient, feedback)],
-                [("INSERT INTO feedback_keys (key) VALUES (?)", (key,))],
-            )
-        except Exception as exc:  # unique violation: a concurrent duplicate won the race
-            if "unique" in str(exc).lower() or "duplicate" in str(exc).lower():
-                return False
-            raise
-        return True
+            return {str(r[0]): (r[1], r[2]) for r in cur.fetchall()}
 
     def claim_jti(self, iss: str, jti: str, expires_at: float) -> bool:
         return self._claim(f"{iss} {jti}", expires_at, time.time())
@@ -181,24 +203,64 @@ class SqlTraceStore(ABC):
             row = cur.fetchone()
         return str(row[0]) if row else None
 
-    def records_for(self, hook_instance: str) -> list[StoredRecord]:
+    def card_origin(self, card_uuid: str) -> CardOrigin | None:
+        """The trace, service and CDS client that produced a card."""
+        trace_id = self.trace_of_card(card_uuid)
+        if trace_id is None:
+            return None
         with self._read() as cur:
             cur.execute(
-                self._q(f"SELECT {_COLUMNS} FROM records WHERE hook_instance = ? ORDER BY seq"),
-                (hook_instance,),
-            )
-            return [_record(r) for r in cur.fetchall()]
-
-    def records_of_trace(self, trace_id: str) -> list[StoredRecord]:
-        with self._read() as cur:
-            cur.execute(
-                self._q(f"SELECT {_COLUMNS} FROM records WHERE trace_id = ? ORDER BY seq"),
+                self._q("SELECT body FROM records WHERE trace_id = ? AND kind = 'trace'"),
                 (trace_id,),
             )
-            return [_record(r) for r in cur.fetchall()]
+            row = cur.fetchone()
+        body = json.loads(row[0]) if row else {}
+        client = body.get("client") or {}
+        return CardOrigin(trace_id, body.get("service"), client.get("iss"))
 
-    def search(self, where: TraceFilter) -> list[tuple[StoredRecord, list[StoredRecord]]]:
-        sql, params = f"SELECT {_COLUMNS} FROM records WHERE 1 = 1", []
+    def session_version(self, user: str) -> int:
+        with self._read() as cur:
+            cur.execute(self._q("SELECT version FROM viewer_sessions WHERE user_name = ?"), (user,))
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def end_sessions(self, user: str) -> int:
+        """Invalidate every session of ``user`` (all processes); the new version."""
+        with self._write() as cur:
+            cur.execute(self._q("SELECT version FROM viewer_sessions WHERE user_name = ?"), (user,))
+            row = cur.fetchone()
+            version = (int(row[0]) if row else 0) + 1
+            if row:
+                cur.execute(
+                    self._q("UPDATE viewer_sessions SET version = ? WHERE user_name = ?"),
+                    (version, user),
+                )
+            else:
+                cur.execute(
+                    self._q("INSERT INTO viewer_sessions (user_name, version) VALUES (?, ?)"),
+                    (user, version),
+                )
+        return version
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[StoredRecord]:
+        """Rows under the lock; JSON parsed after it is released."""
+        with self._read() as cur:
+            cur.execute(self._q(sql), params)
+            rows = cur.fetchall()
+        return [_record(r) for r in rows]
+
+    def records_for(self, hook_instance: str) -> list[StoredRecord]:
+        return self._fetch(
+            f"SELECT {_COLUMNS} FROM records WHERE hook_instance = ? ORDER BY seq", (hook_instance,)
+        )
+
+    def records_of_trace(self, trace_id: str) -> list[StoredRecord]:
+        return self._fetch(
+            f"SELECT {_COLUMNS} FROM records WHERE trace_id = ? ORDER BY seq", (trace_id,)
+        )
+
+    def _where(self, where: TraceFilter) -> tuple[str, list[Any]]:
+        sql, params = "", []
         if where.patient:
             sql += " AND patient = ?"
             params.append(where.patient if "/" in where.patient else f"Patient/{where.patient}")
@@ -208,9 +270,53 @@ class SqlTraceStore(ABC):
         if where.until:
             sql += " AND recorded_at < ?"
             params.append(where.until)
-        with self._read() as cur:
-            cur.execute(self._q(sql + " ORDER BY seq"), tuple(params))
-            records = [_record(r) for r in cur.fetchall()]
+        return sql, params
+
+    def search_page(
+        self, where: TraceFilter, *, before: int | None = None, size: int = 50
+    ) -> tuple[list[tuple[StoredRecord, list[StoredRecord]]], int | None]:
+        """Up to ``size`` matching traces, newest first, older than position ``before``;
+        and the position to continue from (None: no more). Scans in batches: the store
+        lock is held only while rows are read, never while they are parsed."""
+        cond, params = self._where(where)
+        out: list[tuple[StoredRecord, list[StoredRecord]]] = []
+        cursor = before
+        while len(out) < size:
+            bound = "" if cursor is None else " AND seq < ?"
+            args = (*params, *(() if cursor is None else (cursor,)), self.BATCH // 10)
+            traces = self._fetch(
+                f"SELECT {_COLUMNS} FROM records WHERE kind = 'trace'{cond}{bound} "
+                "ORDER BY seq DESC LIMIT ?",
+                args,
+            )
+            if not traces:
+                return out, None
+            feedback = self._feedback_of([t.trace_id for t in traces])
+            for rec in traces:
+                cursor = rec.seq
+                mine = feedback.get(rec.trace_id, [])
+                if _matches(rec, mine, where):
+                    out.append((rec, mine))
+                    if len(out) == size:
+                        break
+        return out, cursor
+
+    def _feedback_of(self, trace_ids: list[str]) -> dict[str, list[StoredRecord]]:
+        marks = ", ".join("?" for _ in trace_ids)
+        records = self._fetch(
+            f"SELECT {_COLUMNS} FROM records WHERE kind = 'feedback' AND trace_id IN ({marks}) "
+            "ORDER BY seq",
+            tuple(trace_ids),
+        )
+        out: dict[str, list[StoredRecord]] = {}
+        for rec in records:
+            out.setdefault(rec.trace_id, []).append(rec)
+        return out
+
+    def search(self, where: TraceFilter) -> list[tuple[StoredRecord, list[StoredRecord]]]:
+        cond, params = self._where(where)
+        records = self._fetch(f"SELECT {_COLUMNS} FROM records WHERE 1 = 1{cond} ORDER BY seq",
+                              tuple(params))  # fmt: skip
         feedback: dict[str, list[StoredRecord]] = {}
         for rec in records:
             if rec.kind == "feedback":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ class SqliteTraceStore(SqlTraceStore):
         super().__init__()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # traces hold patient data: owner-only; SQLite gives -wal and -shm the same mode
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         self.path = path
         self._db = _connect(path, "FULL")
         self._db.executescript(_SCHEMA)

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from cds.audit.chain import Checkpoint, RawRecord, VerifyResult
 from cds.errors import ConfigError
 
-__all__ = ["StoredRecord", "TraceFilter", "TraceStore", "open_store"]
+__all__ = ["CardOrigin", "StoredRecord", "TraceFilter", "TraceStore", "open_store"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,15 @@ class StoredRecord:
     body: dict[str, Any]
     prev_hash: str
     hash: str
+
+
+@dataclass(frozen=True)
+class CardOrigin:
+    """Where a card came from: feedback must come from the same client and service."""
+
+    trace_id: str
+    service: str | None
+    client_iss: str | None
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,24 @@ class TraceStore(Protocol):
         """Record feedback once per ``key``; return False if it was already recorded."""
         ...
 
+    def append_feedback_many(self, items: list[tuple[str, str, dict[str, Any]]]) -> int:
+        """Record ``(trace_id, key, record)`` items in one transaction; all or nothing.
+        Items whose key is already recorded are skipped; returns how many were new."""
+        ...
+
     def trace_of_card(self, card_uuid: str) -> str | None: ...
+
+    def card_origin(self, card_uuid: str) -> CardOrigin | None:
+        """The trace, service and CDS client that produced a card."""
+        ...
+
+    def session_version(self, user: str) -> int:
+        """The current session version of a viewer user (0 if never logged out)."""
+        ...
+
+    def end_sessions(self, user: str) -> int:
+        """Invalidate every session of a viewer user, in every process."""
+        ...
 
     def records_for(self, hook_instance: str) -> list[StoredRecord]: ...
 
@@ -64,6 +90,12 @@ class TraceStore(Protocol):
 
     def search(self, where: TraceFilter) -> list[tuple[StoredRecord, list[StoredRecord]]]:
         """Matching traces, oldest first, each with its feedback records."""
+        ...
+
+    def search_page(
+        self, where: TraceFilter, *, before: int | None = None, size: int = 50
+    ) -> tuple[list[tuple[StoredRecord, list[StoredRecord]]], int | None]:
+        """A page of matching traces, newest first, and where the next page starts."""
         ...
 
     def register_pack(self, pack_id: str, version: str, sha256: str) -> str:

@@ -2,32 +2,45 @@
 
 It has its own credentials (``[viewer]`` users with PBKDF2 password hashes and
 a signed session cookie), separate from the CDS clients' JWTs. Pages: a list of
-traces with filters, and one trace as a timeline (request, inputs with units
-and quality, rules fired with the thresholds that decided them, cards,
-feedback, chain status).
+traces with filters, newest first and paged, and one trace as a timeline
+(request, inputs with units and quality, rules fired with the thresholds that
+decided them, cards, feedback, chain status).
+
+Hardening: logins are throttled per user and per address, unknown users cost
+the same time as known ones, password hashing runs off the event loop one at a
+time; forms carry a CSRF token (double-submit cookie) and cross-site posts are
+refused; a session is valid only while its user is configured and its version
+is current (logging out ends every session of the user, in every process);
+pages may not be framed.
 """
 
 from __future__ import annotations
 
+import hmac
 import html
+import math
 import os
+import secrets
 import threading
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import anyio
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from cds.audit.chain import GENESIS, RawRecord, VerifyResult, verify_rows
-from cds.audit.passwords import SessionSigner, verify_password
+from cds.audit.passwords import DUMMY_HASH, SessionSigner, verify_password
 from cds.audit.render import diagnosis_lines, rule_fate
 from cds.audit.store import StoredRecord, TraceFilter, TraceStore
+from cds.audit.throttle import LoginThrottle
 from cds.config import ViewerSettings
 
 __all__ = ["viewer_router"]
 
 COOKIE = "runform_audit"
+CSRF_COOKIE = "runform_csrf"
+PAGE_SIZE = 100
 _FILTERS = ("patient", "since", "until", "rule", "pack_version", "indicator", "outcome")
 _CSS = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2430;background:#f5f7fa}
@@ -57,12 +70,18 @@ def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def _page(title: str, body: str, user: str | None = None) -> HTMLResponse:
+def _csrf_field(token: str) -> str:
+    return f'<input type="hidden" name="csrf" value="{_e(token)}">'
+
+
+def _page(
+    title: str, body: str, csrf: str, user: str | None = None, status: int = 200
+) -> HTMLResponse:
     nav = (
         (
             f'<a href="/audit/">traces</a><span class="muted">{_e(user)}</span>'
             '<form method="post" action="/audit/logout" style="margin:0">'
-            '<button type="submit">log out</button></form>'
+            f'{_csrf_field(csrf)}<button type="submit">log out</button></form>'
         )
         if user
         else ""
@@ -72,13 +91,21 @@ def _page(title: str, body: str, user: str | None = None) -> HTMLResponse:
         f"</title><style>{_CSS}</style></head><body><header><h1>runform-cds audit</h1>{nav}"
         f"</header><main>{body}</main></body></html>"
     )
-    return HTMLResponse(
+    response = HTMLResponse(
         doc,
+        status_code=status,
         headers={
             "Cache-Control": "no-store",
-            "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'",
+            "Content-Security-Policy": (
+                "default-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'; "
+                "form-action 'self'"
+            ),
         },
     )
+    response.set_cookie(
+        CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/audit", max_age=86400
+    )
+    return response
 
 
 class _ChainStatus:
@@ -268,86 +295,165 @@ def _record_integrity(store: TraceStore, rec: StoredRecord) -> str:
     )
 
 
+def _same_origin(request: Request) -> bool:
+    """A form post from our own pages (a browser sends Origin on a cross-site post)."""
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+    ours = urlsplit(str(request.base_url))
+    theirs = urlsplit(origin)
+    return (theirs.scheme, theirs.netloc) == (ours.scheme, ours.netloc)
+
+
 def viewer_router(settings: ViewerSettings, store: TraceStore, secure_cookie: bool) -> APIRouter:
     router = APIRouter(prefix="/audit", include_in_schema=False)
     secret = settings.session_secret.encode() if settings.session_secret else os.urandom(32)
     sessions = SessionSigner(secret, settings.session_minutes)
     users = {u.name: u.password_hash for u in settings.users}
     chain = _ChainStatus(store)
+    throttle = LoginThrottle(
+        settings.max_failures_per_user,
+        settings.max_failures_per_address,
+        settings.lockout_minutes * 60,
+    )
+    hashing = anyio.Semaphore(1)  # a login flood waits here, not on every core
 
-    def current(request: Request) -> str | None:
-        return sessions.user(request.cookies.get(COOKIE))
+    def csrf_of(request: Request) -> str:
+        return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+
+    def csrf_ok(request: Request, sent: str) -> bool:
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        return bool(cookie) and hmac.compare_digest(cookie, sent) and _same_origin(request)
+
+    async def current(request: Request) -> str | None:
+        session = sessions.session(request.cookies.get(COOKIE))
+        if session is None or session.user not in users:
+            return None
+        version = await anyio.to_thread.run_sync(store.session_version, session.user)
+        return session.user if version == session.version else None
 
     def to_login() -> Response:
         return RedirectResponse("/audit/login", status_code=303)
 
+    def refused(request: Request) -> Response:
+        return _page("refused", "<p>This form has expired. Reload the page and try again.</p>",
+                     csrf_of(request), status=403)  # fmt: skip
+
     @router.get("/login")
-    async def login_form(error: str = "") -> HTMLResponse:
+    async def login_form(request: Request, error: str = "") -> HTMLResponse:
         msg = "<p style='color:#b3261e'>Wrong name or password.</p>" if error else ""
+        csrf = csrf_of(request)
         return _page(
             "log in",
             f"<form class='login' method='post' action='/audit/login'>"
-            f"<h2>Audit trail</h2>{msg}<label>Name<input name='username' "
+            f"<h2>Audit trail</h2>{msg}{_csrf_field(csrf)}<label>Name<input name='username' "
             "autocomplete='username'></label><label>Password<input name='password' "
             "type='password' autocomplete='current-password'></label>"
             "<button type='submit'>Log in</button></form>",
+            csrf,
         )
 
     @router.post("/login")
-    async def login(username: str = Form(""), password: str = Form("")) -> Response:
-        stored = users.get(username)
-        ok = stored is not None and await anyio.to_thread.run_sync(
-            verify_password, password, stored
-        )
-        if not ok:
+    async def login(
+        request: Request,
+        username: str = Form(""),
+        password: str = Form(""),
+        csrf: str = Form(""),
+    ) -> Response:
+        if not csrf_ok(request, csrf):
+            return refused(request)
+        address = request.client.host if request.client else "?"
+        wait = throttle.retry_after(username, address)
+        if wait > 0:
+            minutes = math.ceil(wait / 60)
+            response = _page(
+                "too many attempts",
+                f"<p>Too many failed logins. Try again in {minutes} minute(s).</p>",
+                csrf_of(request),
+                status=429,
+            )
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
+        async with hashing:
+            ok = await anyio.to_thread.run_sync(
+                verify_password, password, users.get(username, DUMMY_HASH)
+            )
+        if not ok or username not in users:
+            throttle.failed(username, address)
             return RedirectResponse("/audit/login?error=1", status_code=303)
-        response = RedirectResponse("/audit/", status_code=303)
-        response.set_cookie(
+        throttle.succeeded(username)
+        version = await anyio.to_thread.run_sync(store.session_version, username)
+        done = RedirectResponse("/audit/", status_code=303)
+        done.set_cookie(
             COOKIE,
-            sessions.issue(username),
+            sessions.issue(username, version),
             httponly=True,
             samesite="strict",
             secure=secure_cookie,
             max_age=settings.session_minutes * 60,
             path="/audit",
         )
-        return response
+        done.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(24), httponly=True,
+                        samesite="strict", path="/audit", max_age=86400)  # fmt: skip
+        return done
 
     @router.post("/logout")
-    async def logout() -> Response:
+    async def logout(request: Request, csrf: str = Form("")) -> Response:
+        if not csrf_ok(request, csrf):
+            return refused(request)
+        user = await current(request)
+        if user is not None:  # every session of this user ends, in every process
+            await anyio.to_thread.run_sync(store.end_sessions, user)
         response = RedirectResponse("/audit/login", status_code=303)
         response.delete_cookie(COOKIE, path="/audit")
         return response
 
     @router.get("/")
     async def list_traces(request: Request) -> Response:
-        user = current(request)
+        user = await current(request)
         if user is None:
             return to_login()
         values = {k: v for k in _FILTERS if (v := request.query_params.get(k, "").strip())}
+        before_text = request.query_params.get("before", "")
+        before = int(before_text) if before_text.isdigit() else None
         where = TraceFilter(**values, limit=None)
-        items = await anyio.to_thread.run_sync(store.search, where)
+        items, more = await anyio.to_thread.run_sync(
+            lambda: store.search_page(where, before=before, size=PAGE_SIZE)
+        )
         status = await anyio.to_thread.run_sync(chain.check)
+        older = (
+            f'<p><a id="older" href="/audit/?{_e(urlencode({**values, "before": more}))}">'
+            "older traces</a></p>"
+            if more is not None
+            else ""
+        )
         query = f"?{urlencode(values)}" if values else ""
         return _page(
             "traces",
             _banner(status)
             + _filter_form(values)
-            + _list_rows(items[-500:])
+            + _list_rows(list(reversed(items)))
+            + older
             + f"<p class='muted'>filters: {_e(query) or 'none'}</p>",
+            csrf_of(request),
             user,
         )
 
     @router.get("/trace/{trace_id}")
     async def show_trace(trace_id: str, request: Request) -> Response:
-        user = current(request)
+        user = await current(request)
         if user is None:
             return to_login()
         records = await anyio.to_thread.run_sync(store.records_of_trace, trace_id)
         if not records or records[0].kind != "trace":
-            return _page("not found", "<p>No such trace.</p>", user)
+            return _page("not found", "<p>No such trace.</p>", csrf_of(request), user)
         integrity = await anyio.to_thread.run_sync(_record_integrity, store, records[0])
         status = await anyio.to_thread.run_sync(chain.check)
-        return _page(f"trace {trace_id}", _banner(status) + _timeline(records, integrity), user)
+        return _page(
+            f"trace {trace_id}",
+            _banner(status) + _timeline(records, integrity),
+            csrf_of(request),
+            user,
+        )
 
     return router

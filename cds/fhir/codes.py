@@ -20,6 +20,7 @@ __all__ = [
     "Metric",
     "Side",
     "code_system",
+    "finding_codes",
     "metric",
     "metrics",
     "plan_display",
@@ -122,6 +123,12 @@ def metrics() -> dict[str, Metric]:
 
 def metric(code: str) -> Metric | None:
     return metrics().get(code)
+
+
+@cache
+def finding_codes() -> frozenset[str]:
+    """The codes of the findings CodeSystem (coded results and capture properties)."""
+    return frozenset(c["code"] for c in code_system("findings")["concept"])
 
 
 @cache

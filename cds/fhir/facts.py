@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from cds.fhir.codes import PLANS_SYSTEM, Side, metrics
+from cds.fhir.codes import PLANS_SYSTEM, Side, metric, metrics
 from cds.fhir.diagnoses import (
     DiagnosisCode,
     DiagnosisMatch,
@@ -230,6 +230,7 @@ def build_facts(
                 resource=f"{bad.resource_type or '?'}/{bad.id or '?'}",
                 source=bad.source,
                 reason=f"unreadable: {bad.reason}",
+                why="could not be read",
             )
         )
         kind = _unreadable_kind(bad)
@@ -298,9 +299,11 @@ def _flag_unnormalised(fact: dict[str, Any], readings: Readings) -> None:
 
 
 def _note(rec: InputRecord) -> str:
-    what = rec.code or rec.resource
+    """One set-aside input in our own words: card text never quotes what a client sent."""
+    m = metric(rec.code) if rec.code else None
+    what = m.display.lower() if m is not None else "a resource"
     side = f" ({rec.side})" if rec.side else ""
-    return f"{what}{side}: {rec.reason}"
+    return f"{what}{side}: {rec.why or 'set aside'}"
 
 
 def _add_quality_counts(

@@ -24,7 +24,15 @@ from datetime import datetime
 from statistics import fmean
 from typing import Any
 
-from cds.fhir.codes import FINDINGS_SYSTEM, METRICS_SYSTEM, SITE_SIDES, Metric, Side, metric
+from cds.fhir.codes import (
+    FINDINGS_SYSTEM,
+    METRICS_SYSTEM,
+    SITE_SIDES,
+    Metric,
+    Side,
+    finding_codes,
+    metric,
+)
 from cds.fhir.diagnoses import as_datetime
 from cds.fhir.parse import Observation
 from cds.fhir.policy import CaptureLimits, FactPolicy
@@ -51,7 +59,10 @@ class InputRecord:
     effective: str | None = None
     strides: float | None = None
     role: str | None = None
+    #: why it was set aside, in full (for the trace; may quote what the client sent)
     reason: str | None = None
+    #: the same in our own fixed words (for card text, which never quotes the client)
+    why: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -75,8 +86,9 @@ class Reading:
 
 
 class _Reject(Exception):
-    def __init__(self, reason: str, flag: str | None = "excluded") -> None:
+    def __init__(self, reason: str, why: str, flag: str | None = "excluded") -> None:
         super().__init__(reason)
+        self.why = why
         self.flag = flag
 
 
@@ -112,26 +124,29 @@ def _coded_component(obs: Observation, code: str) -> str | None:
 def _coded_value(obs: Observation) -> str:
     if obs.valueCodeableConcept is not None:
         codes = obs.valueCodeableConcept.codes(FINDINGS_SYSTEM)
+        known = [c for c in codes if c in finding_codes()]
+        if known:
+            return known[0]
         if codes:
-            return codes[0]
+            raise _Reject(f"code {codes[0]!r} is not in {FINDINGS_SYSTEM}", "unknown coded value")
     if obs.valueBoolean is not None:
         return "positive" if obs.valueBoolean else "negative"
-    raise _Reject(f"expected valueCodeableConcept from {FINDINGS_SYSTEM}")
+    raise _Reject(f"expected valueCodeableConcept from {FINDINGS_SYSTEM}", "no coded value")
 
 
 def _quantity_value(obs: Observation, m: Metric) -> tuple[float, str, float, str]:
     q = obs.valueQuantity
     if q is None or q.value is None:
-        raise _Reject("no valueQuantity.value")
+        raise _Reject("no valueQuantity.value", "no value")
     unit = q.code or q.unit
     if not unit:
-        raise _Reject("valueQuantity has no unit")
+        raise _Reject("valueQuantity has no unit", "no unit")
     if q.system not in (None, "http://unitsofmeasure.org"):
-        raise _Reject(f"unit system {q.system!r} is not UCUM")
+        raise _Reject(f"unit system {q.system!r} is not UCUM", "unit is not UCUM")
     try:
         canonical, dim = convert(q.value, unit, m.dimensions)
     except UnitError as exc:
-        raise _Reject(str(exc)) from exc
+        raise _Reject(str(exc), "unit does not fit the metric") from exc
     return q.value, unit, canonical, m.field_for(dim)
 
 
@@ -151,8 +166,9 @@ class Readings:
         bucket[kind] = bucket.get(kind, 0) + 1
 
     def set_aside(self, records: list[InputRecord], reason: str) -> None:
+        """Set ``records`` aside; ``reason`` is our own wording (safe for cards too)."""
         for rec in records:
-            rec.reason = reason
+            rec.reason = rec.why = reason
             self.excluded.append(rec)
 
 
@@ -174,14 +190,14 @@ class _Selector:
         side: Side | None = None
         try:
             if m is None or m.group == "quality":
-                raise _Reject(f"not a metric of {METRICS_SYSTEM}", flag=None)
+                raise _Reject(f"not a metric of {METRICS_SYSTEM}", "not one of our metrics", None)
             if obs.status in ("entered-in-error", "cancelled", "registered"):
-                raise _Reject(f"status {obs.status}", flag=None)
+                raise _Reject(f"status {obs.status}", "withdrawn or not final", None)
             side = _side_of(obs)
             rec.side = side
             reading, fld = self._reading(obs, m, rec, side)
         except _Reject as exc:
-            rec.reason = str(exc)
+            rec.reason, rec.why = str(exc), exc.why
             self.out.excluded.append(rec)
             if exc.flag is not None:
                 self.out.flag(side, exc.flag)
@@ -194,14 +210,15 @@ class _Selector:
         """The Observation as a reading, and the fact field (by unit dimension) it fills."""
         if m.lateral and side is None:
             raise _Reject(
-                "bodySite has no recognised laterality (SNOMED CT left/right hip or knee)"
+                "bodySite has no recognised laterality (SNOMED CT left/right hip or knee)",
+                "no side recorded",
             )
         eff = as_datetime(obs.effective)
         if eff is None:
-            raise _Reject("no effective time")
+            raise _Reject("no effective time", "no measurement time")
         rec.effective = eff.isoformat()
         if obs.dataAbsentReason is not None:
-            raise _Reject("dataAbsentReason present")
+            raise _Reject("dataAbsentReason present", "no value (data absent)")
         if m.coded:
             canonical: Any = _coded_value(obs)
             rec.value = rec.canonical = canonical
@@ -218,21 +235,30 @@ class _Selector:
     def _check_capture(self, obs: Observation, m: Metric) -> None:
         mode = _coded_component(obs, "gait-mode")
         if mode == "walking":
-            raise _Reject("walking capture: not used for running recommendations", "walking")
+            raise _Reject(
+                "walking capture: not used for running recommendations",
+                "walking capture",
+                "walking",
+            )
         if mode != "running" and self.policy.gait_mode_missing == "ask":
             raise _Reject("gait mode not recorded: cannot tell walking from running",
-                          "gait_mode_unknown")  # fmt: skip
+                          "gait mode not recorded", "gait_mode_unknown")  # fmt: skip
         view = _coded_component(obs, "capture-view")
         if m.view is not None and view is not None and view != m.view:
-            raise _Reject(f"measured from the {view} view; this metric needs the {m.view} view")
+            raise _Reject(
+                f"measured from the {view} view; this metric needs the {m.view} view",
+                f"needs the {m.view} view",
+            )
         fps = _component(obs, "frame-rate")
         needed = self.limits.required_fps(m.code, running=True)
         if fps is not None and fps < needed:
-            raise _Reject(f"filmed at {fps:g} fps; this metric needs at least {needed:g} fps")
+            why = f"filmed at {fps:g} fps; this metric needs at least {needed:g} fps"
+            raise _Reject(why, why)
         visible = _component(obs, "visible-fraction")
         least = 100 * self.limits.min_visible_fraction
         if visible is not None and visible < least:
-            raise _Reject(f"landmarks visible in {visible:g}% of frames (needs {least:g}%)")
+            why = f"landmarks visible in {visible:g}% of frames (needs {least:g}%)"
+            raise _Reject(why, why)
 
     # -- per metric and side ------------------------------------------------------------
     def _too_few_strides(self, r: Reading) -> bool:

@@ -1,17 +1,27 @@
-"""The HTTP service: CDS Hooks 2.0 discovery, service and feedback endpoints."""
+"""The HTTP service: CDS Hooks 2.0 discovery, service and feedback endpoints.
+
+Closed by default: every route needs the CDS client's JWT (a dependency of the
+CDS router, so a new route inherits it) or the trace viewer's session, except
+the health endpoints. FastAPI's generated docs are off; ``server.openapi``
+serves ``/openapi.json`` behind the JWT. Every response carries headers that
+keep it out of frames, sniffers and caches.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import httpx
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
@@ -21,19 +31,34 @@ from cds.audit.store import TraceStore, open_store
 from cds.audit.viewer import viewer_router
 from cds.audit.writer import TraceWriter
 from cds.config import Settings, load_settings
-from cds.errors import AuthError, CdsError, PayloadTooLargeError, RequestError, operation_outcome
+from cds.errors import (
+    AuthError,
+    CdsError,
+    InternalError,
+    PayloadTooLargeError,
+    RequestError,
+    operation_outcome,
+)
 from cds.rules.compile import CompiledPack
 from cds.rules.load import load_serving_packs
-from cds.service.auth import JwtVerifier
+from cds.service.auth import ClientIdentity, JwtVerifier
 from cds.service.feedback import parse_feedback, record_feedback
 from cds.service.hooks import discovery, parse_request, service
 from cds.service.pipeline import Runtime, run_call
 from cds.service.reload import PackReloader
 
-__all__ = ["app_from_env", "create_app"]
+__all__ = ["PUBLIC_PATHS", "app_from_env", "create_app"]
 
 log = logging.getLogger("cds.service")
 JSON = "application/json"
+#: the only paths answered without a CDS client JWT or a viewer session
+PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/audit/login"})
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+_API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 
 
 def _error(exc: CdsError) -> JSONResponse:
@@ -41,8 +66,6 @@ def _error(exc: CdsError) -> JSONResponse:
         log.info("rejected credentials: %s", exc.message)
         body = operation_outcome("unauthorized", code="security")
         return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-    if exc.status >= 500:
-        log.error("%s: %s", exc.code, exc.message)
     return JSONResponse(exc.to_operation_outcome(), status_code=exc.status)
 
 
@@ -62,14 +85,154 @@ async def _read_json(request: Request, limit: int) -> Any:
         raise RequestError(f"the request body is not valid JSON: {exc}") from None
 
 
-def _auth_check(settings: Settings, verifier: JwtVerifier) -> Callable[[Request], Awaitable[None]]:
+def _client_dependency(
+    settings: Settings, verifier: JwtVerifier
+) -> Callable[[Request], Awaitable[None]]:
+    """Verify the CDS client's JWT; the identity is kept on the request for the handler."""
     base = settings.server.public_base
 
-    async def check(request: Request) -> None:
-        if settings.auth.required:
+    async def authenticate(request: Request) -> None:
+        request.state.client = (
             await verifier.verify(request.headers.get("authorization"), base + request.url.path)
+            if settings.auth.required
+            else None
+        )
 
-    return check
+    return authenticate
+
+
+def _client(request: Request) -> ClientIdentity | None:
+    client: ClientIdentity | None = request.state.client
+    return client
+
+
+def _security_headers(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        response.headers.setdefault("Content-Security-Policy", _API_POLICY)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+
+def _exception_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CdsError)
+    async def cds_error(_: Request, exc: CdsError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        code = "not-found" if exc.status_code == 404 else "not-supported"
+        body = operation_outcome(str(exc.detail), code=code)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(RequestError(str(exc.errors()[0].get("msg", "invalid request"))))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("unexpected error (error id %s)", error_id)
+        return _error(InternalError.for_id(error_id))
+
+
+def _health_routes(app: FastAPI, runtime: Runtime) -> None:
+    """Liveness and readiness for load balancers; they reveal nothing about the packs."""
+
+    @app.get("/livez", include_in_schema=False)
+    async def livez() -> dict[str, str]:
+        return {"status": "ok"}
+
+    async def ready() -> JSONResponse:
+        problems = []
+        if not runtime.packs:
+            problems.append("no rule pack loaded")
+        try:
+            await anyio.to_thread.run_sync(runtime.store.hash_at, 1)
+        except Exception:  # any store failure means "not ready"
+            problems.append("trace store unreachable")
+        status = 503 if problems else 200
+        return JSONResponse({"status": "fail" if problems else "ok", "problems": problems},
+                            status_code=status)  # fmt: skip
+
+    app.add_api_route("/readyz", ready, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/healthz", ready, methods=["GET"], include_in_schema=False)
+
+
+async def _trace_failure(
+    runtime: Runtime, service_id: str, client: ClientIdentity | None, exc: Exception
+) -> CdsError:
+    """A feedback call that failed unexpectedly still leaves a trace, under an error id."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("feedback to %s failed (error id %s)", service_id, error_id, exc_info=exc)
+    await runtime.writer.append(
+        {
+            "trace_id": str(uuid.uuid4()),
+            "hook_instance": None,
+            "service": f"{service_id}/feedback",
+            "received_at": datetime.now(UTC).isoformat(),
+            "client": client.as_trace() if client else None,
+            "outcome": {
+                "status": 500,
+                "error": InternalError.code,
+                "error_id": error_id,
+                "message": f"{type(exc).__name__}: {exc}",
+            },
+        }
+    )
+    return InternalError.for_id(error_id)
+
+
+def _cds_router(settings: Settings, runtime: Runtime, verifier: JwtVerifier) -> APIRouter:
+    router = APIRouter(dependencies=[Depends(_client_dependency(settings, verifier))])
+    limit = settings.server.max_body_bytes
+
+    @router.get("/cds-services")
+    async def get_discovery() -> dict[str, Any]:
+        return discovery()
+
+    @router.post("/cds-services/{service_id}")
+    async def call_service(service_id: str, request: Request) -> Response:
+        svc = service(service_id)
+        body = await _read_json(request, limit)
+        result = await run_call(runtime, svc, parse_request(svc, body), _client(request))
+        return Response(orjson.dumps(result), media_type=JSON)
+
+    @router.post("/cds-services/{service_id}/feedback")
+    async def feedback(service_id: str, request: Request) -> Response:
+        client = _client(request)
+        service(service_id)
+        body = parse_feedback(await _read_json(request, limit))
+        cap = settings.server.max_feedback_items
+        if len(body.feedback) > cap:
+            raise PayloadTooLargeError(f"{len(body.feedback)} feedback items; the limit is {cap}")
+        try:
+            await anyio.to_thread.run_sync(record_feedback, runtime.store, service_id, client, body)
+        except CdsError:
+            raise
+        except Exception as exc:
+            raise await _trace_failure(runtime, service_id, client, exc) from exc
+        return JSONResponse({}, status_code=200)
+
+    if settings.server.openapi:
+
+        @router.get("/openapi.json", include_in_schema=False)
+        async def openapi(request: Request) -> dict[str, Any]:
+            schema: dict[str, Any] = request.app.openapi()
+            return schema
+
+    return router
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext:
+    """The system's trusted CAs, plus the operator's own (an internal CA, say)."""
+    context = ssl.create_default_context()
+    if settings.server.ca_file is not None:
+        context.load_verify_locations(cafile=str(settings.server.ca_file))
+    return context
 
 
 def create_app(
@@ -94,10 +257,10 @@ def create_app(
             settings.packs.dir, allow_drafts=settings.packs.allow_drafts, registry=store
         )
     )
-    http = httpx.AsyncClient(follow_redirects=False)
+    http = httpx.AsyncClient(follow_redirects=False, verify=_tls_context(settings))
     writer = TraceWriter(store)
     runtime = Runtime(settings=settings, packs=packs, store=store, writer=writer, http=http)
-    authenticate = _auth_check(settings, JwtVerifier(settings.auth, http, store.claim_jti))
+    verifier = JwtVerifier(settings.auth, http, store.claim_jti)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -119,9 +282,15 @@ def create_app(
         store.close()
 
     app = FastAPI(
-        title="runform-cds", version=runtime.engine_info["runform_cds"], lifespan=lifespan
+        title="runform-cds",
+        version=runtime.engine_info["runform_cds"],
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.runtime = runtime
+    _security_headers(app)
     if settings.cors.origins:
         app.add_middleware(
             CORSMiddleware,
@@ -130,55 +299,12 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
-
     if settings.viewer.enabled:
         secure = settings.server.base_url.startswith("https://")
         app.include_router(viewer_router(settings.viewer, store, secure))
-
-    @app.exception_handler(CdsError)
-    async def cds_error(_: Request, exc: CdsError) -> JSONResponse:
-        return _error(exc)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        code = "not-found" if exc.status_code == 404 else "not-supported"
-        body = operation_outcome(str(exc.detail), code=code)
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(RequestError(str(exc.errors()[0].get("msg", "invalid request"))))
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return JSONResponse(operation_outcome("internal error", code="exception"), status_code=500)
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "packs": [p.key for p in runtime.packs]}
-
-    @app.get("/cds-services")
-    async def get_discovery(request: Request) -> dict[str, Any]:
-        await authenticate(request)
-        return discovery()
-
-    @app.post("/cds-services/{service_id}")
-    async def call_service(service_id: str, request: Request) -> Response:
-        await authenticate(request)
-        svc = service(service_id)
-        body = await _read_json(request, settings.server.max_body_bytes)
-        result = await run_call(runtime, svc, parse_request(svc, body))
-        return Response(orjson.dumps(result), media_type=JSON)
-
-    @app.post("/cds-services/{service_id}/feedback")
-    async def feedback(service_id: str, request: Request) -> Response:
-        await authenticate(request)
-        service(service_id)
-        body = parse_feedback(await _read_json(request, settings.server.max_body_bytes))
-        await anyio.to_thread.run_sync(record_feedback, store, service_id, body)
-        return JSONResponse({}, status_code=200)
-
+    _exception_handlers(app)
+    _health_routes(app, runtime)
+    app.include_router(_cds_router(settings, runtime, verifier))
     return app
 
 

@@ -12,6 +12,7 @@ before. Any failure is an :class:`AuthError`; the client only ever sees a bare
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,15 +26,25 @@ from cds.errors import AuthError
 
 __all__ = ["ClientIdentity", "JwtVerifier", "ReplayClaim"]
 
+log = logging.getLogger("cds.service.auth")
+
 #: records a (iss, jti) until it expires; False when it was already seen
 ReplayClaim = Callable[[str, str, float], bool]
 
 
 @dataclass(frozen=True)
 class ClientIdentity:
+    """The verified CDS client of a call."""
+
     iss: str
     jti: str
     tenant: str | None
+
+    def as_trace(self) -> dict[str, str]:
+        out = {"iss": self.iss, "jti": self.jti}
+        if self.tenant:
+            out["tenant"] = self.tenant
+        return out
 
 
 class _KeySet:
@@ -73,12 +84,18 @@ class _KeySet:
 
 
 def _parse_jwks(data: Any) -> dict[str, jwt.PyJWK]:
+    """The usable keys of a JWK Set; a key that does not parse is skipped and logged."""
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ValueError("not a JWK Set")
     keys = {}
-    for jwk in data["keys"]:
-        if isinstance(jwk, dict) and jwk.get("kid") and jwk.get("kty") in ("EC", "RSA"):
+    for i, jwk in enumerate(data["keys"]):
+        if not (isinstance(jwk, dict) and jwk.get("kid") and jwk.get("kty") in ("EC", "RSA")):
+            log.warning("JWK Set: key %d skipped (no kid, or not an EC or RSA key)", i)
+            continue
+        try:
             keys[str(jwk["kid"])] = jwt.PyJWK.from_dict(jwk)
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+            log.warning("JWK Set: key %r skipped: %s", str(jwk["kid"])[:64], type(exc).__name__)
     return keys
 
 
@@ -108,7 +125,9 @@ class JwtVerifier:
         keyset = self._clients.get(str(claims.get("iss")))
         if keyset is None:
             raise AuthError("issuer not on the allowlist")
-        if "jku" in header and header["jku"] != keyset.client.jku:
+        if "jku" in header and (
+            header["jku"] != keyset.client.jku or not str(header["jku"]).startswith("https://")
+        ):
             raise AuthError("jku not on the allowlist")
         key = await keyset.key(str(kid), self._http)
         return self._check_claims(token, key, str(alg), keyset.client, audience)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from cds.audit.chain import canonical_json
 from cds.audit.store import TraceStore
 from cds.errors import RequestError, UnknownCardError
+from cds.service.auth import ClientIdentity
 
 __all__ = ["FeedbackBody", "parse_feedback", "record_feedback"]
 
@@ -68,19 +69,31 @@ def parse_feedback(body: Any) -> FeedbackBody:
         raise RequestError(f"{where}: {err['msg']}", expression=where or None) from None
 
 
-def record_feedback(store: TraceStore, service_id: str, body: FeedbackBody) -> int:
-    """Record every item against its card's trace; all or nothing. Returns new records."""
-    resolved = []
+def record_feedback(
+    store: TraceStore, service_id: str, client: ClientIdentity | None, body: FeedbackBody
+) -> int:
+    """Record every item against its card's trace, all or nothing; returns new records.
+
+    A card is known only to the client and the service that produced it: feedback
+    from another client, or sent to another service, is refused like an unknown card
+    (so one client cannot learn which cards another was shown).
+    """
+    caller = client.iss if client else None
+    items = []
     for i, item in enumerate(body.feedback):
-        trace_id = store.trace_of_card(item.card)
-        if trace_id is None:
+        origin = store.card_origin(item.card)
+        if origin is None or origin.service != service_id or origin.client_iss != caller:
             raise UnknownCardError(
-                f"no card with uuid {item.card!r}", expression=f"feedback[{i}].card"
+                f"no card with uuid {item.card!r} from this service",
+                expression=f"feedback[{i}].card",
             )
-        resolved.append((trace_id, item))
-    new = 0
-    for trace_id, item in resolved:
-        record = {"service": service_id, **item.model_dump(mode="json", exclude_none=True)}
-        key = hashlib.sha256(canonical_json(record).encode()).hexdigest()
-        new += store.append_feedback(trace_id, key, record)
-    return new
+        record = {
+            "service": service_id,
+            "client": client.as_trace() if client else None,
+            **item.model_dump(mode="json", exclude_none=True),
+        }
+        # the same item, from the same client, is recorded once however often it is sent
+        key_body = {k: v for k, v in record.items() if k != "client"} | {"client_iss": caller}
+        key = hashlib.sha256(canonical_json(key_body).encode()).hexdigest()
+        items.append((origin.trace_id, key, record))
+    return store.append_feedback_many(items)

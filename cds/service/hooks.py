@@ -6,6 +6,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -143,8 +144,14 @@ class HookRequest(BaseModel):
     @field_validator("fhirServer")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+        if v is None:
+            return v
+        if not re.match(r"^https?://[^\s/]+", v):
             raise ValueError("fhirServer must be an absolute http(s) URL")
+        parts = urlsplit(v)
+        # never echo the value: it may hold a password
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("fhirServer may not carry a user name or password")
         return v
 
     @property

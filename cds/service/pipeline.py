@@ -1,11 +1,14 @@
 """One CDS call, start to finish: prefetch -> facts -> rules -> cards -> trace.
 
 The trace is written durably before the response is returned; if it cannot be
-written, the call fails rather than return untraced guidance.
+written, the call fails rather than return untraced guidance. A call that
+fails leaves a trace too: for a 5xx the caller gets only an error id, and the
+trace holds what happened under that id.
 """
 
 from __future__ import annotations
 
+import logging
 import platform
 import uuid
 from dataclasses import dataclass, field
@@ -13,13 +16,15 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
+import anyio
 import httpx
 
 from cds.audit.store import TraceStore
 from cds.audit.writer import TraceWriter
 from cds.config import Settings
-from cds.errors import CdsError
+from cds.errors import CdsError, InternalError, PayloadTooLargeError
 from cds.fhir.facts import ClinicalData, FactSet, build_facts
+from cds.fhir.fetch import FetchBudget, FhirAccess
 from cds.fhir.parse import (
     CarePlan,
     Condition,
@@ -34,10 +39,13 @@ from cds.fhir.parse import (
 from cds.rules.compile import CompiledPack
 from cds.rules.decide import Decision, decide
 from cds.rules.engine import RuleEngine
+from cds.service.auth import ClientIdentity
 from cds.service.hooks import HookRequest, Service
 from cds.service.prefetch import Prefetched, resolve_prefetch
 
 __all__ = ["Runtime", "run_call"]
+
+log = logging.getLogger("cds.service")
 
 
 def _engine_info() -> dict[str, str]:
@@ -100,7 +108,12 @@ def _clinical_data(req: HookRequest, pre: Prefetched) -> ClinicalData:
 
 
 def _trace(
-    req: HookRequest, svc: Service, rt: Runtime, packs: list[CompiledPack], received: datetime
+    req: HookRequest,
+    svc: Service,
+    rt: Runtime,
+    packs: list[CompiledPack],
+    received: datetime,
+    client: ClientIdentity | None,
 ) -> dict[str, Any]:
     return {
         "trace_id": str(uuid.uuid4()),
@@ -108,6 +121,7 @@ def _trace(
         "service": svc.id,
         "hook": svc.hook,
         "received_at": received.isoformat(),
+        "client": client.as_trace() if client else None,
         "fhir_server": req.fhirServer,
         "patient": f"Patient/{req.patient_id}",
         "user": req.context.get("userId"),
@@ -151,30 +165,91 @@ def _record_decisions(trace: dict[str, Any], facts: FactSet, decisions: list[Dec
     ]
 
 
-async def run_call(rt: Runtime, svc: Service, req: HookRequest) -> dict[str, Any]:
-    """Answer one service call; the trace is durably stored before returning."""
+def _resource_count(req: HookRequest) -> int:
+    """Resources the client sent: prefetch entries (or single resources) and draft orders."""
+    values = [*(req.prefetch or {}).values(), req.context.get("draftOrders")]
+    count = 0
+    for value in values:
+        if isinstance(value, dict):
+            entries = value.get("entry") if value.get("resourceType") == "Bundle" else None
+            count += len(entries) if isinstance(entries, list) else 1
+    return count
+
+
+def _fhir_access(rt: Runtime, client: ClientIdentity | None) -> FhirAccess | None:
+    """The FHIR servers the calling client may have us read from (None: none)."""
+    if client is None:
+        return None
+    configured = next((c for c in rt.settings.auth.clients if c.iss == client.iss), None)
+    if configured is None or not configured.fhir_servers:
+        return None
+    return FhirAccess(tuple(configured.fhir_servers), rt.settings.fhir.allow_http_loopback)
+
+
+async def _answer(
+    rt: Runtime,
+    svc: Service,
+    req: HookRequest,
+    trace: dict[str, Any],
+    packs: list[CompiledPack],
+    client: ClientIdentity | None,
+) -> dict[str, Any]:
+    limit = rt.settings.server.max_resources
+    sent = _resource_count(req)
+    if sent > limit:
+        raise PayloadTooLargeError(f"the request carries {sent} resources; the limit is {limit}")
+    pre = await resolve_prefetch(
+        req,
+        rt.http,
+        timeout_s=rt.settings.fhir.timeout_s,
+        max_pages=rt.settings.fhir.max_pages,
+        access=_fhir_access(rt, client),
+        budget=FetchBudget(rt.settings.fhir.max_response_bytes, limit - sent),
+    )
+    trace["prefetch"] = pre.how
+    trace["notes"] = pre.notes
+    data = _clinical_data(req, pre)
+    # off the event loop: health checks and other calls keep being answered meanwhile
+    decisions, facts = await anyio.to_thread.run_sync(
+        _evaluate, rt, packs, svc, req, data, _trace_url(rt, trace)
+    )
+    _record_decisions(trace, facts, decisions)
+    return {"cards": [c for d in decisions for c in d.cards]}
+
+
+def _failed(trace: dict[str, Any], exc: Exception) -> CdsError:
+    """Record why the call failed; the error the caller gets (5xx: only an error id)."""
+    if isinstance(exc, CdsError) and exc.status < 500:
+        trace["outcome"] = {"status": exc.status, "error": exc.code, "message": exc.message}
+        if exc.detail:
+            trace["outcome"]["detail"] = exc.detail
+        return exc
+    error_id = uuid.uuid4().hex[:12]
+    what = exc.message if isinstance(exc, CdsError) else f"{type(exc).__name__}: {exc}"
+    code = exc.code if isinstance(exc, CdsError) else InternalError.code
+    trace["outcome"] = {"status": 500, "error": code, "error_id": error_id, "message": what}
+    log.error("call %s failed (error id %s): %s", trace["hook_instance"], error_id, what,
+              exc_info=not isinstance(exc, CdsError))  # fmt: skip
+    return InternalError.for_id(error_id)
+
+
+async def run_call(
+    rt: Runtime, svc: Service, req: HookRequest, client: ClientIdentity | None = None
+) -> dict[str, Any]:
+    """Answer one service call; the trace (even of a failed call) is durably stored first."""
     received = datetime.now(UTC)
     packs = rt.packs  # a hot reload swaps the list; this call keeps the one it started with
-    trace = _trace(req, svc, rt, packs, received)
+    trace = _trace(req, svc, rt, packs, received, client)
     try:
-        pre = await resolve_prefetch(
-            req, rt.http, timeout_s=rt.settings.fhir.timeout_s, max_pages=rt.settings.fhir.max_pages
-        )
-        trace["prefetch"] = pre.how
-        trace["notes"] = pre.notes
-        data = _clinical_data(req, pre)
-        # CPU-bound and short: a thread would add a hop and gain nothing under the GIL
-        decisions, facts = _evaluate(rt, packs, svc, req, data, _trace_url(rt, trace))
-        _record_decisions(trace, facts, decisions)
-        cards = [c for d in decisions for c in d.cards]
-        trace["outcome"] = {"status": 200}
-    except CdsError as exc:
-        trace["outcome"] = {"status": exc.status, "error": exc.code, "message": exc.message}
+        result = await _answer(rt, svc, req, trace, packs, client)
+    except Exception as exc:  # every failure leaves a trace, then the caller hears of it
+        error = _failed(trace, exc)
         await rt.writer.append(trace)
-        raise
+        raise error from exc
+    trace["outcome"] = {"status": 200}
     trace["responded_at"] = datetime.now(UTC).isoformat()
     await rt.writer.append(trace)
-    return {"cards": cards}
+    return result
 
 
 def _trace_url(rt: Runtime, trace: dict[str, Any]) -> str | None:
