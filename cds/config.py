@@ -6,7 +6,6 @@ file are resolved against the directory of the file itself.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -16,9 +15,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cds.errors import ConfigError
+from cds.fhir.fetch import is_loopback_url
 from cds.measures.settings import MeasureSettings
 
-__all__ = ["CONFIG_ENV_VAR", "AuthClient", "Settings", "is_loopback_url", "load_settings"]
+__all__ = ["CONFIG_ENV_VAR", "AuthClient", "Settings", "load_settings"]
 
 CONFIG_ENV_VAR = "RUNFORM_CDS_CONFIG"
 
@@ -62,16 +62,6 @@ class PackSettings(_Section):
     allow_drafts: bool = False
     #: seconds between checks of the pack folder for changed files (0: no hot reload)
     watch_interval_s: float = Field(default=2.0, ge=0)
-
-
-def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class AuthClient(_Section):

@@ -111,6 +111,30 @@ def _undeclared_data_use(d: dict[str, Any]) -> None:
     d["source_attributes"]["data_use"]["sex"] = False
 
 
+def _norm_missing(d: dict[str, Any]) -> None:
+    d["findings"]["hip_weakness"]["any"].append(
+        {"metric": "hip-extension-strength", "measure": "norm", "below": "strength_norm_cut"}
+    )
+
+
+def _plan_undefined(d: dict[str, Any]) -> None:
+    del d["plans"]["cadence-retraining"]
+
+
+def _never_shows(d: dict[str, Any]) -> None:
+    _rule(d, "q2-stale")["show"] = "when-suppressing"
+
+
+def _plan_placeholder(d: dict[str, Any]) -> None:
+    _rule(d, "q2-stale")["card"]["detail"] = "PLAN {plan:gait-retrainig}"
+
+
+def _evidence_value_set(d: dict[str, Any]) -> None:
+    _rule(d, "q2-stale")["card"]["evidence"] = [
+        {"strength": "D", "label": "x", "diagnoses": ["patellofemoral-pian"]}
+    ]
+
+
 @pytest.mark.parametrize(
     ("mutate", "code", "on_line", "hint"),
     [
@@ -121,6 +145,11 @@ def _undeclared_data_use(d: dict[str, Any]) -> None:
             "did you mean 'r1-hip-drop-symptomatic'",
         ),
         (_undeclared_data_use, "pack-undeclared-data-use", "sex: false", "HTI-1"),
+        (_norm_missing, "pack-no-norm", "measure: norm", "define it under norms"),
+        (_plan_undefined, "pack-undefined-plan", "plan: cadence-retraining", "under plans:"),
+        (_never_shows, "pack-show-never", "show: when-suppressing", "suppresses"),
+        (_plan_placeholder, "pack-unknown-placeholder", "PLAN", "{plan:PLAN}"),
+        (_evidence_value_set, "pack-unknown-value-set", "patellofemoral-pian", "did you mean"),
         (_summary_too_long, "pack-summary-too-long", "LONG", "shorten"),
         (
             _unknown_metric,

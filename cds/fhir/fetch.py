@@ -30,7 +30,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import orjson
 
-__all__ = ["FetchBudget", "FetchError", "FhirAccess", "FhirFetcher"]
+__all__ = ["FetchBudget", "FetchError", "FhirAccess", "FhirFetcher", "is_loopback_url"]
 
 
 class FetchError(Exception):
@@ -52,7 +52,7 @@ class FhirAccess:
         wanted = server.rstrip("/")
         if wanted not in self.allowed:
             raise FetchError(f"fhirServer {wanted} is not allowed for this client")
-        if parts.scheme != "https" and not (self.allow_http_loopback and _loopback_host(server)):
+        if parts.scheme != "https" and not (self.allow_http_loopback and is_loopback_url(server)):
             raise FetchError(f"fhirServer {wanted} is not https")
         return wanted + "/"
 
@@ -75,7 +75,8 @@ class FetchBudget:
             raise FetchError("FHIR responses exceed the resource budget of a call")
 
 
-def _loopback_host(url: str) -> bool:
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names a loopback host (localhost, 127.0.0.0/8, ::1)."""
     host = urlsplit(url).hostname or ""
     if host == "localhost":
         return True
@@ -128,7 +129,7 @@ class FhirFetcher:
             self._headers["Authorization"] = f"Bearer {token}"
         self._max_pages = max_pages
         self._budget = budget
-        self._loopback_ok = _loopback_host(self._base)
+        self._loopback_ok = is_loopback_url(self._base)
 
     async def _get(self, url: str) -> dict[str, Any]:
         if not url.startswith(self._base):

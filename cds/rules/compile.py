@@ -280,8 +280,8 @@ class _Compiler:
                 "use is: poor (or good, fair, positive, negative)",
             )
             return _INVALID
-        unit = self._compared_unit(loc, c)
-        if unit is _INVALID_UNIT:
+        known, unit = self._compared_unit(loc, c)
+        if not known:
             return _INVALID
         dims = {"lsi": ("fraction",), "norm": ("sd",)}.get(c.measure, m.dimensions)
         value = self._threshold((*loc, op), name, dims, out)
@@ -292,10 +292,11 @@ class _Compiler:
         out.fields.update(fields)
         return _join("$or", [_compare(f, op, value, neg) for f in fields])
 
-    def _compared_unit(self, loc: Loc, c: MetricCondition) -> str | None:
-        """The unit that picks the compared field: the threshold's, or the norm's."""
+    def _compared_unit(self, loc: Loc, c: MetricCondition) -> tuple[bool, str | None]:
+        """The unit that picks the compared field (the threshold's, or the norm's);
+        False when the condition cannot be compiled."""
         if c.measure == "lsi":
-            return None
+            return True, None
         if c.measure == "norm":
             norm = self.pack.norms.get(c.metric)
             if norm is None:
@@ -305,12 +306,12 @@ class _Compiler:
                     f"measure: norm needs a norm for {c.metric!r}",
                     "define it under norms:, or compare the value with a threshold",
                 )
-                return _INVALID_UNIT
-            return norm.unit
+                return False, None
+            return True, norm.unit
         comparison = c.comparison
         assert comparison is not None
         t = self.pack.thresholds.get(comparison[1])
-        return t.unit if t is not None else None
+        return True, t.unit if t is not None else None
 
     def _diagnosis(self, loc: Loc, c: DiagnosisCondition, neg: bool, out: Compiled) -> Any:
         if c.diagnosis not in self.pack.value_sets:
@@ -647,7 +648,6 @@ class _Compiler:
 
 
 _INVALID: dict[str, Any] = {"$ex": {"__invalid__": 1}}
-_INVALID_UNIT = "\x00invalid"
 
 
 def _path(loc: Loc) -> str:
