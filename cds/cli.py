@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cds._output import emit
+from cds.audit.commands import add_commands as add_audit_commands
 from cds.errors import CdsError, PackError
 from cds.measures.commands import add_commands as add_measure_commands
 
@@ -27,7 +29,6 @@ def _settings(path: str | None):  # type: ignore[no-untyped-def]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
 
     import uvicorn
     from uvicorn.supervisors import Multiprocess
@@ -62,161 +63,6 @@ def _demo(args: argparse.Namespace) -> int:
     from cds.demo import run_demo
 
     run_demo(_settings(args.config), port=args.port, keep_serving=not args.exit)
-    return 0
-
-
-def _emit(text: str, out: str | None, what: str) -> None:
-    """Write ``text`` to the file ``out``, or to standard output."""
-    if out:
-        Path(out).write_text(text, encoding="utf-8")
-        print(f"wrote {what} to {out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-
-
-def _open_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from cds.audit.store import open_store
-
-    return open_store(args.store or _settings(args.config).store.url)
-
-
-def _audit_show(args: argparse.Namespace) -> int:
-    from cds.audit.render import render_records
-
-    store = _open_store(args)
-    try:
-        records = store.records_for(args.hook_instance)
-    finally:
-        store.close()
-    if not records:
-        print(f"no trace for hookInstance {args.hook_instance}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(
-            json.dumps(
-                [r.body | {"_kind": r.kind, "_seq": r.seq, "_hash": r.hash} for r in records],
-                indent=2,
-            )
-        )
-    else:
-        print(render_records(records))
-    return 0
-
-
-def _filter(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from cds.audit.store import TraceFilter
-
-    return TraceFilter(
-        patient=args.patient,
-        since=args.since,
-        until=args.until,
-        rule=args.rule,
-        pack_version=args.pack_version,
-        indicator=args.indicator,
-        outcome=args.outcome,
-        limit=args.limit,
-    )
-
-
-def _audit_list(args: argparse.Namespace) -> int:
-    from cds.audit.render import render_list
-
-    store = _open_store(args)
-    try:
-        items = store.search(_filter(args))
-    finally:
-        store.close()
-    print(render_list(items))
-    return 0
-
-
-def _audit_export(args: argparse.Namespace) -> int:
-    from cds.audit.export import Pseudonymiser, to_csv, to_fhir_bundle
-
-    key = None
-    if args.pseudonymise:
-        key = (args.pseudonym_key or os.environ.get("RUNFORM_CDS_PSEUDONYM_KEY", "")).encode()
-        if not key:
-            print(
-                "runform-cds: --pseudonymise needs --pseudonym-key or $RUNFORM_CDS_PSEUDONYM_KEY",
-                file=sys.stderr,
-            )
-            return 2
-    store = _open_store(args)
-    try:
-        items = store.search(_filter(args))
-    finally:
-        store.close()
-    pseudo = Pseudonymiser(key)
-    text = (
-        to_csv(items, pseudo)
-        if args.format == "csv"
-        else json.dumps(to_fhir_bundle(items, pseudo), indent=2)
-    )
-    _emit(text, args.out, f"{len(items)} trace(s)")
-    return 0
-
-
-def _audit_keygen(args: argparse.Namespace) -> int:
-    from cds.audit.keys import write_keypair
-
-    private, public = write_keypair(Path(args.out))
-    print(f"private key: {private} (keep it off the database host)\npublic key:  {public}")
-    return 0
-
-
-def _audit_checkpoint(args: argparse.Namespace) -> int:
-    from cds.audit.chain import sign_checkpoint
-    from cds.audit.keys import load_private_key
-
-    store = _open_store(args)
-    try:
-        result = store.verify()
-        if not result.ok:
-            print(f"refusing to sign a broken chain: {result.problem}", file=sys.stderr)
-            return 1
-        checkpoint = sign_checkpoint(
-            result.head_seq, result.head_hash, load_private_key(Path(args.key))
-        )
-        store.save_checkpoint(checkpoint)
-    finally:
-        store.close()
-    text = json.dumps(checkpoint.as_dict(), indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    print(text)
-    return 0
-
-
-def _audit_verify(args: argparse.Namespace) -> int:
-    from cds.audit.verify import verify_store
-
-    store = _open_store(args)
-    try:
-        report = verify_store(
-            store,
-            public_key=Path(args.public_key) if args.public_key else None,
-            checkpoint_files=[Path(p) for p in args.checkpoint or []],
-        )
-    finally:
-        store.close()
-    print(report.text)
-    return 0 if report.ok else 1
-
-
-def _audit_hash_password(args: argparse.Namespace) -> int:
-    import getpass
-
-    from cds.audit.passwords import hash_password
-
-    if sys.stdin.isatty():
-        password = getpass.getpass("viewer password: ")
-    else:
-        password = sys.stdin.readline().rstrip("\n")
-    if len(password) < 12:
-        print("runform-cds: use at least 12 characters", file=sys.stderr)
-        return 2
-    print(hash_password(password))
     return 0
 
 
@@ -317,7 +163,7 @@ def _packs_schema(args: argparse.Namespace) -> int:
     schema = model.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "runform-cds " + ("scenarios file" if args.scenarios else "rule pack")
-    _emit(json.dumps(schema, indent=2) + "\n", args.out, "the schema")
+    emit(json.dumps(schema, indent=2) + "\n", args.out, "the schema")
     return 0
 
 
@@ -363,63 +209,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_measure_commands(sub)
 
-    audit = sub.add_parser("audit", help="read, verify and export the audit trail")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-
-    def store_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", help="TOML config file (default: $RUNFORM_CDS_CONFIG)")
-        p.add_argument("--store", help="store URL (default: store.url of the config)")
-        return p
-
-    def filter_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--patient", help="patient id or Patient/id")
-        p.add_argument("--since", help="ISO 8601 time, inclusive")
-        p.add_argument("--until", help="ISO 8601 time, exclusive")
-        p.add_argument("--rule", help="a rule id that fired")
-        p.add_argument("--pack-version", help="rule-pack version")
-        p.add_argument("--indicator", choices=["info", "warning", "critical"])
-        p.add_argument(
-            "--outcome",
-            choices=["accepted", "overridden", "none", "error"],
-            help="clinician feedback (none: no feedback) or error calls",
-        )
-        p.add_argument("--limit", type=int)
-
-    show = store_args(audit_sub.add_parser("show", help="print the trace(s) of one hookInstance"))
-    show.add_argument("hook_instance")
-    show.add_argument("--json", action="store_true", help="print the raw JSON records")
-    show.set_defaults(func=_audit_show)
-
-    listing = store_args(audit_sub.add_parser("list", help="list traces, filtered"))
-    filter_args(listing)
-    listing.set_defaults(func=_audit_list)
-
-    export = store_args(audit_sub.add_parser("export", help="export traces as CSV or FHIR"))
-    filter_args(export)
-    export.add_argument("--format", choices=["csv", "fhir"], default="csv")
-    export.add_argument("--out", help="file to write (default: standard output)")
-    export.add_argument("--pseudonymise", action="store_true", help="replace patient ids")
-    export.add_argument("--pseudonym-key", help="secret for the keyed hash of patient ids")
-    export.set_defaults(func=_audit_export)
-
-    verify = store_args(audit_sub.add_parser("verify", help="walk and check the hash chain"))
-    verify.add_argument("--public-key", help="Ed25519 public key (PEM) for checkpoints")
-    verify.add_argument("--checkpoint", action="append", help="exported checkpoint JSON file")
-    verify.set_defaults(func=_audit_verify)
-
-    keygen = audit_sub.add_parser("keygen", help="create an Ed25519 key pair for checkpoints")
-    keygen.add_argument("--out", required=True, help="path prefix: writes PREFIX.key, PREFIX.pub")
-    keygen.set_defaults(func=_audit_keygen)
-
-    checkpoint = store_args(audit_sub.add_parser("checkpoint", help="sign the chain head"))
-    checkpoint.add_argument("--key", required=True, help="Ed25519 private key (PEM)")
-    checkpoint.add_argument("--out", help="also write the checkpoint JSON to this file")
-    checkpoint.set_defaults(func=_audit_checkpoint)
-
-    hashpw = audit_sub.add_parser(
-        "hash-password", help="hash a trace-viewer password (read from the terminal or stdin)"
-    )
-    hashpw.set_defaults(func=_audit_hash_password)
+    add_audit_commands(sub)
     return parser
 
 

@@ -7,6 +7,7 @@ optional FHIRPath-like ``expression`` pointing at the offending element.
 
     CdsError
     ├── ConfigError                 config-invalid
+    │   └── StoreNotFoundError      store-not-found (an audit command named a missing store)
     ├── RequestError (400)          request-invalid
     │   ├── UnknownServiceError     service-unknown (404)
     │   ├── PayloadTooLargeError    payload-too-large (413)
@@ -16,8 +17,10 @@ optional FHIRPath-like ``expression`` pointing at the offending element.
     ├── PackError                   pack-invalid
     ├── EngineError (500)           engine-failed
     ├── InternalError (500)         internal-error (an unexpected failure; carries an error id)
-    └── MeasureError                measure-invalid (a video or test form cannot be measured)
-        └── FhirPostError           fhir-post-failed
+    ├── MeasureError                measure-invalid (a video or test form cannot be measured)
+    │   └── FhirPostError           fhir-post-failed
+    └── AuditQueryError             audit-query-invalid (a date, hookInstance or key an audit
+                                                         command cannot use)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "AuditQueryError",
     "AuthError",
     "CdsError",
     "ConfigError",
@@ -36,6 +40,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PrefetchError",
     "RequestError",
+    "StoreNotFoundError",
     "UnknownCardError",
     "UnknownServiceError",
     "operation_outcome",
@@ -99,6 +104,14 @@ class CdsError(Exception):
 class ConfigError(CdsError):
     code = "config-invalid"
     issue_type = "invalid"
+
+
+class StoreNotFoundError(ConfigError):
+    """An audit command was pointed at a trace store that does not exist: reading it
+    would create an empty one and report on nothing."""
+
+    code = "store-not-found"
+    issue_type = "not-found"
 
 
 class RequestError(CdsError):
@@ -193,3 +206,12 @@ class FhirPostError(MeasureError):
     code = "fhir-post-failed"
     status = 502
     issue_type = "transient"
+
+
+class AuditQueryError(CdsError):
+    """An audit command or viewer filter cannot be used as given (a date that does not
+    parse, an ambiguous hookInstance prefix, a pseudonym key that is too short)."""
+
+    code = "audit-query-invalid"
+    status = 400
+    issue_type = "invalid"

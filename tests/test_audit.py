@@ -17,8 +17,9 @@ import psycopg
 import pytest
 
 from cds.audit.chain import canonical_json, record_hash, sign_checkpoint
-from cds.audit.export import Pseudonymiser, to_csv, to_fhir_bundle
+from cds.audit.export import to_csv, to_fhir_bundle
 from cds.audit.keys import load_private_key, write_keypair
+from cds.audit.pseudonym import Pseudonymiser
 from cds.audit.store import TraceFilter, TraceStore, open_store
 from cds.audit.verify import verify_store
 
@@ -279,23 +280,31 @@ def test_exports_csv_and_a_valid_fhir_bundle_with_pseudonyms(store: TraceStore) 
         },
     )
     items = store.search(TraceFilter())
-    rows = list(csv.DictReader(io.StringIO(to_csv(items, Pseudonymiser(None)))))
+    rows = list(csv.DictReader(io.StringIO(to_csv(items))))
     assert rows[0]["patient"] == "Patient/secret-patient"
-    assert rows[0]["feedback"] == "overridden" and rows[0]["override_reason"] == "patient declined"
-    pseudo = Pseudonymiser(b"export-key")
-    text = json.dumps(to_fhir_bundle(items, pseudo))
-    assert "secret-patient" not in text
+    assert rows[0]["feedback_outcome"] == "overridden"
+    assert rows[0]["override_comment"] == "patient declined"
+    plain = to_fhir_bundle(items)
+    assert plain["entry"][2]["resource"]["entity"][0]["what"]["reference"] == "Observation/o1"
+    pseudo = Pseudonymiser(b"an export key of at least 32 bytes")
+    text = json.dumps(to_fhir_bundle(pseudo.items(items)))
+    for original in ("secret-patient", "Observation/o1", t["hook_instance"], t["trace_id"]):
+        assert original not in text
     bundle = json.loads(text)
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    assert types == ["GuidanceResponse", "Parameters", "Provenance", "AuditEvent"]
+    assert types == ["GuidanceResponse", "Parameters", "Provenance", "AuditEvent", "AuditEvent"]
     gr = bundle["entry"][0]["resource"]
-    assert gr["requestIdentifier"]["value"] == f"urn:uuid:{t['hook_instance']}"
+    assert gr["requestIdentifier"]["value"] == f"urn:uuid:{pseudo.identifier(t['hook_instance'])}"
     assert gr["moduleCanonical"].endswith("|1.0.0")
-    assert gr["subject"]["reference"] == pseudo.patient("Patient/secret-patient")
+    assert gr["subject"]["reference"] == pseudo.reference("Patient", "secret-patient")
     params = bundle["entry"][1]["resource"]
     assert params["parameter"][0]["part"][0] == {"name": "rule", "valueString": "r1"}
     prov = bundle["entry"][2]["resource"]
-    assert prov["entity"][0]["what"]["reference"] == "Observation/o1"
+    assert prov["entity"][0]["what"]["reference"] == pseudo.reference("Observation", "o1")
+    feedback = bundle["entry"][4]["resource"]
+    details = {d["type"]: d["valueString"] for d in feedback["entity"][0]["detail"]}
+    assert details["outcome"] == "overridden"
+    assert details["overrideComment"] == "[comment withheld: 16 characters]"
 
 
 def _writer(url: str, n: int, tag: str) -> None:

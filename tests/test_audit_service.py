@@ -184,7 +184,7 @@ def test_audit_cli_list_verify_checkpoint_export(
                 "fhir",
                 "--pseudonymise",
                 "--pseudonym-key",
-                "k",
+                "k" * 32,
                 "--out",
                 str(out_file),
             ]
@@ -192,7 +192,7 @@ def test_audit_cli_list_verify_checkpoint_export(
         == 0
     )
     bundle = json.loads(out_file.read_text())
-    assert len(bundle["entry"]) == 12
+    assert len(bundle["entry"]) == 13  # 4 per call, and the feedback
     assert "Patient/p1" not in out_file.read_text()
     assert (
         main(

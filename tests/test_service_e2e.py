@@ -413,10 +413,10 @@ def test_audit_show_prints_the_trace(
     assert main(["audit", "show", body["hookInstance"], "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "r1-hip-drop-symptomatic on right" in out
-    assert "threshold pelvic_drop_high = 5.0 deg (X)" in out
+    assert "is at least pelvic_drop_high (5 deg) [X]" in out
     assert (
         main(["audit", "show", "00000000-0000-0000-0000-000000000000", "--config", str(config)])
-        == 1
+        == 2
     )
 
 

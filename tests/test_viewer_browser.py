@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,21 @@ def test_auditor_logs_in_filters_and_reads_a_trace_timeline(
         "contralateral-pelvic-drop",
         "7.5 deg",
         "r1-hip-drop-symptomatic on right",
-        "pelvic_drop_high = 5",
+        "Patient/p0 (age 29 years)",
+        # the measured value against the threshold that decided the rule, per side
+        "right: contralateral pelvic drop (contralateral-pelvic-drop): 7.5 deg is at least "
+        "pelvic_drop_high (5 deg) [X]",
+        "X = placeholder",
+        # the card as returned, with the text other rules attached to it
         "Hip drop/adduction while running (right)",
+        "Why both:",
+        "suggestion: Order hip and knee strengthening",
+        "text attached by: r7-cadence-alternative, r9-education",
+        "its text was attached to the r1-hip-drop-symptomatic card",
         "Feedback: overridden",
-        "runner prefers to wait",
-        "matches its hash",
+        "comment runner prefers to wait",
+        "this trace record verifies",
+        "this record verifies",
     ):
         assert expected in page, expected
     png = browser.get_screenshot_as_png()
@@ -123,3 +134,52 @@ def test_the_viewer_shows_a_broken_chain(browser: webdriver.Chrome, viewer: Live
     _login(browser, viewer.url)
     banner = browser.find_element(By.ID, "chain-status").text
     assert "BROKEN at position 1" in banner
+
+
+def test_an_altered_feedback_record_is_flagged_where_the_auditor_looks(
+    browser: webdriver.Chrome, viewer: LiveService
+) -> None:
+    path = viewer.settings.store.url.removeprefix("sqlite:///")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(
+        "UPDATE records SET body = replace(body, '\"overridden\"', '\"accepted\"') "
+        "WHERE kind = 'feedback'"
+    )
+    db.close()
+    _login(browser, viewer.url)
+    flagged = browser.find_elements(By.CSS_SELECTOR, "tr.trace-row.tampered")
+    assert len(flagged) == 1 and "does NOT verify" in flagged[0].text
+    assert "p0" in flagged[0].text
+    flagged[0].find_element(By.TAG_NAME, "a").click()
+    WebDriverWait(browser, 15).until(lambda d: "/audit/trace/" in d.current_url)
+    feedback = browser.find_element(By.CSS_SELECTOR, ".event.feedback").text
+    assert "accepted" in feedback and "this record does NOT verify" in feedback
+    assert "altered" in feedback
+    # the trace record itself was not touched, and says so
+    assert "this trace record verifies" in browser.find_element(By.ID, "trace-integrity").text
+
+
+def test_filters_take_dates_from_pickers_and_refuse_bad_ones(
+    browser: webdriver.Chrome, viewer: LiveService
+) -> None:
+    _login(browser, viewer.url)
+    for name in ("since", "until"):
+        assert browser.find_element(By.NAME, name).get_attribute("type") == "date"
+    today = datetime.now(UTC).date().isoformat()
+    browser.get(f"{viewer.url}/audit/?since={today}&until={today}")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr.trace-row")) == 3
+    browser.get(f"{viewer.url}/audit/?until=2026-01-01")
+    assert browser.find_elements(By.CSS_SELECTOR, "tr.trace-row") == []
+    for bad in ("yesterday", "2026-13-45", "29/11/2026"):
+        browser.get(f"{viewer.url}/audit/?since={bad}")
+        error = browser.find_element(By.ID, "filter-error").text
+        assert bad in error and "YYYY-MM-DD" in error
+    # a prefix of the patient id, in any case
+    browser.get(f"{viewer.url}/audit/?patient=P")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr.trace-row")) == 3
+    browser.get(f"{viewer.url}/audit/?patient=patient/P1")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr.trace-row")) == 1
+    # a rule filter says whether the rule showed its card or was suppressed, and by what
+    browser.get(f"{viewer.url}/audit/?rule=r7-cadence-alternative")
+    verdicts = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".verdict")]
+    assert verdicts and all(v.startswith("r7-cadence-alternative ") for v in verdicts)

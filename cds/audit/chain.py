@@ -30,6 +30,7 @@ __all__ = [
     "canonical_json",
     "key_id",
     "record_hash",
+    "record_problem",
     "sign_checkpoint",
     "verify_checkpoint_signature",
     "verify_rows",
@@ -109,6 +110,20 @@ def _diagnose(
     return ChainProblem(
         "altered", position, f"record at position {position} does not match its hash"
     )
+
+
+def record_problem(rec: RawRecord | None, before: RawRecord | None, seq: int) -> str | None:
+    """Why the record at ``seq`` cannot be trusted on its own (None: it can): it is
+    missing, its content does not match its hash, or it does not link to record
+    ``seq - 1``. A whole rewritten chain passes this; only checkpoints catch that."""
+    if rec is None:
+        return "record missing"
+    if rec.recomputed() != rec.hash:
+        return "altered: the record does not match its hash"
+    expected = GENESIS if seq == 1 else (before.hash if before is not None else None)
+    if rec.prev_hash != expected:
+        return f"does not link to record #{seq - 1}: records before it were altered or removed"
+    return None
 
 
 def verify_rows(

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import psycopg
 
 from cds.audit.sql import SCHEMA_TEMPLATE, SqlTraceStore
+from cds.audit.store import missing_store
 from cds.errors import ConfigError
 
 __all__ = ["PostgresTraceStore"]
@@ -42,19 +43,33 @@ def _split_schema(url: str) -> tuple[str, str | None]:
 class PostgresTraceStore(SqlTraceStore):
     P = "%s"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         super().__init__()
         dsn, schema = _split_schema(url)
         try:
             self._db = psycopg.connect(dsn, autocommit=True)
         except psycopg.Error as exc:
             raise ConfigError(f"store.url: cannot connect to PostgreSQL: {exc}") from exc
+        if not create:
+            self._require_tables(url, schema)
+            return
         with self._db.transaction(), self._db.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK,))
             if schema:
                 cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
                 cur.execute(f'SET search_path TO "{schema}"')
             cur.execute(_SCHEMA)
+        if schema:
+            self._db.execute(f'SET search_path TO "{schema}"')
+
+    def _require_tables(self, url: str, schema: str | None) -> None:
+        found = self._db.execute(
+            "SELECT to_regclass(%s)", (f'"{schema}".records' if schema else "records",)
+        ).fetchone()
+        if found is None or found[0] is None:
+            self._db.close()
+            where = f"schema {schema}" if schema else "the database's search path"
+            raise missing_store(url, f"no trace tables in {where}")
         if schema:
             self._db.execute(f'SET search_path TO "{schema}"')
 

@@ -1,4 +1,4 @@
-"""Print stored traces so a person can read them.
+"""Print stored traces so a person can read them (``audit show`` and ``audit list``).
 
 Stored text came in from callers; terminal control characters (which could
 rewrite the screen of whoever reads the trace) are removed before printing.
@@ -7,13 +7,25 @@ rewrite the screen of whoever reads the trace) are removed before printing.
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import Any
 
+from cds.audit.reading import (
+    PROVENANCE_LABELS,
+    age_text,
+    decided_lines,
+    diagnosis_lines,
+    feedback_view,
+    order_lines,
+    rule_fate,
+    rule_verdict,
+)
 from cds.audit.store import StoredRecord
 
-__all__ = ["diagnosis_lines", "render_records", "rule_fate", "terminal_safe"]
+__all__ = ["render_list", "render_records", "terminal_safe"]
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+Integrity = dict[int, str | None]
 
 
 def terminal_safe(text: str) -> str:
@@ -25,52 +37,37 @@ def _line(label: str, value: Any) -> str:
     return f"  {label:<14} {value}"
 
 
-def rule_fate(r: dict[str, Any]) -> str:
-    """What became of a fired rule: its card, attached to cards, held back, or no card."""
-    held = f"; held back {', '.join(r['held_back'])}" if r.get("held_back") else ""
-    if r.get("suppressed_by"):
-        return f"suppressed by {r['suppressed_by']}{held}"
-    if r.get("card_uuid"):
-        return f"card {r['card_uuid']}{held}"
-    if r.get("attached_to"):
-        return f"text attached to card {', '.join(r['attached_to'])}"
-    return "no card (it shows only while it holds another card back)"
+def _check(rec: StoredRecord, integrity: Integrity | None) -> str:
+    if integrity is None or rec.seq not in integrity:
+        return ""
+    problem = integrity[rec.seq]
+    return "  [record verifies]" if problem is None else f"  [RECORD DOES NOT VERIFY: {problem}]"
 
 
-def diagnosis_lines(b: dict[str, Any]) -> list[str]:
-    """The Conditions matched to the pack's value sets, with how sure and which side."""
-    out = []
-    for d in b.get("diagnoses", []):
-        state = "confirmed" if d.get("confirmed") else f"possible ({d.get('doubt')})"
-        onset = f"onset {d['onset_days']:g} days ago" if "onset_days" in d else "no onset recorded"
-        sides = "/".join(d["sides"]) if d.get("sides") else "side not recorded"
-        ref = d.get("reference", "Condition/?")
-        out.append(f"{d['value_set']} ({d['code']}): {state}, {onset}, {sides}  ({ref})")
-    return out
-
-
-def _trace(rec: StoredRecord) -> list[str]:
+def _head(rec: StoredRecord, integrity: Integrity | None) -> list[str]:
     b = rec.body
-    out = [f"TRACE {b['trace_id']}  (record #{rec.seq}, hash {rec.hash[:16]}…)"]
+    where = f"record #{rec.seq}, hash {rec.hash[:16]}…"
+    out = [f"TRACE {b.get('trace_id')}  ({where}){_check(rec, integrity)}"]
     out.append(_line("hook", f"{b.get('hook')} via {b.get('service')}"))
+    out.append(_line("hookInstance", b.get("hook_instance")))
     out.append(_line("received", b.get("received_at")))
-    out.append(_line("patient", b.get("patient")))
+    out.append(_line("patient", f"{b.get('patient')} (age {age_text(b)})"))
     out.append(_line("user", b.get("user")))
     for p in b.get("packs", []):
-        out.append(
-            _line(
-                "rule pack", f"{p['id']} {p['version']} ({p['status']}) sha256 {p['sha256'][:16]}…"
-            )
-        )
+        pack = f"{p['id']} {p['version']} ({p['status']}) sha256 {p['sha256'][:16]}…"
+        out.append(_line("rule pack", pack))
     outcome = b.get("outcome", {})
-    out.append(
-        _line("outcome", f"HTTP {outcome.get('status')} {outcome.get('message', '')}".rstrip())
-    )
+    status = f"HTTP {outcome.get('status')} {outcome.get('message', '')}".rstrip()
+    out.append(_line("outcome", status))
     prefetch = b.get("prefetch", {})
     if prefetch:
         out.append(_line("prefetch", ", ".join(f"{k}: {v}" for k, v in prefetch.items())))
+    return out
+
+
+def _inputs(b: dict[str, Any]) -> list[str]:
     inputs = b.get("inputs", {})
-    out.append("  inputs used:")
+    out = ["  inputs used:"]
     for i in inputs.get("used", []):
         side = f" [{i['side']}]" if i.get("side") else ""
         out.append(
@@ -78,58 +75,129 @@ def _trace(rec: StoredRecord) -> list[str]:
         )
     if inputs.get("excluded"):
         out.append("  inputs excluded:")
-        for i in inputs["excluded"]:
-            out.append(f"    - {i.get('code') or i['resource']}: {i.get('reason')}")
+        out += [
+            f"    - {i.get('code') or i['resource']}: {i.get('reason')}" for i in inputs["excluded"]
+        ]
     diagnoses = diagnosis_lines(b)
     if diagnoses:
         out.append("  diagnoses matched:")
         out += [f"    - {line}" for line in diagnoses]
-    out.append("  rules fired:")
-    for r in b.get("rules_fired", []):
-        sides = f" on {', '.join(r['sides'])}" if r.get("sides") else ""
-        out.append(f"    - {r['rule_id']}{sides} -> {rule_fate(r)}")
-        for t in r.get("thresholds", []):
-            out.append(f"        threshold {t['name']} = {t['value']} {t['unit']} ({t['label']})")
-    out.append("  cards:")
-    for c in b.get("cards", []):
-        out.append(f"    - [{c['indicator']}] {c['summary']}  ({c['uuid']})")
+    orders = order_lines(b)
+    if orders:
+        out.append("  orders considered:")
+        out += [f"    - {line}" for line in orders]
     return out
 
 
-def _feedback(rec: StoredRecord) -> list[str]:
+def _rules(b: dict[str, Any]) -> list[str]:
+    out = ["  rules fired:"]
+    for r in b.get("rules_fired", []):
+        sides = f" on {', '.join(r['sides'])}" if r.get("sides") else ""
+        out.append(f"    - {r['rule_id']}{sides} -> {rule_fate(r, b)}")
+        out += [f"        {line}" for line in decided_lines(r)]
+    return out
+
+
+def _card(c: dict[str, Any]) -> list[str]:
+    made = f"{c.get('uuid')}, rule {c.get('rule_id')}"
+    out = [f"    - [{c.get('indicator')}] {c.get('summary')}  ({made})"]
+    for para in str(c.get("detail") or "").splitlines():
+        out += textwrap.wrap(para, 96, initial_indent="        ", subsequent_indent="        ")
+    for s in c.get("suggestions", []):
+        if isinstance(s, dict):
+            out.append(f"        suggestion: {s.get('label')} ({s.get('uuid')})")
+    for link in c.get("links", []):
+        out.append(f"        link: {link.get('label')} <{link.get('url')}>")
+    source = c.get("source") or {}
+    out.append(
+        f"        source: {source.get('label')}"
+        + (f" <{source['url']}>" if source.get("url") else "")
+    )
+    if c.get("attached_rules"):
+        out.append(f"        text attached by: {', '.join(c['attached_rules'])}")
+    return out
+
+
+def _trace(rec: StoredRecord, integrity: Integrity | None) -> list[str]:
     b = rec.body
-    reason = b.get("overrideReason", {})
-    why = reason.get("reason", {}).get("display") or reason.get("userComment") or ""
-    return [
-        f"FEEDBACK on card {b.get('card')}: {b.get('outcome')} {why}".rstrip()
-        + f"  at {b.get('outcomeTimestamp')}  (record #{rec.seq})"
-    ]
+    out = _head(rec, integrity) + _inputs(b) + _rules(b)
+    out.append("  cards, as returned:")
+    for c in b.get("cards", []):
+        out += _card(c)
+    if not b.get("cards"):
+        out.append("    (none)")
+    if any(r.get("decided") or r.get("thresholds") for r in b.get("rules_fired", [])):
+        out.append(
+            "  threshold labels: " + "; ".join(f"{k} = {v}" for k, v in PROVENANCE_LABELS.items())
+        )
+    return out
 
 
-def render_records(records: list[StoredRecord]) -> str:
+def _feedback(rec: StoredRecord, trace: dict[str, Any], integrity: Integrity | None) -> list[str]:
+    v = feedback_view(rec.body, trace)
+    head = f"FEEDBACK on {v.card_name}: {v.outcome} at {v.at}"
+    out = [f"{head}  (record #{rec.seq}){_check(rec, integrity)}"]
+    if v.client:
+        out.append(_line("from client", v.client))
+    for accepted in v.accepted:
+        out.append(_line("accepted", accepted))
+    if v.reason_code or v.reason_display:
+        out.append(
+            _line("reason", v.reason + (f"  [{v.reason_system}]" if v.reason_system else ""))
+        )
+    if v.comment:
+        out.append(_line("comment", v.comment))
+    return out
+
+
+def render_records(records: list[StoredRecord], integrity: Integrity | None = None) -> str:
+    """A trace and its feedback, in the order recorded."""
     lines: list[str] = []
+    trace: dict[str, Any] = {}
     for rec in records:
-        lines.extend(_trace(rec) if rec.kind == "trace" else _feedback(rec))
+        if rec.kind == "trace":
+            trace = rec.body
+            lines.extend(_trace(rec, integrity))
+        else:
+            lines.extend(_feedback(rec, trace, integrity))
         lines.append("")
     return terminal_safe("\n".join(lines))
 
 
-def render_list(items: list[tuple[StoredRecord, list[StoredRecord]]]) -> str:
-    """One line per trace: time, hookInstance, patient, pack, cards, feedback."""
+def _list_row(rec: StoredRecord, feedback: list[StoredRecord], flag: str, rule: str | None) -> str:
+    b = rec.body
+    pack = (b.get("packs") or [{}])[0]
+    cards = ", ".join(f"{c.get('indicator')}:{c.get('rule_id')}" for c in b.get("cards", []))
+    fb = ", ".join(str(f.body.get("outcome")) for f in feedback)
+    row = (
+        f"{flag:<2}{rec.recorded_at[:19]:<20} {rec.hook_instance or '-':<36} "
+        f"{str(b.get('patient'))[:20]:<20} {pack.get('id', '-')}@{pack.get('version', '-'):<8} "
+        f"{b.get('outcome', {}).get('status', '-'):>6}  {cards or '-'}" + (f" / {fb}" if fb else "")
+    )
+    return row + (f"\n    {rule_verdict(b, rule)}" if rule else "")
+
+
+def render_list(
+    items: list[tuple[StoredRecord, list[StoredRecord]]],
+    integrity: Integrity | None = None,
+    rule: str | None = None,
+) -> str:
+    """One line per trace: time, hookInstance, patient, pack, cards, feedback; ``!`` in
+    the first column marks a trace or feedback record that does not verify."""
+    integrity = integrity or {}
     lines = [
-        f"{'recorded':<20} {'hookInstance':<36} {'patient':<20} {'pack':<18} "
+        f"  {'recorded':<20} {'hookInstance':<36} {'patient':<20} {'pack':<18} "
         f"{'status':>6}  cards / feedback"
     ]
+    bad = 0
     for rec, feedback in items:
-        b = rec.body
-        pack = (b.get("packs") or [{}])[0]
-        cards = ", ".join(f"{c['indicator']}:{c.get('rule_id')}" for c in b.get("cards", []))
-        fb = ", ".join(str(f.body.get("outcome")) for f in feedback)
-        lines.append(
-            f"{rec.recorded_at[:19]:<20} {rec.hook_instance or '-':<36} "
-            f"{str(b.get('patient'))[:20]:<20} {pack.get('id', '-')}@{pack.get('version', '-'):<8} "
-            f"{b.get('outcome', {}).get('status', '-'):>6}  {cards or '-'}"
-            + (f" / {fb}" if fb else "")
-        )
+        broken = any(integrity.get(r.seq) for r in (rec, *feedback))
+        bad += broken
+        lines.append(_list_row(rec, feedback, "!" if broken else "", rule))
     lines.append(f"{len(items)} trace(s)")
+    if bad:
+        lines.append(
+            f"! {bad} trace(s) hold a record that does NOT verify: "
+            "see `audit show` and `audit verify`"
+        )
     return terminal_safe("\n".join(lines))

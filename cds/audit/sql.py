@@ -18,6 +18,7 @@ from cds.audit.chain import (
     VerifyResult,
     canonical_json,
     record_hash,
+    record_problem,
     verify_rows,
 )
 from cds.audit.store import CardOrigin, StoredRecord, TraceFilter
@@ -259,11 +260,48 @@ class SqlTraceStore(ABC):
             f"SELECT {_COLUMNS} FROM records WHERE trace_id = ? ORDER BY seq", (trace_id,)
         )
 
+    def count(self) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT COUNT(*) FROM records")
+            return int(cur.fetchone()[0])
+
+    def hook_instances(self, prefix: str, limit: int = 10) -> list[str]:
+        with self._read() as cur:
+            cur.execute(
+                self._q(
+                    "SELECT DISTINCT hook_instance FROM records "
+                    "WHERE hook_instance LIKE ? ESCAPE '\\' ORDER BY hook_instance LIMIT ?"
+                ),
+                (_like_prefix(prefix), limit),
+            )
+            return [str(r[0]) for r in cur.fetchall()]
+
+    def integrity(self, seqs: list[int]) -> dict[int, str | None]:
+        """For each position in ``seqs``: why its record cannot be trusted, or None."""
+        wanted = sorted({*seqs, *(s - 1 for s in seqs if s > 1)})
+        raws: dict[int, RawRecord] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            with self._read() as cur:
+                cur.execute(
+                    self._q(
+                        "SELECT seq, kind, recorded_at, body, prev_hash, hash FROM records "
+                        f"WHERE seq IN ({marks})"
+                    ),
+                    tuple(chunk),
+                )
+                rows = cur.fetchall()
+            raws |= {int(r[0]): RawRecord(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows}
+        return {s: record_problem(raws.get(s), raws.get(s - 1), s) for s in seqs}
+
     def _where(self, where: TraceFilter) -> tuple[str, list[Any]]:
         sql, params = "", []
         if where.patient:
-            sql += " AND patient = ?"
-            params.append(where.patient if "/" in where.patient else f"Patient/{where.patient}")
+            # a prefix of the id, any case: "pat-00" finds Patient/PAT-0042
+            reference = where.patient if "/" in where.patient else f"Patient/{where.patient}"
+            sql += " AND LOWER(patient) LIKE ? ESCAPE '\\'"
+            params.append(_like_prefix(reference.lower()))
         if where.since:
             sql += " AND recorded_at >= ?"
             params.append(where.since)
@@ -380,6 +418,11 @@ class SqlTraceStore(ABC):
             cur.execute(self._q("SELECT hash FROM records WHERE seq = ?"), (seq,))
             row = cur.fetchone()
         return str(row[0]) if row else None
+
+
+def _like_prefix(text: str) -> str:
+    """A LIKE pattern matching strings that start with ``text`` taken literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def _matches(rec: StoredRecord, feedback: list[StoredRecord], where: TraceFilter) -> bool:

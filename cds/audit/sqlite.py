@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cds.audit.sql import SCHEMA_TEMPLATE, SqlTraceStore
+from cds.audit.store import missing_store
 
 __all__ = ["SqliteTraceStore"]
 
@@ -29,9 +30,29 @@ def _connect(path: str, synchronous: str) -> sqlite3.Connection:
     return db
 
 
+def _require_existing(path: str) -> None:
+    url = f"sqlite:///{path}"
+    if path == ":memory:" or not Path(path).is_file():
+        raise missing_store(url, f"the file {Path(path).resolve()} does not exist")
+    try:
+        db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        try:
+            found = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'"
+            ).fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise missing_store(url, f"the file is not a SQLite database: {exc}") from None
+    if found is None:
+        raise missing_store(url, "the file holds no trace tables")
+
+
 class SqliteTraceStore(SqlTraceStore):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, create: bool = True) -> None:
         super().__init__()
+        if not create:
+            _require_existing(path)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             # traces hold patient data: owner-only; SQLite gives -wal and -shm the same mode

@@ -7,9 +7,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cds.audit.chain import Checkpoint, RawRecord, VerifyResult
-from cds.errors import ConfigError
+from cds.errors import ConfigError, StoreNotFoundError
 
-__all__ = ["CardOrigin", "StoredRecord", "TraceFilter", "TraceStore", "open_store"]
+__all__ = [
+    "CardOrigin",
+    "StoredRecord",
+    "TraceFilter",
+    "TraceStore",
+    "missing_store",
+    "open_store",
+    "safe_url",
+]
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,18 @@ class TraceStore(Protocol):
 
     def records_for(self, hook_instance: str) -> list[StoredRecord]: ...
 
+    def hook_instances(self, prefix: str, limit: int = 10) -> list[str]:
+        """The recorded hookInstances that start with ``prefix`` (up to ``limit``)."""
+        ...
+
+    def count(self) -> int:
+        """How many records (traces and feedback) the store holds."""
+        ...
+
+    def integrity(self, seqs: list[int]) -> dict[int, str | None]:
+        """For each position: why its record cannot be trusted on its own, or None."""
+        ...
+
     def records_of_trace(self, trace_id: str) -> list[StoredRecord]:
         """The trace record and its feedback records, in order."""
         ...
@@ -128,18 +148,38 @@ class TraceStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(url: str) -> TraceStore:
+def open_store(url: str, *, create: bool = True) -> TraceStore:
     """Open the store named by ``url``.
 
     ``sqlite:///path`` (or ``sqlite://:memory:``), or
-    ``postgresql://user@host:port/db[?schema=name]``.
+    ``postgresql://user@host:port/db[?schema=name]``. With ``create=False`` (the
+    audit commands) a store that does not exist yet is an error, not a new empty one.
     """
     if url.startswith("sqlite://"):
         from cds.audit.sqlite import SqliteTraceStore
 
-        return SqliteTraceStore(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
+        path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
+        return SqliteTraceStore(path, create=create)
     if url.startswith(("postgresql://", "postgres://")):
         from cds.audit.postgres import PostgresTraceStore
 
-        return PostgresTraceStore(url)
+        return PostgresTraceStore(url, create=create)
     raise ConfigError(f"store.url: unsupported scheme in {url!r} (use sqlite:/// or postgresql://)")
+
+
+def safe_url(url: str) -> str:
+    """``url`` without a password, for printing."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def missing_store(url: str, why: str) -> StoreNotFoundError:
+    return StoreNotFoundError(
+        f"no trace store at {safe_url(url)} ({why}); nothing was created. Name the service's "
+        "store with --store, --config or $RUNFORM_CDS_CONFIG"
+    )

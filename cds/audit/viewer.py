@@ -29,12 +29,23 @@ import anyio
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from cds.audit.chain import GENESIS, RawRecord, VerifyResult, verify_rows
+from cds.audit.chain import GENESIS, VerifyResult, verify_rows
 from cds.audit.passwords import DUMMY_HASH, SessionSigner, verify_password
-from cds.audit.render import diagnosis_lines, rule_fate
-from cds.audit.store import StoredRecord, TraceFilter, TraceStore
+from cds.audit.query import DATE_FORMAT_HELP, make_filter
+from cds.audit.reading import (
+    PROVENANCE_LABELS,
+    age_text,
+    decided_lines,
+    diagnosis_lines,
+    feedback_view,
+    order_lines,
+    rule_fate,
+    rule_verdict,
+)
+from cds.audit.store import StoredRecord, TraceStore
 from cds.audit.throttle import LoginThrottle
 from cds.config import ViewerSettings
+from cds.errors import AuditQueryError
 
 __all__ = ["viewer_router"]
 
@@ -53,6 +64,7 @@ th{background:#eef2f7;font-weight:600}code{font-size:13px}
 .badge{display:inline-block;border-radius:10px;padding:1px 8px;font-size:12px;color:#fff}
 .info{background:#2f6fb3}.warning{background:#c77800}.critical{background:#b3261e}
 .ok{background:#2e7d32}.bad{background:#b3261e}.muted{color:#6b7788}
+.error{color:#b3261e;font-weight:600}tr.tampered{background:#fdecea}
 .banner{padding:10px 14px;border-radius:6px;margin-bottom:16px;color:#fff}
 form.filters{display:flex;flex-wrap:wrap;gap:8px;margin-bottom:14px}
 form.filters input,form.filters select{padding:4px 6px}
@@ -160,8 +172,8 @@ def _filter_form(values: dict[str, str]) -> str:
     return (
         '<form class="filters" method="get" action="/audit/">'
         + field("patient", "patient")
-        + field("since", "since")
-        + field("until", "until")
+        + field("since", "since", "date")
+        + field("until", "until (inclusive)", "date")
         + field("rule", "rule")
         + field("pack_version", "pack version")
         + choice("indicator", "indicator", ["", "info", "warning", "critical"])
@@ -170,9 +182,19 @@ def _filter_form(values: dict[str, str]) -> str:
     )
 
 
-def _list_rows(items: list[tuple[StoredRecord, list[StoredRecord]]]) -> str:
+def _record_badge(problem: str | None, what: str) -> str:
+    if problem is None:
+        return f"<span class='badge ok integrity'>{_e(what)} verifies</span>"
+    return f"<span class='badge bad integrity'>{_e(what)} does NOT verify: {_e(problem)}</span>"
+
+
+def _list_rows(
+    items: list[tuple[StoredRecord, list[StoredRecord]]],
+    integrity: dict[int, str | None],
+    rule: str | None,
+) -> str:
     rows = []
-    for rec, feedback in reversed(items):
+    for rec, feedback in items:
         b = rec.body
         pack = (b.get("packs") or [{}])[0]
         cards = " ".join(
@@ -182,15 +204,21 @@ def _list_rows(items: list[tuple[StoredRecord, list[StoredRecord]]]) -> str:
         fb = (
             ", ".join(_e(f.body.get("outcome")) for f in feedback) or '<span class="muted">-</span>'
         )
+        problems = [p for r in (rec, *feedback) if (p := integrity.get(r.seq))]
+        flag = (_record_badge(problems[0], "a record") if problems else "") + (
+            f"<br><span class='verdict'>{_e(rule_verdict(b, rule))}</span>" if rule else ""
+        )
         rows.append(
-            f'<tr class="trace-row"><td>{_e(rec.recorded_at[:19])}</td>'
+            f'<tr class="trace-row{" tampered" if problems else ""}">'
+            f"<td>{_e(rec.recorded_at[:19])}</td>"
             f'<td><a href="/audit/trace/{_e(rec.trace_id)}"><code>{_e(rec.hook_instance)}</code></a></td>'
             f"<td>{_e(b.get('patient'))}</td><td>{_e(pack.get('id'))} {_e(pack.get('version'))}</td>"
-            f"<td>{_e(b.get('outcome', {}).get('status'))}</td><td>{cards}</td><td>{fb}</td></tr>"
+            f"<td>{_e(b.get('outcome', {}).get('status'))}</td><td>{cards}</td><td>{fb}</td>"
+            f"<td>{flag}</td></tr>"
         )
     head = (
         "<tr><th>recorded (UTC)</th><th>hookInstance</th><th>patient</th><th>rule pack</th>"
-        "<th>HTTP</th><th>cards</th><th>feedback</th></tr>"
+        "<th>HTTP</th><th>cards</th><th>feedback</th><th></th></tr>"
     )
     return f'<table id="traces">{head}{"".join(rows)}</table><p>{len(items)} trace(s)</p>'
 
@@ -213,31 +241,76 @@ def _inputs(b: dict[str, Any]) -> str:
         f"<th>strides</th><th>measured</th><th>resource</th></tr>{used}</table>"
     )
     diagnoses = "".join(f"<li>{_e(line)}</li>" for line in diagnosis_lines(b))
+    orders = "".join(f"<li>{_e(line)}</li>" for line in order_lines(b))
     return (
         table
         + (f"<p><b>Excluded</b></p><ul>{excluded}</ul>" if excluded else "")
         + (f"<p><b>Diagnoses matched</b></p><ul>{diagnoses}</ul>" if diagnoses else "")
+        + (f"<p><b>Orders considered</b></p><ul>{orders}</ul>" if orders else "")
     )
 
 
 def _rules(b: dict[str, Any]) -> str:
     items = []
     for r in b.get("rules_fired", []):
-        thresholds = ", ".join(
-            f"{_e(t['name'])} = {_e(t['value'])} {_e(t['unit'])} ({_e(t['label'])})"
-            for t in r.get("thresholds", [])
-        )
-        fate = _e(rule_fate(r))
+        measured = "".join(f"<li>{_e(line)}</li>" for line in decided_lines(r))
         sides = f" on {_e(', '.join(r['sides']))}" if r.get("sides") else ""
         items.append(
-            f"<li><b>{_e(r['rule_id'])}</b>{sides} → {fate}"
-            + (f"<br><span class='muted'>thresholds: {thresholds}</span>" if thresholds else "")
+            f"<li class='rule'><b>{_e(r['rule_id'])}</b>{sides} → {_e(rule_fate(r, b))}"
+            + (f"<ul class='measured'>{measured}</ul>" if measured else "")
             + "</li>"
         )
-    return f"<ul>{''.join(items)}</ul>" if items else "<p class='muted'>no rule fired</p>"
+    if not items:
+        return "<p class='muted'>no rule fired</p>"
+    legend = "; ".join(f"<b>{k}</b> = {_e(v)}" for k, v in PROVENANCE_LABELS.items())
+    return f"<ul>{''.join(items)}</ul><p class='muted legend'>threshold labels: {legend}</p>"
 
 
-def _timeline(records: list[StoredRecord], integrity: str) -> str:
+def _card(c: dict[str, Any]) -> str:
+    detail = "".join(f"<p>{_e(p)}</p>" for p in str(c.get("detail") or "").split("\n\n") if p)
+    suggestions = "".join(
+        f"<li>suggestion: {_e(s.get('label'))} <code>{_e(s.get('uuid'))}</code></li>"
+        for s in c.get("suggestions", [])
+        if isinstance(s, dict)
+    )
+    links = "".join(
+        f"<li>link: {_e(link.get('label'))} <code>{_e(link.get('url'))}</code></li>"
+        for link in c.get("links", [])
+    )
+    source = c.get("source") or {}
+    attached = (
+        f"<li>text attached by: {_e(', '.join(c['attached_rules']))}</li>"
+        if c.get("attached_rules")
+        else ""
+    )
+    return (
+        f"<li class='card'><span class='badge {_e(c.get('indicator'))}'>{_e(c.get('indicator'))}"
+        f"</span> <b>{_e(c.get('summary'))}</b> <span class='muted'>rule {_e(c.get('rule_id'))}, "
+        f"card <code>{_e(c.get('uuid'))}</code></span>{detail}"
+        f"<ul>{suggestions}{links}<li>source: {_e(source.get('label'))} "
+        f"<code>{_e(source.get('url', ''))}</code></li>{attached}</ul></li>"
+    )
+
+
+def _feedback(f: StoredRecord, trace: dict[str, Any], problem: str | None) -> str:
+    v = feedback_view(f.body, trace)
+    rows = [("card", v.card_name), ("outcome", v.outcome), ("at", v.at)]
+    rows += [("accepted suggestion", a) for a in v.accepted]
+    if v.reason_code or v.reason_display:
+        rows.append(("override reason", v.reason))
+        rows.append(("reason code system", v.reason_system))
+    if v.comment:
+        rows.append(("comment", v.comment))
+    if v.client:
+        rows.append(("from client", v.client))
+    table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(val)}</td></tr>" for k, val in rows if val)
+    return (
+        f"<div class='event feedback'><h2>Feedback: {_e(v.outcome)}</h2>"
+        f"<table>{table}</table><p>record #{f.seq} {_record_badge(problem, 'this record')}</p></div>"
+    )
+
+
+def _timeline(records: list[StoredRecord], integrity: dict[int, str | None]) -> str:
     trace = records[0]
     b = trace.body
     packs = ", ".join(
@@ -245,28 +318,16 @@ def _timeline(records: list[StoredRecord], integrity: str) -> str:
         f"<code>{_e(p['sha256'][:12])}…</code>)"
         for p in b.get("packs", [])
     )
-    cards = (
-        "".join(
-            f"<li><span class='badge {_e(c['indicator'])}'>{_e(c['indicator'])}</span> "
-            f"{_e(c['summary'])} <span class='muted'>({_e(c.get('source', {}).get('label'))})</span></li>"
-            for c in b.get("cards", [])
-        )
-        or "<li class='muted'>no cards</li>"
-    )
-    feedback = "".join(
-        f"<div class='event feedback'><h2>Feedback: {_e(f.body.get('outcome'))}</h2>"
-        f"card <code>{_e(f.body.get('card'))}</code> at {_e(f.body.get('outcomeTimestamp'))} "
-        f"{_e(((f.body.get('overrideReason') or {}).get('reason') or {}).get('display') or '')} "
-        f"{_e((f.body.get('overrideReason') or {}).get('userComment') or '')}"
-        f" <span class='muted'>(record #{f.seq})</span></div>"
-        for f in records[1:]
-    )
+    cards = "".join(_card(c) for c in b.get("cards", [])) or "<li class='muted'>no cards</li>"
+    feedback = "".join(_feedback(f, b, integrity.get(f.seq)) for f in records[1:])
     prefetch = ", ".join(f"{_e(k)}: {_e(v)}" for k, v in b.get("prefetch", {}).items())
     outcome = b.get("outcome", {})
     return (
+        f"<p id='trace-integrity'>{_record_badge(integrity.get(trace.seq), 'this trace record')}</p>"
         "<div class='timeline'>"
         f"<div class='event'><h2>Request</h2>{_e(b.get('received_at'))} · {_e(b.get('hook'))} via "
-        f"{_e(b.get('service'))} · {_e(b.get('user'))} · {_e(b.get('patient'))}<br>"
+        f"{_e(b.get('service'))} · {_e(b.get('user'))} · {_e(b.get('patient'))} "
+        f"(age {_e(age_text(b))})<br>"
         f"<span class='muted'>hookInstance {_e(b.get('hook_instance'))}; prefetch: {prefetch}</span></div>"
         f"<div class='event'><h2>Inputs</h2>{_inputs(b)}</div>"
         f"<div class='event'><h2>Rules</h2><p>rule pack: {packs}</p>{_rules(b)}</div>"
@@ -274,24 +335,8 @@ def _timeline(records: list[StoredRecord], integrity: str) -> str:
         f"{_e(outcome.get('message', ''))}<ul id='cards'>{cards}</ul></div>"
         f"{feedback}"
         f"<div class='event'><h2>Chain</h2>record #{trace.seq}, hash <code>{_e(trace.hash)}</code>, "
-        f"previous <code>{_e(trace.prev_hash)}</code><br>{integrity}</div>"
+        f"previous <code>{_e(trace.prev_hash)}</code></div>"
         "</div>"
-    )
-
-
-def _record_integrity(store: TraceStore, rec: StoredRecord) -> str:
-    raws: list[RawRecord] = list(store.iter_raw(max(rec.seq - 1, 1)))[:2]
-    mine = next((r for r in raws if r.seq == rec.seq), None)
-    before = next((r for r in raws if r.seq == rec.seq - 1), None)
-    ok = (
-        mine is not None
-        and mine.recomputed() == mine.hash
-        and (rec.seq == 1 or (before is not None and before.hash == mine.prev_hash))
-    )
-    return (
-        "<span class='badge ok'>this record matches its hash and links to the previous one</span>"
-        if ok
-        else "<span class='badge bad'>this record does NOT verify</span>"
     )
 
 
@@ -416,10 +461,31 @@ def viewer_router(settings: ViewerSettings, store: TraceStore, secure_cookie: bo
         values = {k: v for k in _FILTERS if (v := request.query_params.get(k, "").strip())}
         before_text = request.query_params.get("before", "")
         before = int(before_text) if before_text.isdigit() else None
-        where = TraceFilter(**values, limit=None)
-        items, more = await anyio.to_thread.run_sync(
-            lambda: store.search_page(where, before=before, size=PAGE_SIZE)
-        )
+        try:
+            where = make_filter(
+                patient=values.get("patient"),
+                since=values.get("since"),
+                until=values.get("until"),
+                rule=values.get("rule"),
+                pack_version=values.get("pack_version"),
+                indicator=values.get("indicator"),
+                outcome=values.get("outcome"),
+                names=("since", "until"),
+            )
+        except AuditQueryError as exc:
+            body = (
+                _filter_form(values)
+                + f"<p class='error' id='filter-error'>{_e(exc.message)}</p>"
+                + f"<p class='muted'>{_e(DATE_FORMAT_HELP)}</p>"
+            )
+            return _page("traces", body, csrf_of(request), user, status=400)
+
+        def page() -> tuple[Any, int | None, dict[int, str | None]]:
+            items, more = store.search_page(where, before=before, size=PAGE_SIZE)
+            seqs = [r.seq for rec, fb in items for r in (rec, *fb)]
+            return items, more, store.integrity(seqs)
+
+        items, more, integrity = await anyio.to_thread.run_sync(page)
         status = await anyio.to_thread.run_sync(chain.check)
         older = (
             f'<p><a id="older" href="/audit/?{_e(urlencode({**values, "before": more}))}">'
@@ -432,7 +498,7 @@ def viewer_router(settings: ViewerSettings, store: TraceStore, secure_cookie: bo
             "traces",
             _banner(status)
             + _filter_form(values)
-            + _list_rows(list(reversed(items)))
+            + _list_rows(items, integrity, where.rule)
             + older
             + f"<p class='muted'>filters: {_e(query) or 'none'}</p>",
             csrf_of(request),
@@ -447,7 +513,7 @@ def viewer_router(settings: ViewerSettings, store: TraceStore, secure_cookie: bo
         records = await anyio.to_thread.run_sync(store.records_of_trace, trace_id)
         if not records or records[0].kind != "trace":
             return _page("not found", "<p>No such trace.</p>", csrf_of(request), user)
-        integrity = await anyio.to_thread.run_sync(_record_integrity, store, records[0])
+        integrity = await anyio.to_thread.run_sync(store.integrity, [r.seq for r in records])
         status = await anyio.to_thread.run_sync(chain.check)
         return _page(
             f"trace {trace_id}",

@@ -88,6 +88,8 @@ class FactSet:
     used: list[InputRecord]
     excluded: list[InputRecord]
     diagnoses: list[DiagnosisMatch] = field(default_factory=list)
+    #: the orders that named a plan: reference, state (draft, active ...), plans, age
+    orders: list[dict[str, Any]] = field(default_factory=list)
 
     def all_facts(self) -> list[dict[str, Any]]:
         return [self.patient, *self.sides.values()]
@@ -112,18 +114,25 @@ def _keep(ctx: dict[str, Any], key: str, days: float | None, pick: Callable[...,
         ctx[key] = pick(days, ctx.get(key, days))
 
 
-def _orders(data: ClinicalData, now: datetime, ctx: dict[str, Any]) -> None:
+def _orders(data: ClinicalData, now: datetime, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """Set the order facts; return what each order that counted was, for the trace."""
     placed = [("draft", o) for o in data.draft_orders]
     placed += [(o.status, o) for o in data.orders]
+    counted = []
     for status, order in placed:
         state = _ORDER_STATES.get(status)
-        if state is None:
+        plans = _plans_of(order) if state is not None else []
+        if state is None or not plans:
             continue
-        for plan in _plans_of(order):
+        days = _days_since(order.started, now)
+        for plan in plans:
             ctx[order_field(plan, state)] = 1
             ctx[order_field(plan, "any")] = 1
             # the oldest order decides "older than"
-            _keep(ctx, order_days_field(plan, state), _days_since(order.started, now), max)
+            _keep(ctx, order_days_field(plan, state), days, max)
+        record = {"reference": f"{order.resourceType}/{order.id or '?'}", "state": state}
+        counted.append(record | {"plans": plans} | ({"started_days": days} if days else {}))
+    return counted
 
 
 def _plans_of(order: ServiceRequest | CarePlan) -> list[str]:
@@ -142,7 +151,10 @@ def _unreadable_kind(bad: Unreadable) -> str | None:
     return {"Condition": "conditions_unreadable", "Patient": None}.get(kind or "", "unreadable")
 
 
-def _context(data: ClinicalData, now: datetime, matches: list[DiagnosisMatch]) -> dict[str, Any]:
+def _context(
+    data: ClinicalData, now: datetime, matches: list[DiagnosisMatch]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The patient-level facts, and the orders that counted."""
     ctx: dict[str, Any] = {}
     age = _age_years(data.patient, now.date())
     if age is None:
@@ -152,8 +164,7 @@ def _context(data: ClinicalData, now: datetime, matches: list[DiagnosisMatch]) -
     if data.patient is not None and data.patient.gender:
         ctx[sex_field(data.patient.gender)] = 1
     ctx.update(diagnosis_facts(matches).patient)
-    _orders(data, now, ctx)
-    return ctx
+    return ctx, _orders(data, now, ctx)
 
 
 def in_care(data: ClinicalData) -> bool:
@@ -239,7 +250,7 @@ def build_facts(
     if data.patient is None:  # not sent, null, or unreadable: nothing about age or sex
         readings.flag(None, "patient_missing")
     matches = match_conditions(data.conditions, policy.value_sets.values(), now)
-    ctx = _context(data, now, matches)
+    ctx, orders = _context(data, now, matches)
     by_side = diagnosis_facts(matches).sides
     whole_body = _values_of(readings, None)
     patient: dict[str, Any] = {"kind": "patient", **ctx, **whole_body}
@@ -267,6 +278,7 @@ def build_facts(
         used=readings.used,
         excluded=readings.excluded,
         diagnoses=matches,
+        orders=orders,
     )
 
 

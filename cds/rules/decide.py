@@ -22,6 +22,8 @@ class FiredRule:
     sides: list[str]
     matched: list[dict[str, Any]]
     thresholds: list[dict[str, Any]]
+    #: each threshold test that decided the match: side, what was measured, the value
+    decided: list[dict[str, Any]] = field(default_factory=list)
     card_uuid: str | None = None
     suppressed_by: str | None = None
     #: for a rule that suppresses others: the rules whose cards it held back
@@ -98,9 +100,17 @@ def _cross_check(
     merged: dict[str, Explanation] = {}
     for (rule_id, _), why in expected.items():
         target = merged.setdefault(rule_id, Explanation())
-        for name in why.thresholds:
-            target.add(name)
+        for test in why.decided:
+            target.add(test.threshold, test)
     return merged
+
+
+def _decided(compiled: CompiledRule, deciding: Explanation) -> list[dict[str, Any]]:
+    out = []
+    for test in deciding.decided:
+        t = compiled.thresholds[test.threshold].threshold
+        out.append({**test.as_trace(), "limit": t.value, "limit_unit": t.unit, "label": t.label})
+    return out
 
 
 def _fired_rule(
@@ -112,6 +122,7 @@ def _fired_rule(
         sides=[m["side"] for m in matched if "side" in m],
         matched=[_matched_fields(m, compiled.fields) for m in matched],
         thresholds=[compiled.thresholds[n].as_trace() for n in deciding.thresholds],
+        decided=_decided(compiled, deciding),
     )
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = [
     "HOOKS",
+    "PROVENANCE_LABELS",
     "QUALITY_KINDS",
     "AllOf",
     "AnyOf",
@@ -43,6 +44,14 @@ Name = Annotated[str, Field(pattern=_NAME)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+#: what a threshold's one-letter label means, wherever a trace shows it
+PROVENANCE_LABELS = {
+    "E": "evidence: derived from published evidence",
+    "R": "research: a research inclusion criterion, not a clinical cut-off",
+    "X": "placeholder: expert opinion, set by the clinic, not validated",
+}
 
 
 class Threshold(_Model):

@@ -146,23 +146,19 @@ def _record_decisions(trace: dict[str, Any], facts: FactSet, decisions: list[Dec
     }
     trace["facts"] = facts.all_facts()
     trace["diagnoses"] = [d.as_trace() for d in facts.diagnoses]
+    trace["orders"] = facts.orders
     trace["rules_fired"] = [
         {"pack": d.pack.key, **f.as_trace()} for d in decisions for f in d.fired
     ]
-    trace["cards"] = [
-        {
-            "uuid": c["uuid"],
-            "summary": c["summary"],
-            "indicator": c["indicator"],
-            "source": c["source"],
-            "rule_id": f.rule_id,
-            "suggestions": [s["uuid"] for s in c.get("suggestions", [])],
-        }
-        for d in decisions
-        for f in d.fired
-        for c in d.cards
-        if c["uuid"] == f.card_uuid
-    ]
+    trace["cards"] = [_card_as_shown(d, c) for d in decisions for c in d.cards]
+
+
+def _card_as_shown(decision: Decision, card: dict[str, Any]) -> dict[str, Any]:
+    """The card exactly as returned, with the rule that made it and the rules whose
+    text was attached to it."""
+    maker = next((f.rule_id for f in decision.fired if f.card_uuid == card["uuid"]), None)
+    attached = [f.rule_id for f in decision.fired if card["uuid"] in (f.attached_to or [])]
+    return {**card, "rule_id": maker, "attached_rules": attached}
 
 
 def _resource_count(req: HookRequest) -> int:
