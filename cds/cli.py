@@ -109,8 +109,12 @@ def _run_pack_scenarios(file: Path, compiled: CompiledPack) -> int:
         return 1
     results = run_scenarios(compiled, scenarios)
     print(f"{p.id} {p.version}: {len(results)} scenarios")
-    for res in results:
-        print(f"  {'PASS' if res.passed else 'FAIL'}  {res.name}")
+    source = compiled.scenario_source
+    for i, res in enumerate(results):
+        where = ""
+        if not res.passed and source is not None:
+            where = f"  ({source.path}:{source.locate(('scenarios', i))[0]})"
+        print(f"  {'PASS' if res.passed else 'FAIL'}  {res.name}{where}")
         for line in res.diff():
             print(f"          {line}")
     shown = {
@@ -136,9 +140,10 @@ def _packs_explain(args: argparse.Namespace) -> int:
     from cds.rules.load import load_pack
     from cds.rules.review import explain_pack
 
-    pack = load_pack(args.path).pack
+    compiled = load_pack(args.path, with_scenarios=False)
+    pack = compiled.pack
     try:
-        print(explain_pack(pack, args.rule), end="")
+        print(explain_pack(compiled, args.rule), end="")
     except KeyError:
         known = ", ".join(r.id for r in pack.rules)
         raise PackError(f"{args.path}: no rule {args.rule!r} (rules: {known})") from None
@@ -149,10 +154,9 @@ def _packs_diff(args: argparse.Namespace) -> int:
     from cds.rules.load import load_pack
     from cds.rules.review import diff_packs
 
-    old = load_pack(args.old, with_scenarios=False).pack
-    new = load_pack(args.new, with_scenarios=False).pack
-    print("\n".join(diff_packs(old, new)))
-    return 0
+    diff = diff_packs(load_pack(args.old), load_pack(args.new), scenarios=not args.no_scenarios)
+    print("\n".join(diff.lines))
+    return 0 if diff.ok else 1
 
 
 def _packs_schema(args: argparse.Namespace) -> int:
@@ -199,6 +203,9 @@ def _parser() -> argparse.ArgumentParser:
     diff = packs_sub.add_parser("diff", help="what changed between two versions of a pack")
     diff.add_argument("old", help="the old pack file or folder")
     diff.add_argument("new", help="the new pack file or folder")
+    diff.add_argument(
+        "--no-scenarios", action="store_true", help="skip running the scenarios on both versions"
+    )
     diff.set_defaults(func=_packs_diff)
     schema = packs_sub.add_parser("schema", help="write the JSON Schema of the pack format")
     schema.add_argument("--out", help="file to write (default: standard output)")
@@ -224,4 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CdsError as exc:
         print(f"runform-cds: {exc.message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader (| head, | less) stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code

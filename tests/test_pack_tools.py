@@ -139,9 +139,36 @@ def test_explain_renders_a_rule_in_plain_language(capsys: pytest.CaptureFixture[
     assert "On patient-view, when" in out
     assert "knee frontal plane projection angle (running) is at least 10 deg" in out
     assert "(running_knee_fppa_high, placeholder)" in out
-    assert "NOT run form impaired, that is:" in out
     assert 'show an info card:\n    "Running knee FPPA' in out
     assert "r1-hip-drop-symptomatic" not in out
+    # no double negatives: "not" is pushed down to the tests, which say what holds
+    assert "NOT" not in out and "not not" not in out
+    assert "pelvic drop and hip adduction are under their thresholds on this side" in out
+    assert (
+        "contralateral pelvic drop is below 5 deg (pelvic_drop_high, placeholder), "
+        "or was not measured" in out
+    )
+    assert "Checked for each side on its own" in out
+
+
+def test_explain_says_what_a_negated_finding_means_and_names_related_rules(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["packs", "explain", str(CORE), "r1-hip-drop-symptomatic"]) == 0
+    out = capsys.readouterr().out
+    assert "NOT" not in out
+    assert (
+        "the hip abductors are weak on this side, their strength is not known, or the "
+        "single-leg squat is poor [strength_normal]" in out
+    )
+    assert "there is no active order for Hip and knee strengthening program" in out
+    assert "These rules add their text to its card when they hold: " in out
+    assert "r9-education" in out.split("add their text to its card")[1]
+    held = out.split("Its card is held back while any of these shows its own: ")[1]
+    assert "s1-red-flags" in held and "g1-confirm-before-planning" in held
+    assert main(["packs", "explain", str(CORE), "s1-red-flags"]) == 0
+    out = capsys.readouterr().out
+    assert "While it shows, no " in out and "r1-hip-drop-symptomatic" in out
 
 
 def test_explain_names_the_rules_when_the_id_is_unknown(capsys: pytest.CaptureFixture[str]) -> None:
@@ -153,7 +180,7 @@ def test_diff_lists_rules_thresholds_and_card_text(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = core_data()
-    data["version"] = "2.1.0"
+    data["version"] = "3.2.0"
     data["thresholds"]["pelvic_drop_high"]["value"] = 6
     data["rules"] = [r for r in data["rules"] if r["id"] != "r11-isolated-trendelenburg"]
     r1 = next(r for r in data["rules"] if r["id"] == "r1-hip-drop-symptomatic")
@@ -163,21 +190,57 @@ def test_diff_lists_rules_thresholds_and_card_text(
     new = write_pack(tmp_path, data)
     assert main(["packs", "diff", str(CORE), str(new)]) == 0
     out = capsys.readouterr().out
-    assert "runform-core 3.0.0 (active) -> runform-core 2.1.0 (active)" in out
+    assert f"runform-core {core_data()['version']} (active) -> runform-core 3.2.0 (active)" in out
     assert "~ pelvic_drop_high: 5 deg (placeholder) -> 6 deg (placeholder)" in out
+    # the rules each changed threshold decides, directly or through findings
+    decides = out.split("pelvic_drop_high: 5 deg")[1].splitlines()[1]
+    assert decides.strip().startswith("decides: ") and "r1-hip-drop-symptomatic" in decides
+    assert "s5-screening-finding" in decides and "r9-education" not in decides
     assert "- r11-isolated-trendelenburg" in out
     assert "+ r12-new-rule (A new rule)" in out
     assert "~ r1-hip-drop-symptomatic" in out
     assert "+Hip drop ({side}): strengthen and retrain" in out
+    # the bundled scenarios are run on both versions; those whose cards change are named
+    changes = out.split("Scenario outcomes: ")[1]
+    assert "R1 boundary - pelvic drop of exactly 5 deg" in changes
+    assert "scenarios.yaml:" in changes and "before: " in changes and "after:  " in changes
 
 
-def test_diff_warns_when_content_changed_without_a_version_bump(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(("version", "why"), [(None, "was not bumped"), ("2.9.0", "goes down")])
+def test_diff_fails_when_the_version_does_not_show_the_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], version: str | None, why: str
 ) -> None:
     data = core_data()
     data["thresholds"]["hip_adduction_high"]["value"] = 22
-    assert main(["packs", "diff", str(CORE), str(write_pack(tmp_path, data))]) == 0
-    assert "content changed but the version was not bumped" in capsys.readouterr().out
+    if version:
+        data["version"] = version
+    assert (
+        main(["packs", "diff", "--no-scenarios", str(CORE), str(write_pack(tmp_path, data))]) == 1
+    )
+    assert why in capsys.readouterr().out
+
+
+def test_diff_of_identical_packs_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["packs", "diff", str(CORE), str(CORE)]) == 0
+    assert "no changes" in capsys.readouterr().out
+
+
+def test_packs_test_failures_give_the_scenario_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenarios = {
+        "scenarios": [
+            _scenario([], measures=HIP_DROP),  # R1 shows, so "no card" fails
+            {**_scenario([], measures={"running-pain": 0}), "name": "quiet"},
+        ]
+    }
+    pack = _with_scenarios(tmp_path, scenarios)
+    assert main(["packs", "test", str(pack)]) == 1
+    out = capsys.readouterr().out
+    text = (tmp_path / "clinic.scenarios.yaml").read_text().splitlines()
+    line = next(i for i, t in enumerate(text, 1) if "hip drop" in t)
+    assert f"FAIL  hip drop  ({tmp_path / 'clinic.scenarios.yaml'}:{line})" in out
+    assert "PASS  quiet\n" in out
 
 
 def test_hti1_source_attributes_are_required_and_declared(core_pack: CompiledPack) -> None:

@@ -63,13 +63,13 @@ def _summary_too_long(d: dict[str, Any]) -> None:
 
 
 def _unknown_metric(d: dict[str, Any]) -> None:
-    d["findings"]["run_form_impaired"]["any"].append(
+    d["findings"]["run_form_impaired"]["when"]["any"].append(
         {"metric": "contralateral-pelvic-dorp", "at_least": "pelvic_drop_high"}
     )
 
 
 def _undefined_threshold(d: dict[str, Any]) -> None:
-    d["findings"]["run_form_impaired"]["any"].append(
+    d["findings"]["run_form_impaired"]["when"]["any"].append(
         {"metric": "peak-hip-adduction", "at_least": "hip_adduction_hihg"}
     )
 
@@ -112,7 +112,7 @@ def _undeclared_data_use(d: dict[str, Any]) -> None:
 
 
 def _norm_missing(d: dict[str, Any]) -> None:
-    d["findings"]["hip_weakness"]["any"].append(
+    d["findings"]["hip_weakness"]["when"]["any"].append(
         {"metric": "hip-extension-strength", "measure": "norm", "below": "strength_norm_cut"}
     )
 
@@ -262,7 +262,7 @@ def test_packs_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     from tests.conftest import ROOT
 
     assert main(["packs", "validate", str(ROOT / "rule_packs")]) == 0
-    assert "OK  runform-core 3.0.0" in capsys.readouterr().out
+    assert f"OK  runform-core {core_data()['version']}" in capsys.readouterr().out
     data = core_data()
     _unknown_metric(data)
     path = write_pack(tmp_path, data)
@@ -303,7 +303,7 @@ def test_a_changed_active_pack_without_a_new_version_is_refused(
     folder.mkdir()
     data = core_data()
     write_pack(folder, data, name="core.yaml")
-    assert load_serving_packs(folder, registry=store)[0].pack.version == "3.0.0"
+    assert load_serving_packs(folder, registry=store)[0].pack.version == data["version"]
     data["thresholds"]["pelvic_drop_high"]["value"] = 6
     write_pack(folder, data, name="core.yaml")
     with pytest.raises(PackError, match="no serving rule pack"):

@@ -54,6 +54,7 @@ from cds.rules.template import check_placeholders
 
 if TYPE_CHECKING:
     from cds.rules.scenario import ScenarioFile
+    from cds.rules.source import Source
 
 __all__ = [
     "RULESET_SIZE",
@@ -173,6 +174,8 @@ class CompiledPack:
     finding_value_sets: dict[str, set[str]] = field(default_factory=dict)
     path: Path | None = None
     scenarios: ScenarioFile | None = None
+    #: the scenarios file as read (for file:line in test reports)
+    scenario_source: Source | None = None
 
     @property
     def key(self) -> str:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 from datetime import date
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import yaml
 from pydantic import ValidationError
 
 from cds.errors import PackError
 from cds.rules.compile import CompiledPack, compile_pack
 from cds.rules.pack import Pack
-from cds.rules.problems import PackProblem
 from cds.rules.scenario import ScenarioFile, check_scenarios
+from cds.rules.source import Source, read_source, schema_problems
 
 __all__ = [
     "PackRegistry",
@@ -29,50 +28,6 @@ __all__ = [
 SCENARIO_SUFFIX = ".scenarios.yaml"
 
 log = logging.getLogger(__name__)
-Marks = dict[tuple[Any, ...], tuple[int, int]]
-
-
-def _marks(node: yaml.Node, path: tuple[Any, ...], out: Marks) -> None:
-    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            out[(*path, key.value)] = (key.start_mark.line + 1, key.start_mark.column + 1)
-            _marks(value, (*path, key.value), out)
-            out[(*path, key.value)] = (key.start_mark.line + 1, key.start_mark.column + 1)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _marks(item, (*path, i), out)
-
-
-def _locate(loc: tuple[Any, ...], marks: Marks) -> tuple[int, int]:
-    """Best mark for a pydantic error location (skips union-member names)."""
-    path: tuple[Any, ...] = ()
-    best = marks.get((), (1, 1))
-    for part in loc:
-        candidate = (*path, part)
-        if candidate in marks:
-            path = candidate
-            best = marks[candidate]
-    return best
-
-
-def _read_yaml(path: Path) -> tuple[bytes, Any, Marks]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PackError(f"{path}: cannot read ({exc.strerror})") from exc
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise PackError(f"{where}: not valid YAML: {exc.problem}") from exc
-    marks: Marks = {}
-    if node is not None:
-        _marks(node, (), marks)
-    return raw, data, marks
 
 
 def scenarios_path(pack_file: Path) -> Path:
@@ -83,67 +38,38 @@ def scenarios_path(pack_file: Path) -> Path:
     return pack_file.with_name(pack_file.stem + SCENARIO_SUFFIX)
 
 
-def _mapping(path: Path) -> tuple[bytes, dict[str, Any], Marks]:
-    raw, data, marks = _read_yaml(path)
-    if not isinstance(data, dict):
-        raise PackError(f"{path}:1:1: expected a YAML mapping")
-    return raw, data, marks
-
-
 def load_pack(path: Path | str, *, with_scenarios: bool = True) -> CompiledPack:
     """Load, validate and compile one pack file (and its scenarios file, if any);
     raise :class:`PackError` on any problem."""
     path = Path(path)
     if path.is_dir():
         path = path / "pack.yaml"
-    raw, data, marks = _mapping(path)
+    source = read_source(path)
     try:
-        pack = Pack.model_validate(data)
+        pack = Pack.model_validate(source.data)
     except ValidationError as exc:
-        raise _located(path, marks, _schema_problems(exc)) from None
+        raise source.error(schema_problems(exc, Pack, source.data)) from None
     try:
-        compiled = compile_pack(pack, raw)
+        compiled = compile_pack(pack, source.raw)
     except PackError as exc:
-        raise _located(path, marks, exc.problems) from None
+        raise source.error(exc.problems) from None
     compiled.path = path
     sc_path = scenarios_path(path)
     if with_scenarios and sc_path.exists():
-        compiled.scenarios = _load_scenarios(compiled, sc_path)
+        compiled.scenarios, compiled.scenario_source = _load_scenarios(compiled, sc_path)
     return compiled
 
 
-def _load_scenarios(compiled: CompiledPack, path: Path) -> ScenarioFile:
-    _, data, marks = _mapping(path)
+def _load_scenarios(compiled: CompiledPack, path: Path) -> tuple[ScenarioFile, Source]:
+    source = read_source(path)
     try:
-        scenarios = ScenarioFile.model_validate(data)
+        scenarios = ScenarioFile.model_validate(source.data)
     except ValidationError as exc:
-        raise _located(path, marks, _schema_problems(exc)) from None
+        raise source.error(schema_problems(exc, ScenarioFile, source.data)) from None
     problems = check_scenarios(compiled, scenarios)
     if problems:
-        raise _located(path, marks, problems)
-    return scenarios
-
-
-def _schema_problems(exc: ValidationError) -> list[PackProblem]:
-    """pydantic errors as pack problems; union members' noise is dropped."""
-    problems: dict[tuple[Any, ...], PackProblem] = {}
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()))
-        hint = None
-        if err["type"] == "extra_forbidden":
-            hint = "remove it, or check its spelling and indentation"
-        elif err["type"] == "missing":
-            hint = "add it"
-        problems.setdefault(loc, PackProblem("pack-schema", loc, err["msg"], hint))
-    return list(problems.values())
-
-
-def _located(path: Path, marks: Marks, problems: list[PackProblem]) -> PackError:
-    lines = []
-    for problem in problems:
-        line, col = _locate(problem.loc, marks)
-        lines.append(problem.render(f"{path}:{line}:{col}"))
-    return PackError("\n".join(lines), problems=problems)
+        raise source.error(problems)
+    return scenarios, source
 
 
 def find_pack_files(directory: Path) -> list[Path]:

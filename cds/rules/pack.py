@@ -12,9 +12,18 @@ import re
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
+    "CONDITION_KEYS",
     "HOOKS",
     "PROVENANCE_LABELS",
     "QUALITY_KINDS",
@@ -180,18 +189,52 @@ class NotOf(_Model):
     not_: Condition = Field(alias="not")
 
 
-Condition = (
-    AllOf
-    | AnyOf
-    | NotOf
-    | MetricCondition
-    | AgeCondition
-    | DiagnosisCondition
-    | OrderCondition
-    | SexCondition
-    | QualityCondition
-    | FindingCondition
-)
+#: the key that says what kind of condition a mapping is, and the model it becomes
+CONDITION_KEYS: dict[str, type[_Model]] = {
+    "all": AllOf,
+    "any": AnyOf,
+    "not": NotOf,
+    "metric": MetricCondition,
+    "age": AgeCondition,
+    "diagnosis": DiagnosisCondition,
+    "order": OrderCondition,
+    "sex": SexCondition,
+    "quality": QualityCondition,
+    "finding": FindingCondition,
+}
+CONDITION_KIND_ERROR = "condition_kind"
+
+
+def _condition_kind(value: Any) -> str | None:
+    """The member of the condition union a value is, from its first telling key: one
+    precise error for a mistake inside a condition, not one per kind it is not."""
+    if isinstance(value, dict):
+        return next((m.__name__ for k, m in CONDITION_KEYS.items() if k in value), None)
+    return type(value).__name__
+
+
+Condition = Annotated[
+    Annotated[AllOf, Tag("AllOf")]
+    | Annotated[AnyOf, Tag("AnyOf")]
+    | Annotated[NotOf, Tag("NotOf")]
+    | Annotated[MetricCondition, Tag("MetricCondition")]
+    | Annotated[AgeCondition, Tag("AgeCondition")]
+    | Annotated[DiagnosisCondition, Tag("DiagnosisCondition")]
+    | Annotated[OrderCondition, Tag("OrderCondition")]
+    | Annotated[SexCondition, Tag("SexCondition")]
+    | Annotated[QualityCondition, Tag("QualityCondition")]
+    | Annotated[FindingCondition, Tag("FindingCondition")],
+    Discriminator(
+        _condition_kind,
+        custom_error_type=CONDITION_KIND_ERROR,
+        custom_error_message="not a condition: it needs one of the keys "
+        + ", ".join(CONDITION_KEYS),
+    ),
+]
+
+
+for _tree in (AllOf, AnyOf, NotOf):  # their fields name Condition, defined after them
+    _tree.model_rebuild(force=True)
 
 
 class Evidence(_Model):
@@ -296,6 +339,10 @@ class Finding(_Model):
 
     when: Condition
     says: str | None = Field(default=None, min_length=1)
+    #: what it means when it holds, in a reviewer's words (``packs explain``)
+    means: str | None = Field(default=None, min_length=1)
+    #: what it means when it does not hold: ``packs explain`` uses it for ``not``
+    means_not: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="before")
     @classmethod

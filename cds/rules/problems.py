@@ -25,9 +25,15 @@ class PackProblem:
             out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
         return out or "(pack)"
 
-    def render(self, where: str) -> str:
+    def render(self, where: str, subject: str | None = None) -> str:
+        """``where: message [code] (at place)`` and the hint; ``subject`` (e.g. ``rule
+        r1``) names the place inside the rules list by its id."""
         hint = f"\n    hint: {self.hint}" if self.hint else ""
-        return f"{where}: {self.message} [{self.code}] (at {self.path}){hint}"
+        place = self.path
+        if subject is not None and len(self.loc) >= 2:
+            rest = PackProblem(self.code, self.loc[2:], "").path
+            place = subject + ("" if rest == "(pack)" else f", field {rest}")
+        return f"{where}: {self.message} [{self.code}] (at {place}){hint}"
 
 
 def did_you_mean(name: str, options: Iterable[str]) -> str | None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
+from cds.errors import CdsError
 from cds.fhir.codes import metric, plan_display
+from cds.rules.compile import CompiledPack
+from cds.rules.engine import RuleEngine
 from cds.rules.pack import (
     AgeCondition,
     AllOf,
@@ -21,8 +26,9 @@ from cds.rules.pack import (
     Rule,
     SexCondition,
 )
+from cds.rules.scenario import ScenarioFile, decide_scenario, describe_card
 
-__all__ = ["diff_packs", "explain_pack", "explain_rule"]
+__all__ = ["PackDiff", "diff_packs", "explain_pack", "explain_rule"]
 
 _OPS = {
     "at_least": "is at least",
@@ -30,6 +36,8 @@ _OPS = {
     "below": "is below",
     "at_most": "is at most",
 }
+#: the test that holds exactly when ``op`` does not (for a value that was measured)
+_OPPOSITE = {"at_least": "below", "above": "at_most", "below": "at_least", "at_most": "above"}
 _MEASURES = {
     "value": "{m}",
     "lsi": "the limb symmetry index of {m}",
@@ -51,56 +59,92 @@ _QUALITY = {
     "patient_missing": "the Patient record was not available or could not be read",
     "norm_unfit": "a strength norm does not fit this patient or test",
 }
+_QUALITY_NOT = {
+    "low_strides": "every run-form value was measured over enough strides",
+    "stale": "every measurement is within the freshness window",
+    "excluded": "no Observation was left out",
+    "unreadable": "every resource could be read",
+    "unnormalised": "hip strength was recorded per body mass (or not recorded)",
+    "walking": "no run-form capture was of walking",
+    "gait_mode_unknown": "every run-form capture says whether it was walking or running",
+    "trials_disagree": "repeat trials of one session agree (or there was one)",
+    "conditions_unreadable": "the whole problem list could be read",
+    "patient_missing": "the Patient record was available and readable",
+    "norm_unfit": "every strength norm fits this patient and test (or none applies)",
+}
 _SIDES = {
     "this": ", on this side",
     "other": ", on the other side only",
     "unknown": ", with no side recorded",
 }
 _ARTICLE = {"info": "an info card", "warning": "a warning", "critical": "a critical alert"}
+_PER_SIDE = (
+    "  Checked for each side on its own: that side's measurements and diagnoses, and what "
+    "is known of the whole patient (age, pain, diagnoses without a side). The card names "
+    "the side or sides where it holds."
+)
 
 
 def _threshold(pack: Pack, name: str) -> str:
     t = pack.thresholds.get(name)
     if t is None:
         return f"{name} (undefined)"
-    return f"{t.value:g} {t.unit.strip('{}')} ({name}, {t.provenance})"
+    unit = t.unit.strip("{}")
+    value = f"{t.value:g}" if unit in ("score", "1") else f"{t.value:g} {unit}"
+    return f"{value} ({name}, {t.provenance})"
 
 
-def _metric(pack: Pack, c: MetricCondition) -> str:
+def _metric(pack: Pack, c: MetricCondition, negated: bool) -> str:
     m = metric(c.metric)
     label = m.display.lower() if m else c.metric
     if c.present is not None:
-        return f"{label} was {'measured' if c.present else 'not measured'}"
+        measured = c.present != negated
+        return f"{label} was {'measured' if measured else 'not measured'}"
     if c.is_ is not None:
+        if negated:
+            return f"{label} is not {c.is_!r}, or was not recorded"
         return f"{label} is {c.is_!r}"
     comparison = c.comparison
     assert comparison is not None
     op, name = comparison
     subject = _MEASURES[c.measure].format(m=label)
+    if negated:  # a value that is missing does not pass the test, so "not" holds for it
+        return f"{subject} {_OPS[_OPPOSITE[op]]} {_threshold(pack, name)}, or was not measured"
     return f"{subject} {_OPS[op]} {_threshold(pack, name)}"
 
 
-def _atom(pack: Pack, c: Condition) -> str:
+def _age(pack: Pack, c: AgeCondition, negated: bool) -> str:
+    if c.age == "unknown":
+        return "the patient's exact age is " + ("known" if negated else "not known")
+    comparison = c.age.comparison
+    assert comparison is not None
+    op, name = comparison
+    if negated:
+        return f"the patient's age {_OPS[_OPPOSITE[op]]} {_threshold(pack, name)}, or is not known"
+    return f"the patient's age {_OPS[op]} {_threshold(pack, name)}"
+
+
+def _order(pack: Pack, c: OrderCondition, negated: bool) -> str:
+    state = "" if c.state == "any" else f"{c.state} "
+    what = f"{state}order for {plan_display(c.order) or c.order}"
+    since = f", started at least {_threshold(pack, c.older_than)} ago" if c.older_than else ""
+    return f"there is no {what}{since}" if negated else f"there is an {what}{since}"
+
+
+def _atom(pack: Pack, c: Condition, negated: bool = False) -> str:
     if isinstance(c, MetricCondition):
-        return _metric(pack, c)
+        return _metric(pack, c, negated)
     if isinstance(c, AgeCondition):
-        if c.age == "unknown":
-            return "the patient's exact age is not known"
-        comparison = c.age.comparison
-        assert comparison is not None
-        return f"the patient's age {_OPS[comparison[0]]} {_threshold(pack, comparison[1])}"
+        return _age(pack, c, negated)
     if isinstance(c, SexCondition):
-        return f"the patient's recorded sex is {c.sex}"
+        return f"the patient's recorded sex is {'not ' if negated else ''}{c.sex}"
     if isinstance(c, DiagnosisCondition):
-        return _diagnosis(pack, c)
+        text = _diagnosis(pack, c)
+        return f"there is no {text.removeprefix('a ')}" if negated else text
     if isinstance(c, OrderCondition):
-        state = "" if c.state == "any" else f"{c.state} "
-        text = f"a {state}order for {plan_display(c.order) or c.order}"
-        return text + (
-            f", started at least {_threshold(pack, c.older_than)} ago" if c.older_than else ""
-        )
+        return _order(pack, c, negated)
     if isinstance(c, QualityCondition):
-        return _QUALITY[c.quality]
+        return (_QUALITY_NOT if negated else _QUALITY)[c.quality]
     raise TypeError(type(c))
 
 
@@ -120,36 +164,66 @@ def _diagnosis(pack: Pack, c: DiagnosisCondition) -> str:
     return text + _SIDES.get(c.side, "")
 
 
+def _finding(pack: Pack, c: FindingCondition, depth: int, negated: bool) -> list[str]:
+    pad = "  " * depth
+    sub = pack.findings.get(c.finding)
+    title = c.finding.replace("_", " ")
+    if sub is None:
+        return [f"{pad}- {'not ' if negated else ''}{title} (undefined finding)"]
+    said = sub.means_not if negated else sub.means
+    head = said or (f"not {title}" if negated else title)
+    return [f"{pad}- {head} [{c.finding}], that is:", *_lines(pack, sub.when, depth + 1, negated)]
+
+
 def _lines(pack: Pack, c: Condition, depth: int, negated: bool = False) -> list[str]:
+    """The condition as an indented list; a ``not`` is pushed down to the tests (all of
+    becomes any of, at least becomes below ...), so no line says "not not"."""
     pad = "  " * depth
     if isinstance(c, NotOf):
         return _lines(pack, c.not_, depth, not negated)
     if isinstance(c, AllOf | AnyOf):
         items = c.all if isinstance(c, AllOf) else c.any
-        if negated:
-            head = "not all of:" if isinstance(c, AllOf) else "none of:"
-        else:
-            head = "all of:" if isinstance(c, AllOf) else "any of:"
-        out = [f"{pad}- {head}"]
+        every = isinstance(c, AllOf) != negated
+        out = [f"{pad}- {'all of' if every else 'any of'}:"]
         for item in items:
-            out += _lines(pack, item, depth + 1)
+            out += _lines(pack, item, depth + 1, negated)
         return out
     if isinstance(c, FindingCondition):
-        title = c.finding.replace("_", " ")
-        head = f"{pad}- {'NOT ' if negated else ''}{title}"
-        sub = pack.findings.get(c.finding)
-        if sub is None:
-            return [head + " (undefined finding)"]
-        return [head + ", that is:", *_lines(pack, sub.when, depth + 1)]
-    return [f"{pad}- {'NOT: ' if negated else ''}{_atom(pack, c)}"]
+        return _finding(pack, c, depth, negated)
+    return [f"{pad}- {_atom(pack, c, negated)}"]
 
 
-def explain_rule(pack: Pack, rule: Rule) -> str:
+def _relations(pack: CompiledPack, rule: Rule) -> list[str]:
+    """The rules that add to, hold back, or are held back by ``rule``."""
+    others = [r.rule for r in pack.rules if r.rule.id != rule.id]
+    out = []
+    attachers = [r.id for r in others if rule.id in r.attach_to]
+    if attachers:
+        out.append(
+            f"  These rules add their text to its card when they hold: {', '.join(attachers)}."
+        )
+    blockers = [r.id for r in others if rule.category in r.suppresses]
+    if blockers:
+        out.append(
+            f"  Its card is held back while any of these shows its own: {', '.join(blockers)}."
+        )
+    if rule.suppresses:
+        held = [r.id for r in others if r.category in rule.suppresses]
+        out.append(
+            f"  While it shows, no {' or '.join(rule.suppresses)} cards are shown"
+            + (f" ({', '.join(held)})." if held else ".")
+        )
+    return out
+
+
+def explain_rule(pack: CompiledPack, rule: Rule) -> str:
     """A rule in plain language: "When ... show a warning: ..."."""
     card = rule.card
     lines = [f"{rule.id}: {rule.title}", f"  {rule.description.strip()}", ""]
     lines.append(f"  On {', '.join(rule.hooks)}, when")
-    lines += _lines(pack, rule.when, 2)
+    lines += _lines(pack.pack, rule.when, 2)
+    if pack.rule(rule.id).scope == "side":
+        lines.append(_PER_SIDE)
     if rule.attach_to:
         lines.append(f"  add this text to the cards of {', '.join(rule.attach_to)}:")
     else:
@@ -165,8 +239,7 @@ def explain_rule(pack: Pack, rule: Rule) -> str:
     lines.append(
         f"  Source: {card.source.label}" + (f" <{card.source.url}>" if card.source.url else "")
     )
-    if rule.suppresses:
-        lines.append(f"  While it shows, no {' or '.join(rule.suppresses)} cards are shown.")
+    lines += _relations(pack, rule)
     if rule.show == "when-suppressing":
         lines.append("  Its card shows only while it holds back another rule's card.")
     if rule.lower_evidence:
@@ -174,11 +247,12 @@ def explain_rule(pack: Pack, rule: Rule) -> str:
     return "\n".join(lines)
 
 
-def explain_pack(pack: Pack, rule_id: str | None = None) -> str:
-    rules = [r for r in pack.rules if rule_id is None or r.id == rule_id]
+def explain_pack(pack: CompiledPack, rule_id: str | None = None) -> str:
+    p = pack.pack
+    rules = [r for r in p.rules if rule_id is None or r.id == rule_id]
     if not rules:
         raise KeyError(rule_id)
-    head = f"{pack.title} - {pack.id} {pack.version} ({pack.status})\n"
+    head = f"{p.title} - {p.id} {p.version} ({p.status})\n"
     return head + "\n\n".join(explain_rule(pack, r) for r in rules) + "\n"
 
 
@@ -221,8 +295,10 @@ def _named_changes(kind: str, old: dict[str, Any], new: dict[str, Any]) -> list[
     out = [f"  + {kind} {k}" for k in new if k not in old]
     out += [f"  - {kind} {k}" for k in old if k not in new]
     for k in old.keys() & new.keys():
-        if _dump_any(old[k]) != _dump_any(new[k]):
-            out.append(f"  ~ {kind} {k}")
+        a, b = _dump_any(old[k]), _dump_any(new[k])
+        if a != b:
+            keys = sorted(x for x in a.keys() | b.keys() if a.get(x) != b.get(x))
+            out.append(f"  ~ {kind} {k}: {', '.join(keys)} changed")
     return sorted(out)
 
 
@@ -232,37 +308,124 @@ def _dump_any(value: Any) -> Any:
     return _dump(value) if hasattr(value, "model_dump") else value
 
 
-def _thresholds(old: Pack, new: Pack) -> list[str]:
+def _users(pack: CompiledPack, name: str) -> list[str]:
+    """The rules a threshold decides, directly or through findings."""
+    return [r.rule.id for r in pack.rules if name in r.thresholds]
+
+
+def _thresholds(old: CompiledPack, new: CompiledPack) -> list[str]:
     out = []
-    for name in sorted(old.thresholds.keys() | new.thresholds.keys()):
-        a, b = old.thresholds.get(name), new.thresholds.get(name)
+    a_all, b_all = old.pack.thresholds, new.pack.thresholds
+    for name in sorted(a_all.keys() | b_all.keys()):
+        a, b = a_all.get(name), b_all.get(name)
+        if a == b:
+            continue
         if a is None and b is not None:
             out.append(f"  + {name}: {b.value:g} {b.unit} ({b.provenance})")
         elif b is None and a is not None:
             out.append(f"  - {name}: {a.value:g} {a.unit} ({a.provenance})")
-        elif a is not None and b is not None and a != b:
+        elif a is not None and b is not None:
             out.append(
                 f"  ~ {name}: {a.value:g} {a.unit} ({a.provenance}) -> "
                 f"{b.value:g} {b.unit} ({b.provenance})"
             )
+        users = sorted(set(_users(old, name)) | set(_users(new, name)))
+        out.append(f"      decides: {', '.join(users) or 'no rule'}")
     return out
 
 
-def diff_packs(old: Pack, new: Pack) -> list[str]:
-    """What changed between two versions of a pack, for review before sign-off."""
-    out = [f"{old.id} {old.version} ({old.status}) -> {new.id} {new.version} ({new.status})"]
-    if old.version == new.version and _dump(old) != _dump(new):
-        out.append("  ! content changed but the version was not bumped")
+def _version(text: str) -> tuple[int, ...] | None:
+    parts = re.findall(r"\d+", text)
+    return tuple(int(p) for p in parts) if parts else None
+
+
+def _version_problem(old: Pack, new: Pack) -> str | None:
+    """Why the new version number does not mark a change (None: it does)."""
+    if _dump(old) == _dump(new):
+        return None
+    if old.version == new.version:
+        return (
+            f"content changed but the version was not bumped: give the new pack a version "
+            f"after {old.version}"
+        )
+    a, b = _version(old.version), _version(new.version)
+    if a is not None and b is not None and b < a:
+        return (
+            f"the version goes down ({old.version} -> {new.version}): "
+            f"give it one after {old.version}"
+        )
+    return None
+
+
+def _outcomes(pack: CompiledPack, engine: RuleEngine, file: ScenarioFile, scenario: Any) -> str:
+    """The cards ``pack`` shows for ``scenario``, in one line."""
+    try:
+        decision = decide_scenario(pack, file, scenario, engine)
+    except CdsError as exc:
+        return f"cannot run: {exc.message}"
+    shown = [describe_card(o.rule, o.indicator, o.sides, o.attached) for o in decision.outcomes()]
+    return "; ".join(shown) or "no card"
+
+
+def _scenario_changes(old: CompiledPack, new: CompiledPack) -> list[str]:
+    """The scenarios (of the new pack, else the old) whose cards differ between the two."""
+    owner = new if new.scenarios is not None else old
+    file = owner.scenarios
+    if file is None:
+        return ["  (no scenarios file: cannot say which outcomes change)"]
+    engine = RuleEngine()
+    out = []
+    for i, scenario in enumerate(file.scenarios):
+        before = _outcomes(old, engine, file, scenario)
+        after = _outcomes(new, engine, file, scenario)
+        if before != after:
+            where = ""
+            if owner.scenario_source is not None:
+                source = owner.scenario_source
+                where = f"  ({source.path}:{source.locate(('scenarios', i))[0]})"
+            out += [
+                f"  ~ {scenario.name}{where}",
+                f"      before: {before}",
+                f"      after:  {after}",
+            ]
+    changed, total = len(out) // 3, len(file.scenarios)
+    if not changed:
+        return [f"Scenario outcomes: none of the {total} scenarios changes"]
+    return [f"Scenario outcomes: {changed} of {total} scenarios change:", *out]
+
+
+@dataclass
+class PackDiff:
+    """What changed between two versions of a pack; ``ok`` is False when the version
+    number does not show that the content changed."""
+
+    lines: list[str] = field(default_factory=list)
+    version_problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.version_problem is None
+
+
+def diff_packs(old: CompiledPack, new: CompiledPack, *, scenarios: bool = True) -> PackDiff:
+    """What changed between two versions of a pack, for review before sign-off: the
+    thresholds and the rules each decides, findings, rules and card text, and the
+    scenarios whose cards change."""
+    a, b = old.pack, new.pack
+    diff = PackDiff([f"{a.id} {a.version} ({a.status}) -> {b.id} {b.version} ({b.status})"])
+    diff.version_problem = _version_problem(a, b)
+    if diff.version_problem:
+        diff.lines.append(f"  ! {diff.version_problem}")
     thresholds = _thresholds(old, new)
     if thresholds:
-        out += ["Thresholds:", *thresholds]
-    sets = _named_changes("value set", old.value_sets, new.value_sets)
-    sets += _named_changes("finding", old.findings, new.findings)
-    sets += _named_changes("norm", old.norms, new.norms)
-    sets += _named_changes("plan", old.plans, new.plans)
+        diff.lines += ["Thresholds:", *thresholds]
+    sets = _named_changes("value set", a.value_sets, b.value_sets)
+    sets += _named_changes("finding", a.findings, b.findings)
+    sets += _named_changes("norm", a.norms, b.norms)
+    sets += _named_changes("plan", a.plans, b.plans)
     if sets:
-        out += ["Value sets and findings:", *sets]
-    old_rules, new_rules = {r.id: r for r in old.rules}, {r.id: r for r in new.rules}
+        diff.lines += ["Value sets and findings:", *sets]
+    old_rules, new_rules = {r.id: r for r in a.rules}, {r.id: r for r in b.rules}
     rules = [f"  + {r} ({new_rules[r].title})" for r in new_rules if r not in old_rules]
     rules += [f"  - {r} ({old_rules[r].title})" for r in old_rules if r not in new_rules]
     for rid in [r for r in old_rules if r in new_rules]:
@@ -270,7 +433,9 @@ def diff_packs(old: Pack, new: Pack) -> list[str]:
         if changes:
             rules += [f"  ~ {rid}", *changes]
     if rules:
-        out += ["Rules:", *rules]
-    if len(out) == 1:
-        out.append("  no changes")
-    return out
+        diff.lines += ["Rules:", *rules]
+    if len(diff.lines) == 1:
+        diff.lines.append("  no changes")
+    elif scenarios:
+        diff.lines += _scenario_changes(old, new)
+    return diff

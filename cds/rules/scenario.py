@@ -42,6 +42,7 @@ __all__ = [
     "ScenarioResult",
     "check_scenarios",
     "decide_scenario",
+    "describe_card",
     "run_scenarios",
 ]
 
@@ -154,7 +155,7 @@ class ExpectedCard(_Model):
         )
 
     def describe(self) -> str:
-        return _describe(self.rule, self.indicator, self.sides, self.attached)
+        return describe_card(self.rule, self.indicator, self.sides, self.attached)
 
 
 class Scenario(_Model):
@@ -174,7 +175,7 @@ class ScenarioFile(_Model):
         return scenario.given.on(self.bases[base]) if base else scenario.given
 
 
-def _describe(
+def describe_card(
     rule: str, indicator: str, sides: Sequence[str] | None, attached: Sequence[str] | None
 ) -> str:
     text = f"{indicator:<8} {rule}"
@@ -514,7 +515,7 @@ class ScenarioResult:
             return [f"! {self.error}"]
         lines = [f"- {e.describe()}" for e in self.missing]
         lines += [
-            f"+ {_describe(g.rule, g.indicator, g.sides, g.attached)}" for g in self.unexpected
+            f"+ {describe_card(g.rule, g.indicator, g.sides, g.attached)}" for g in self.unexpected
         ]
         return lines
 
