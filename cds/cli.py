@@ -160,13 +160,11 @@ def _packs_diff(args: argparse.Namespace) -> int:
 
 
 def _packs_schema(args: argparse.Namespace) -> int:
-    from cds.rules.pack import Pack
-    from cds.rules.scenario import ScenarioFile
+    from cds.rules.load import load_pack
+    from cds.rules.schema import pack_schema, scenarios_schema
 
-    model = ScenarioFile if args.scenarios else Pack
-    schema = model.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "runform-cds " + ("scenarios file" if args.scenarios else "rule pack")
+    pack = load_pack(args.pack, with_scenarios=False).pack if args.pack else None
+    schema = scenarios_schema(pack) if args.scenarios else pack_schema(pack)
     emit(json.dumps(schema, indent=2) + "\n", args.out, "the schema")
     return 0
 
@@ -211,6 +209,9 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--out", help="file to write (default: standard output)")
     schema.add_argument(
         "--scenarios", action="store_true", help="the schema of a scenarios file instead"
+    )
+    schema.add_argument(
+        "--pack", help="limit threshold, value-set, finding and rule names to this pack's"
     )
     schema.set_defaults(func=_packs_schema)
 

@@ -3,9 +3,13 @@ mistake, at the line of the mistake, with a code and a plain hint."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from jsonschema import Draft202012Validator
 
 from cds.cli import main
 from tests.packs import CORE
@@ -125,3 +129,67 @@ def test_a_mapping_that_is_no_condition_says_which_keys_a_condition_needs(
     [problem] = _problems(lines, path)
     assert "not a condition (keys: metrc" in problem and "[pack-not-a-condition]" in problem
     assert "did you mean 'metric'?" in next(x for x in lines if "hint:" in x)
+
+
+# -- the editor schema --------------------------------------------------------------------------
+
+
+def _schema(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    assert main(["packs", "schema", *argv]) == 0
+    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+
+def _undescribed(schema: dict[str, Any]) -> list[str]:
+    places = [("(top)", schema), *schema["$defs"].items()]
+    return [
+        f"{name}.{prop}"
+        for name, model in places
+        for prop, spec in model.get("properties", {}).items()
+        if not spec.get("description")
+    ]
+
+
+@pytest.mark.parametrize("scenarios", [False, True], ids=["pack", "scenarios"])
+def test_the_schema_describes_every_field(
+    capsys: pytest.CaptureFixture[str], scenarios: bool
+) -> None:
+    schema = _schema(capsys, *(["--scenarios"] if scenarios else []))
+    assert _undescribed(schema) == []
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def _pack_json() -> Any:
+    return json.loads(json.dumps(yaml.safe_load(TEXT), default=str))
+
+
+def test_the_bundled_pack_and_scenarios_satisfy_their_schema(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for argv, data in [
+        ((), _pack_json()),
+        (("--pack", str(CORE)), _pack_json()),
+        (("--scenarios", "--pack", str(CORE)),
+         yaml.safe_load(CORE.with_name("scenarios.yaml").read_text())),
+    ]:  # fmt: skip
+        errors = list(Draft202012Validator(_schema(capsys, *argv)).iter_errors(data))
+        assert [e.message for e in errors] == [], argv
+
+
+def test_an_editor_flags_a_misspelt_metric_unit_or_threshold_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    schema = _schema(capsys, "--pack", str(CORE))
+    metric = schema["$defs"]["MetricCondition"]["properties"]["metric"]
+    assert "contralateral-pelvic-drop" in metric["enum"]
+    assert "pelvic_drop_high" in json.dumps(
+        schema["$defs"]["MetricCondition"]["properties"]["at_least"]
+    )
+    validator = Draft202012Validator(schema)
+    for typo in (
+        ("contralateral-pelvic-drop", "contralateral-pelvic-dorp"),  # metric
+        ("at_least: pelvic_drop_high", "at_least: pelvic_drop_hihg"),  # threshold name
+        ("unit: deg", "unit: degrees"),  # unit
+    ):
+        data = json.loads(json.dumps(yaml.safe_load(TEXT.replace(*typo, 1)), default=str))
+        messages = [e.message for e in validator.iter_errors(data)]
+        assert messages, typo

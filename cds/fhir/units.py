@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["STANDARD_GRAVITY", "UnitError", "canonical_unit", "convert", "dimension_of"]
+__all__ = [
+    "STANDARD_GRAVITY",
+    "UnitError",
+    "canonical_unit",
+    "convert",
+    "dimension_of",
+    "known_units",
+]
 
 STANDARD_GRAVITY = 9.80665  # m/s2: turns "% of body weight" into N/kg
 
@@ -61,6 +68,11 @@ def _lookup(unit: str, dimensions: tuple[str, ...]) -> _Found:
 def dimension_of(unit: str, dimensions: tuple[str, ...]) -> str:
     """Which of ``dimensions`` the UCUM ``unit`` belongs to."""
     return _lookup(unit, dimensions).dimension
+
+
+def known_units() -> list[str]:
+    """Every UCUM unit a value or threshold may be given in."""
+    return sorted({unit for units in _UNITS.values() for unit in units})
 
 
 def canonical_unit(dimension: str) -> str:

@@ -52,7 +52,8 @@ SideValues = dict[Side, Value]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # the docstring under each field is its description in ``packs schema --scenarios``
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 GaitMode = Literal["running", "walking", "none"]
@@ -63,73 +64,102 @@ class Capture(_Model):
     an absent value, or a time within the day (repeat trials)."""
 
     metric: str
+    """The metric code."""
     side: Side | None = None
+    """left or right, for a side metric."""
     value: Value | None = None
+    """The value (number, or a word for a rated test)."""
     unit: str | None = None
+    """UCUM unit of the value (default: the metric's canonical unit)."""
     strides: int | None = None
+    """Strides the value was measured over (default: the given's)."""
     days_ago: float = 3
-    #: overrides days_ago: for trials minutes or hours apart
+    """Measured this many days ago."""
     hours_ago: float | None = None
+    """Measured this many hours ago (overrides days_ago): for trials minutes or hours apart."""
     absent: str | None = None
-    #: run-form captures: walking, running or none (not recorded); default: the given's
+    """Record the metric without a value, for this data-absent reason."""
     gait_mode: GaitMode | None = None
+    """Run-form captures: walking, running or none (not recorded); default: the given's."""
     view: Literal["posterior", "side"] | None = None
+    """The camera view recorded with the capture: posterior or side."""
     fps: float | None = None
+    """The video frame rate recorded with the capture."""
     visible_percent: float | None = None
-    #: strength tests: the dynamometry contraction type; default: the given's
+    """How much of the capture the landmarks were visible (percent)."""
     test: Literal["isometric", "eccentric", "none"] | None = None
+    """Strength tests: the dynamometry contraction type; default: the given's."""
 
 
 class Earlier(_Model):
     days_ago: float = Field(gt=0)
+    """When the earlier capture was made."""
     measures: dict[str, Value | SideValues] = Field(default_factory=dict)
+    """Metric code -> value, or {left: ..., right: ...} for a side metric."""
 
 
 class Diagnosis(_Model):
     value_set: Name
-    #: onset this many days ago (none: no onset recorded)
+    """A value set of the pack."""
     days_ago: float | None = None
-    #: recordedDate this many days ago
+    """Onset this many days ago (none: no onset recorded)."""
     recorded_days_ago: float | None = None
+    """recordedDate this many days ago."""
     status: Literal["confirmed", "provisional", "unconfirmed", "refuted", "no-status"] = "confirmed"
-    #: laterality (ICD-10-CM character when the value set's code has one, else bodySite)
+    """confirmed, provisional, unconfirmed, refuted, or no-status (no clinical or verification
+    status)."""
     side: Literal["left", "right", "both", "unspecified"] | None = None
-    #: the value set's code to use: its position in the list (default: the first)
+    """Laterality (the ICD-10-CM character when the code has one, else bodySite)."""
     code_index: int = Field(default=0, ge=0)
+    """Which code of the value set to use: its position in the list (default: the first)."""
 
 
 class Order(_Model):
     plan: str
+    """The plan code of the order."""
     status: Literal["draft", "active", "on-hold", "completed"] = "active"
+    """draft, active, on-hold or completed."""
     days_ago: float | None = None
+    """Started this many days ago."""
     resource: Literal["ServiceRequest", "CarePlan"] = "ServiceRequest"
+    """ServiceRequest or CarePlan."""
 
 
 class Given(_Model):
     base: Name | None = None
+    """Start from this base (under bases:) and change what is given here."""
     age: int | None = None
-    #: with age: the next birthday is this many days away
+    """Age in completed years (none: no birth date)."""
     birthday_in_days: int | None = None
-    #: a FHIR birth date as recorded, e.g. a partial "2008"
+    """With age: the next birthday is this many days away."""
     birth_date: str | None = None
-    #: the Patient resource: recorded, missing (prefetch null) or unreadable
+    """A FHIR birth date as recorded, e.g. a partial 2008."""
     patient: Literal["recorded", "missing", "unreadable"] = "recorded"
+    """The Patient resource: recorded, missing (prefetch null) or unreadable."""
     sex: Literal["female", "male", "other", "unknown"] | None = None
+    """The recorded sex."""
     diagnoses: list[Name | Diagnosis] = Field(default_factory=list)
-    #: Conditions in the problem list that cannot be read
+    """Value set names, or diagnoses in full (status, onset, side)."""
     unreadable_conditions: int = 0
+    """How many Conditions in the problem list cannot be read."""
     measures: dict[str, Value | SideValues] = Field(default_factory=dict)
-    #: measures of the base to leave out (the metric was not recorded)
+    """Metric code -> value, or {left: ..., right: ...} for a side metric."""
     without: list[str] = Field(default_factory=list)
+    """Measures of the base to leave out (the metric was not recorded)."""
     strides: int = 12
+    """Strides every run-form value was measured over."""
     days_ago: float = 3
-    #: gait mode recorded with every run-form measure (none: not recorded)
+    """When every measure was made."""
     gait_mode: GaitMode = "running"
-    #: contraction type recorded with every dynamometry measure (none: not recorded)
+    """Gait mode recorded with every run-form measure (none: not recorded)."""
     strength_test: Literal["isometric", "eccentric", "none"] = "eccentric"
+    """Contraction type recorded with every dynamometry measure (none: not recorded)."""
     previous: Earlier | None = None
+    """An earlier capture (for change since the previous capture)."""
     captures: list[Capture] = Field(default_factory=list)
+    """Measurements in full, when a scenario needs strides, units or capture details."""
     orders: list[Order] = Field(default_factory=list)
+    """Orders in the chart (or being placed, with status draft)."""
 
     def on(self, base: Given) -> Given:
         """This given on top of ``base``: fields set here win; measures merge."""
@@ -142,9 +172,13 @@ class Given(_Model):
 
 class ExpectedCard(_Model):
     rule: Name
+    """The rule whose card is expected."""
     indicator: Literal["info", "warning", "critical"]
+    """Its indicator: info, warning or critical."""
     sides: list[Side] | None = None
+    """The sides it names (default: not checked)."""
     attached: list[Name] | None = None
+    """The rules whose text is attached to it (default: not checked)."""
 
     def matches(self, got: CardOutcome) -> bool:
         return (
@@ -160,15 +194,22 @@ class ExpectedCard(_Model):
 
 class Scenario(_Model):
     name: str = Field(min_length=1)
+    """What the scenario shows, in one line; test reports name it."""
     description: str = ""
+    """More about the scenario."""
     hook: Hook = "patient-view"
+    """The hook called: patient-view, order-select or order-sign."""
     given: Given
+    """The patient: age, diagnoses, measures, orders."""
     expect: list[ExpectedCard]
+    """Every card expected, and no other ([] for none)."""
 
 
 class ScenarioFile(_Model):
     bases: dict[Name, Given] = Field(default_factory=dict)
+    """Named patients scenarios can start from."""
     scenarios: list[Scenario] = Field(default_factory=list)
+    """The test cases."""
 
     def resolved(self, scenario: Scenario) -> Given:
         base = scenario.given.base
