@@ -273,3 +273,48 @@ def test_a_capture_of_a_sided_metric_without_a_side_is_reported(tmp_path: Path) 
         load_pack(_with_scenarios(tmp_path, {"scenarios": [sc]}))
     assert "[pack-scenario-needs-side]" in info.value.message
     assert "add side: right" in info.value.message
+
+
+def test_the_change_a_threshold_walkthrough_shows_real_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/rule-packs.md walks a clinician through a threshold change: its printed
+    output must be what the tools print (regenerate the doc when this fails)."""
+    import shutil
+
+    doc = (ROOT / "docs" / "rule-packs.md").read_text()
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(CORE.parent, tmp_path / "rule_packs" / "runform-core")
+    work = tmp_path / "work" / "runform-core"
+    shutil.copytree(CORE.parent, work)
+    pack = (work / "pack.yaml").read_text()
+    at = pack.index("value: 5", pack.index("  pelvic_drop_high:"))
+    old = "hip strengthening PLUS gait retraining with real-time feedback"
+    new = "strengthen the hips AND retrain gait with real-time video feedback"
+    edited = (pack[:at] + "valeu: 6" + pack[at + 8 :]).replace(old, new)
+    (work / "pack.yaml").write_text(edited)
+
+    def shown(*argv: str) -> list[str]:
+        main(list(argv))
+        out = capsys.readouterr()
+        return [line for line in (out.out + out.err).splitlines() if line.strip()]
+
+    lines = shown("packs", "validate", "work/runform-core")
+    (work / "pack.yaml").write_text(edited.replace("valeu: 6", "value: 6"))
+    lines += shown("packs", "validate", "work/runform-core")
+    lines += [x for x in shown("packs", "test", "work/runform-core") if "PASS" not in x]
+    scenarios = (work / "scenarios.yaml").read_text()
+    scenarios = scenarios.replace(
+        "pelvic drop of exactly 5 deg (with", "pelvic drop of exactly 6 deg (with"
+    )
+    scenarios = scenarios.replace(
+        "{left: 3, right: 5}}}\n    expect:\n      - {rule: q5",
+        "{left: 3, right: 6}}}\n    expect:\n      - {rule: q5",
+        1,
+    )
+    (work / "scenarios.yaml").write_text(scenarios)
+    assert "174 passed, 0 failed" in shown("packs", "test", "work/runform-core")[-1]
+    lines += shown("packs", "diff", "rule_packs/runform-core", "work/runform-core")
+    assert len(lines) > 20
+    missing = [line for line in lines if line not in doc]
+    assert missing == [], "docs/rule-packs.md walkthrough is out of date"

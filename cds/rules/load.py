@@ -42,6 +42,8 @@ def load_pack(path: Path | str, *, with_scenarios: bool = True) -> CompiledPack:
     """Load, validate and compile one pack file (and its scenarios file, if any);
     raise :class:`PackError` on any problem."""
     path = Path(path)
+    if not path.exists():
+        raise PackError(f"{path}: no such pack file or folder")
     if path.is_dir():
         path = path / "pack.yaml"
     source = read_source(path)

@@ -367,31 +367,41 @@ def _outcomes(pack: CompiledPack, engine: RuleEngine, file: ScenarioFile, scenar
     return "; ".join(shown) or "no card"
 
 
+def _scenario_runs(old: CompiledPack, new: CompiledPack) -> list[tuple[CompiledPack, int]]:
+    """Every scenario of both versions' files, once: the new file's, then those of the
+    old file that the new one dropped or changed (they hold the old boundaries)."""
+    runs = [(new, i) for i in range(len(new.scenarios.scenarios))] if new.scenarios else []
+    kept = {sc.model_dump_json() for sc in new.scenarios.scenarios} if new.scenarios else set()
+    if old.scenarios is not None:
+        runs += [
+            (old, i)
+            for i, sc in enumerate(old.scenarios.scenarios)
+            if sc.model_dump_json() not in kept
+        ]
+    return runs
+
+
 def _scenario_changes(old: CompiledPack, new: CompiledPack) -> list[str]:
-    """The scenarios (of the new pack, else the old) whose cards differ between the two."""
-    owner = new if new.scenarios is not None else old
-    file = owner.scenarios
-    if file is None:
-        return ["  (no scenarios file: cannot say which outcomes change)"]
+    """The scenarios whose cards differ between the two versions."""
+    runs = _scenario_runs(old, new)
+    if not runs:
+        return ["Scenario outcomes: no scenarios file, so no outcome could be compared"]
     engine = RuleEngine()
     out = []
-    for i, scenario in enumerate(file.scenarios):
-        before = _outcomes(old, engine, file, scenario)
-        after = _outcomes(new, engine, file, scenario)
-        if before != after:
-            where = ""
-            if owner.scenario_source is not None:
-                source = owner.scenario_source
-                where = f"  ({source.path}:{source.locate(('scenarios', i))[0]})"
-            out += [
-                f"  ~ {scenario.name}{where}",
-                f"      before: {before}",
-                f"      after:  {after}",
-            ]
-    changed, total = len(out) // 3, len(file.scenarios)
+    for owner, i in runs:
+        assert owner.scenarios is not None
+        scenario = owner.scenarios.scenarios[i]
+        before = _outcomes(old, engine, owner.scenarios, scenario)
+        after = _outcomes(new, engine, owner.scenarios, scenario)
+        if before == after:
+            continue
+        source = owner.scenario_source
+        where = f"  ({source.path}:{source.locate(('scenarios', i))[0]})" if source else ""
+        out += [f"  ~ {scenario.name}{where}", f"      before: {before}", f"      after:  {after}"]
+    changed = len(out) // 3
     if not changed:
-        return [f"Scenario outcomes: none of the {total} scenarios changes"]
-    return [f"Scenario outcomes: {changed} of {total} scenarios change:", *out]
+        return [f"Scenario outcomes: none of the {len(runs)} scenarios changes"]
+    return [f"Scenario outcomes: {changed} of {len(runs)} scenarios change:", *out]
 
 
 @dataclass
