@@ -247,6 +247,10 @@ def test_patient_filter_takes_a_prefix_in_any_case(
     for typed, count in [("runner-alpha", 2), ("RUNNER", 3), ("Patient/runner-b", 1), ("x", 0)]:
         code, out, _ = _run(capsys, "audit", "list", *audited["store"], "--patient", typed)
         assert code == 0 and f"{count} trace(s)" in out, typed
+    hook_instance = audited["requests"][1]["hookInstance"]
+    code, out, _ = _run(capsys, "audit", "list", *audited["store"], "--hook-instance",
+                        hook_instance[:6])  # fmt: skip
+    assert "1 trace(s)" in out and hook_instance in out
     # LIKE wildcards are taken literally
     code, out, _ = _run(capsys, "audit", "list", *audited["store"], "--patient", "%")
     assert "0 trace(s)" in out

@@ -179,6 +179,12 @@ def test_filters_take_dates_from_pickers_and_refuse_bad_ones(
     assert len(browser.find_elements(By.CSS_SELECTOR, "tr.trace-row")) == 3
     browser.get(f"{viewer.url}/audit/?patient=patient/P1")
     assert len(browser.find_elements(By.CSS_SELECTOR, "tr.trace-row")) == 1
+    # the hookInstance the auditor was given, or its start
+    browser.get(f"{viewer.url}/audit/")
+    hook_instance = browser.find_elements(By.CSS_SELECTOR, "tr.trace-row a code")[1].text
+    browser.get(f"{viewer.url}/audit/?hook_instance={hook_instance[:8]}")
+    [row] = browser.find_elements(By.CSS_SELECTOR, "tr.trace-row")
+    assert hook_instance in row.text
     # a rule filter says whether the rule showed its card or was suppressed, and by what
     browser.get(f"{viewer.url}/audit/?rule=r7-cadence-alternative")
     verdicts = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".verdict")]

@@ -80,6 +80,7 @@ def _filter(args: argparse.Namespace) -> Any:
 
     return make_filter(
         patient=args.patient,
+        hook_instance=args.hook_instance,
         since=args.since,
         until=args.until,
         rule=args.rule,
@@ -215,6 +216,7 @@ def _store_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _filter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patient", help="patient id or Patient/id; a prefix, any case")
+    p.add_argument("--hook-instance", help="a hookInstance, or the start of one")
     p.add_argument("--since", help="YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][offset], inclusive (UTC)")
     p.add_argument("--until", help="the same; a date alone includes that whole day")
     p.add_argument("--rule", help="a rule id that fired (says whether it showed or was suppressed)")

@@ -48,6 +48,7 @@ def parse_when(text: str, option: str, *, end: bool = False) -> str:
 def make_filter(
     *,
     patient: str | None = None,
+    hook_instance: str | None = None,
     since: str | None = None,
     until: str | None = None,
     rule: str | None = None,
@@ -70,6 +71,7 @@ def make_filter(
         raise AuditQueryError("--limit must be at least 1", expression="--limit")
     return TraceFilter(
         patient=patient or None,
+        hook_instance=hook_instance or None,
         since=start,
         until=stop,
         rule=rule or None,

@@ -302,6 +302,9 @@ class SqlTraceStore(ABC):
             reference = where.patient if "/" in where.patient else f"Patient/{where.patient}"
             sql += " AND LOWER(patient) LIKE ? ESCAPE '\\'"
             params.append(_like_prefix(reference.lower()))
+        if where.hook_instance:
+            sql += " AND hook_instance LIKE ? ESCAPE '\\'"
+            params.append(_like_prefix(where.hook_instance))
         if where.since:
             sql += " AND recorded_at >= ?"
             params.append(where.since)

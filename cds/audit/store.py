@@ -46,6 +46,7 @@ class TraceFilter:
     """What ``audit list`` and ``audit export`` select; every field is optional."""
 
     patient: str | None = None
+    hook_instance: str | None = None  # the hookInstance, or the start of it
     since: str | None = None  # ISO 8601, inclusive
     until: str | None = None  # ISO 8601, exclusive
     rule: str | None = None

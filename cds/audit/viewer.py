@@ -52,7 +52,16 @@ __all__ = ["viewer_router"]
 COOKIE = "runform_audit"
 CSRF_COOKIE = "runform_csrf"
 PAGE_SIZE = 100
-_FILTERS = ("patient", "since", "until", "rule", "pack_version", "indicator", "outcome")
+_FILTERS = (
+    "hook_instance",
+    "patient",
+    "since",
+    "until",
+    "rule",
+    "pack_version",
+    "indicator",
+    "outcome",
+)
 _CSS = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2430;background:#f5f7fa}
 header{background:#17324d;color:#fff;padding:12px 24px;display:flex;gap:16px;align-items:center}
@@ -171,6 +180,7 @@ def _filter_form(values: dict[str, str]) -> str:
 
     return (
         '<form class="filters" method="get" action="/audit/">'
+        + field("hook_instance", "hookInstance")
         + field("patient", "patient")
         + field("since", "since", "date")
         + field("until", "until (inclusive)", "date")
@@ -464,6 +474,7 @@ def viewer_router(settings: ViewerSettings, store: TraceStore, secure_cookie: bo
         try:
             where = make_filter(
                 patient=values.get("patient"),
+                hook_instance=values.get("hook_instance"),
                 since=values.get("since"),
                 until=values.get("until"),
                 rule=values.get("rule"),
