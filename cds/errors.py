@@ -18,7 +18,8 @@ optional FHIRPath-like ``expression`` pointing at the offending element.
     ├── EngineError (500)           engine-failed
     ├── InternalError (500)         internal-error (an unexpected failure; carries an error id)
     ├── MeasureError                measure-invalid (a video or test form cannot be measured)
-    │   └── FhirPostError           fhir-post-failed
+    │   ├── FhirPostError           fhir-post-failed
+    │   └── StationError            station-invalid (no camera, a bad schedule or session setup)
     └── AuditQueryError             audit-query-invalid (a date, hookInstance or key an audit
                                                          command cannot use)
 """
@@ -40,6 +41,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PrefetchError",
     "RequestError",
+    "StationError",
     "StoreNotFoundError",
     "UnknownCardError",
     "UnknownServiceError",
@@ -206,6 +208,13 @@ class FhirPostError(MeasureError):
     code = "fhir-post-failed"
     status = 502
     issue_type = "transient"
+
+
+class StationError(MeasureError):
+    """The retraining station cannot start or continue as asked: a camera or stream
+    that cannot be opened, a schedule that does not validate, a bad session setup."""
+
+    code = "station-invalid"
 
 
 class AuditQueryError(CdsError):

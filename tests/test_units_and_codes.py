@@ -41,6 +41,10 @@ REQUIRED = [
     "gait-mode",
     "capture-view",
     "contraction-type",
+    "real-time-feedback",
+    "strides-in-band",
+    "pain-before-session",
+    "pain-after-session",
 ]
 
 

@@ -233,6 +233,13 @@ class _Selector:
         return Reading(m, eff, canonical, [rec], numeric=not m.coded, test=test), fld
 
     def _check_capture(self, obs: Observation, m: Metric) -> None:
+        if _coded_component(obs, "real-time-feedback") == "given":
+            raise _Reject(
+                "measured while the runner saw real-time feedback (a retraining block): "
+                "it shows what they do when cued, not how they run",
+                "measured with real-time feedback",
+                None,  # expected, not a data problem: no card asks about it
+            )
         mode = _coded_component(obs, "gait-mode")
         if mode == "walking":
             raise _Reject(

@@ -15,7 +15,16 @@ from cds.measures.geometry import Geometry
 from cds.measures.settings import MeasureSettings
 from cds.measures.track import JOINTS, VIS, Side, View, other_side
 
-__all__ = ["SPECS", "MetricResult", "MetricSpec", "Offsets", "compute_metrics", "static_offsets"]
+__all__ = [
+    "SPECS",
+    "MetricResult",
+    "MetricSpec",
+    "Offsets",
+    "compute_metrics",
+    "spec_for",
+    "static_offsets",
+    "stride_values",
+]
 
 Array = NDArray[np.float64]
 Extract = Literal["peak_stance", "at_ic", "mean_stance", "midstance"]
@@ -204,6 +213,38 @@ def compute_metrics(
     return results
 
 
+def spec_for(code: str) -> MetricSpec | None:
+    return next((s for s in SPECS if s.code == code), None)
+
+
+def _signal(geo: Geometry, spec: MetricSpec, side: Side, offsets: Offsets) -> Array:
+    signal = spec.signal(geo, side)
+    if spec.static_offset:
+        signal = signal - offsets.get((spec.code, side), 0.0)
+    return signal
+
+
+def stride_values(
+    geo: Geometry,
+    events: GaitEvents,
+    code: str,
+    side: Side,
+    offsets: Offsets | None = None,
+) -> list[tuple[Stride, float]]:
+    """Each complete stride of ``side`` with its value of metric ``code`` (cadence
+    included), by the same definitions as :func:`compute_metrics`; the live station
+    reads strides one at a time through this."""
+    strides = events.side_strides(side)
+    if code == "cadence":
+        return [(s, 120.0 * geo.track.fps / s.frames) for s in strides]
+    spec = spec_for(code)
+    if spec is None or spec.view != geo.view:
+        return []
+    signal = _signal(geo, spec, side, offsets or {})
+    pairs = [(s, _extract(signal, s, spec.extract)) for s in strides]
+    return [(s, v) for s, v in pairs if np.isfinite(v)]
+
+
 def _spec_result(
     geo: Geometry,
     spec: MetricSpec,
@@ -214,9 +255,7 @@ def _spec_result(
 ) -> MetricResult:
     """``spec`` over ``strides``: of ``side``, or (``side`` None) of the ``pooled`` sides."""
     signal_side = side or pooled[0]
-    signal = spec.signal(geo, signal_side)
-    if spec.static_offset:
-        signal = signal - offsets.get((spec.code, signal_side), 0.0)
+    signal = _signal(geo, spec, signal_side, offsets)
     values = [_extract(signal, s, spec.extract) for s in strides]
     seen = (side,) if side else SIDES
     result = MetricResult(

@@ -89,6 +89,9 @@ class Capture(_Model):
     """How much of the capture the landmarks were visible (percent)."""
     test: Literal["isometric", "eccentric", "none"] | None = None
     """Strength tests: the dynamometry contraction type; default: the given's."""
+    feedback: Literal["given", "withheld"] | None = None
+    """Run-form captures from a retraining session: whether the runner saw real-time
+    feedback (default: not recorded, as for any assessment)."""
 
 
 class Earlier(_Model):
@@ -413,6 +416,8 @@ class _Builder:
             out.append(quantity_component("frame-rate", cap.fps, "/s"))
         if cap.visible_percent is not None:
             out.append(quantity_component("visible-fraction", cap.visible_percent, "%"))
+        if cap.feedback is not None:
+            out.append(coded_component("real-time-feedback", cap.feedback))
         test = cap.test or self.given.strength_test
         m = metric(cap.metric)
         if m is not None and "torque_per_mass" in m.dimensions and test != "none":

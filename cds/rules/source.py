@@ -41,6 +41,8 @@ class Source:
     raw: bytes
     data: Any
     marks: Marks = field(default_factory=dict)
+    #: what the file is ("pack", "schedule"): the prefix of its problem codes
+    kind: str = "pack"
 
     def locate(self, loc: Sequence[Any]) -> tuple[int, int]:
         """The line and column of the deepest node of ``loc`` that is in the file."""
@@ -132,7 +134,7 @@ def _syntax_hint(exc: yaml.MarkedYAMLError, lines: list[str]) -> str:
     return "check the indentation, colons and quotes of this line and the line above"
 
 
-def _syntax_error(path: Path, text: str, exc: yaml.MarkedYAMLError) -> PackError:
+def _syntax_error(path: Path, text: str, exc: yaml.MarkedYAMLError, kind: str) -> PackError:
     lines = text.splitlines()
     mark = exc.problem_mark
     row, col = (mark.line, mark.column) if mark else (0, 0)
@@ -152,16 +154,18 @@ def _syntax_error(path: Path, text: str, exc: yaml.MarkedYAMLError) -> PackError
         shown.append(f"    {row + 1:>5} | {lines[row]}")
         shown.append(f"    {'':>5} | {' ' * col}^")
     message = (
-        f"{path}:{row + 1}:{col + 1}: not valid YAML: {exc.problem} [pack-yaml-syntax]\n"
+        f"{path}:{row + 1}:{col + 1}: not valid YAML: {exc.problem} [{kind}-yaml-syntax]\n"
         + "\n".join(shown)
         + f"\n    hint: {hint}"
     )
     return PackError(
-        message, problems=[PackProblem("pack-yaml-syntax", (), str(exc.problem), hint)]
+        message, problems=[PackProblem(f"{kind}-yaml-syntax", (), str(exc.problem), hint)]
     )
 
 
-def _walk(node: yaml.Node, path: tuple[Any, ...], marks: Marks, out: list[PackProblem]) -> None:
+def _walk(
+    node: yaml.Node, path: tuple[Any, ...], marks: Marks, out: list[PackProblem], kind: str
+) -> None:
     marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
@@ -170,7 +174,7 @@ def _walk(node: yaml.Node, path: tuple[Any, ...], marks: Marks, out: list[PackPr
             if key.value in seen:
                 out.append(
                     PackProblem(
-                        "pack-duplicate-key",
+                        f"{kind}-duplicate-key",
                         (*path, key.value),
                         f"key {key.value!r} is written twice in the same place "
                         f"(first at line {seen[key.value]})",
@@ -178,14 +182,14 @@ def _walk(node: yaml.Node, path: tuple[Any, ...], marks: Marks, out: list[PackPr
                     )
                 )
             seen.setdefault(key.value, where[0])
-            _walk(value, (*path, key.value), marks, out)
+            _walk(value, (*path, key.value), marks, out, kind)
             marks[(*path, key.value)] = where
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(item, (*path, i), marks, out)
+            _walk(item, (*path, i), marks, out, kind)
 
 
-def read_source(path: Path) -> Source:
+def read_source(path: Path, kind: str = "pack") -> Source:
     """Read and parse ``path``; :class:`PackError` for unreadable, invalid or ambiguous YAML."""
     try:
         raw = path.read_bytes()
@@ -196,15 +200,17 @@ def read_source(path: Path) -> Source:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
-        raise _syntax_error(path, text, exc) from None
-    source = Source(path, raw, data)
+        raise _syntax_error(path, text, exc, kind) from None
+    source = Source(path, raw, data, kind=kind)
     duplicates: list[PackProblem] = []
     if node is not None:
-        _walk(node, (), source.marks, duplicates)
+        _walk(node, (), source.marks, duplicates, kind)
     if duplicates:
         raise source.error(duplicates)
     if not isinstance(data, dict):
-        raise PackError(f"{path}:1:1: expected a YAML mapping (keys and values) [pack-yaml-syntax]")
+        raise PackError(
+            f"{path}:1:1: expected a YAML mapping (keys and values) [{kind}-yaml-syntax]"
+        )
     return source
 
 
@@ -288,52 +294,57 @@ def _in_file(loc: Sequence[Any], data: Any) -> Loc:
     return tuple(out)
 
 
-def _problem(err: Any, root: type[BaseModel], data: Any) -> PackProblem:
+def _problem(err: Any, root: type[BaseModel], data: Any, kind: str) -> PackProblem:
     raw_loc = tuple(err["loc"])
     loc = _in_file(raw_loc, data)
-    kind = err["type"]
-    if kind == "extra_forbidden":
+    error_type = err["type"]
+    if error_type == "extra_forbidden":
         key = str(raw_loc[-1])
         allowed = _keys_at(root, raw_loc[:-1])
         guess = did_you_mean(key, allowed)
         message = f"unknown key {key!r}" + (f" — {guess}" if guess else "")
         hint = f"allowed here: {', '.join(allowed)}" if allowed else "remove it"
-        return PackProblem("pack-unknown-key", loc, message, hint)
-    if kind == "missing":
-        return PackProblem("pack-missing-key", loc, f"{raw_loc[-1]!r} is required here", "add it")
-    if kind == CONDITION_KIND_ERROR:
+        return PackProblem(f"{kind}-unknown-key", loc, message, hint)
+    if error_type == "missing":
+        return PackProblem(
+            f"{kind}-missing-key", loc, f"{raw_loc[-1]!r} is required here", "add it"
+        )
+    if error_type == CONDITION_KIND_ERROR:
         value = _value_at(data, loc)
         keys = list(value) if isinstance(value, dict) else []
         guesses = [g for k in keys if (g := did_you_mean(str(k), CONDITION_KEYS))]
         return PackProblem(
-            "pack-not-a-condition",
+            f"{kind}-not-a-condition",
             loc,
             f"not a condition (keys: {', '.join(map(str, keys)) or 'none'})",
             guesses[0]
             if guesses
             else "a condition starts with one of: " + ", ".join(CONDITION_KEYS),
         )
-    if kind == "literal_error":
+    if error_type == "literal_error":
         expected = str(err.get("ctx", {}).get("expected", ""))
         words = [w.strip(" '") for w in expected.replace(" or ", ", ").split(",")]
         guess = did_you_mean(str(err.get("input")), words)
         message = f"{err.get('input')!r} is not allowed here" + (f" — {guess}" if guess else "")
-        return PackProblem("pack-bad-value", loc, message, f"use one of: {expected}")
+        return PackProblem(f"{kind}-bad-value", loc, message, f"use one of: {expected}")
     message = str(err["msg"]).removeprefix("Value error, ")
-    return PackProblem("pack-schema", loc, message)
+    return PackProblem(f"{kind}-schema", loc, message)
 
 
-def schema_problems(exc: ValidationError, root: type[BaseModel], data: Any) -> list[PackProblem]:
+def schema_problems(
+    exc: ValidationError, root: type[BaseModel], data: Any, kind: str = "pack"
+) -> list[PackProblem]:
     """pydantic's errors as one plain problem per mistake: a misspelt required key is
     one unknown key with its did-you-mean, not that and a missing key."""
-    problems = [_problem(err, root, data) for err in exc.errors()]
+    problems = [_problem(err, root, data, kind) for err in exc.errors()]
     misspelt = {
         (p.loc[:-1], m.group(1))
         for p in problems
-        if p.code == "pack-unknown-key" and (m := re.search(r"did you mean '([^']+)'", p.message))
+        if p.code.endswith("-unknown-key")
+        and (m := re.search(r"did you mean '([^']+)'", p.message))
     }
     return [
         p
         for p in problems
-        if not (p.code == "pack-missing-key" and (p.loc[:-1], str(p.loc[-1])) in misspelt)
+        if not (p.code.endswith("-missing-key") and (p.loc[:-1], str(p.loc[-1])) in misspelt)
     ]
