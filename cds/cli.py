@@ -15,6 +15,7 @@ from cds._output import emit
 from cds.audit.commands import add_commands as add_audit_commands
 from cds.errors import CdsError, PackError
 from cds.measures.commands import add_commands as add_measure_commands
+from cds.station.commands import add_commands as add_station_commands
 
 if TYPE_CHECKING:
     from cds.rules.compile import CompiledPack
@@ -217,6 +218,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_measure_commands(sub)
 
+    add_station_commands(sub)
     add_audit_commands(sub)
     return parser
 

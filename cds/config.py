@@ -154,6 +154,25 @@ class ViewerSettings(_Section):
         return bool(self.users)
 
 
+class StationSettings(_Section):
+    """The gait-retraining station (``runform-cds retrain``)."""
+
+    #: where the station listens; the runner's screen and the console are its pages
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    #: the station's address as the clinic reaches it; set, the CDS service's retraining
+    #: cards link to its console for the patient (unset: no link)
+    base_url: str | None = Field(default=None, pattern=r"^https?://")
+    #: the key that opens its pages (unset: a new random key each start, printed)
+    key: str | None = Field(default=None, min_length=16)
+    #: one folder per patient: each session's FHIR Bundle and report
+    records_dir: Path = Path("station-records")
+    #: FHIR server for the console's defaults and for --post (unset: neither)
+    fhir_base: str | None = Field(default=None, pattern=r"^https?://")
+    #: a fading schedule file (unset: the bundled default)
+    schedule: Path | None = None
+
+
 class Settings(_Section):
     """The whole configuration. Defaults run the service on embedded storage."""
 
@@ -165,6 +184,7 @@ class Settings(_Section):
     cors: CorsSettings = Field(default_factory=CorsSettings)
     viewer: ViewerSettings = Field(default_factory=ViewerSettings)
     measures: MeasureSettings = Field(default_factory=MeasureSettings)
+    station: StationSettings = Field(default_factory=StationSettings)
 
     @model_validator(mode="after")
     def _fhir_servers_over_https(self) -> Settings:
@@ -183,6 +203,11 @@ class Settings(_Section):
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
     if not settings.packs.dir.is_absolute():
         settings.packs.dir = base / settings.packs.dir
+    if not settings.station.records_dir.is_absolute():
+        settings.station.records_dir = base / settings.station.records_dir
+    schedule = settings.station.schedule
+    if schedule is not None and not schedule.is_absolute():
+        settings.station.schedule = base / schedule
     if settings.server.ca_file is not None and not settings.server.ca_file.is_absolute():
         settings.server.ca_file = base / settings.server.ca_file
     for client in settings.auth.clients:

@@ -234,6 +234,8 @@ def stride_values(
     """Each complete stride of ``side`` with its value of metric ``code`` (cadence
     included), by the same definitions as :func:`compute_metrics`; the live station
     reads strides one at a time through this."""
+    if side == _far_side(geo):
+        return []  # occluded and underestimated, as the batch pipeline reports it
     strides = events.side_strides(side)
     if code == "cadence":
         return [(s, 120.0 * geo.track.fps / s.frames) for s in strides]

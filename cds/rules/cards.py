@@ -43,7 +43,7 @@ from cds.rules.evaluate import holds
 from cds.rules.pack import ActionTemplate, Evidence
 from cds.rules.template import PLACEHOLDER
 
-__all__ = ["Attachment", "CardContext", "build_card"]
+__all__ = ["RETRAINING_PLAN", "Attachment", "CardContext", "build_card"]
 
 _IN_PLACE: tuple[OrderState, ...] = ("draft", "active", "on-hold", "completed")
 _SIDES: tuple[Side, Side] = ("left", "right")
@@ -58,6 +58,12 @@ class CardContext:
     facts: FactSet | None = None
     #: where the audit trace of this call can be read (None: no viewer configured)
     trace_url: str | None = None
+    #: the gait-retraining station's address (None: no station configured)
+    station_url: str | None = None
+
+
+#: the plan the retraining station delivers: its cards link to the station
+RETRAINING_PLAN = "gait-retraining-video-feedback"
 
 
 @dataclass(frozen=True)
@@ -381,6 +387,12 @@ def build_card(
             {"system": r.system, "code": r.code, "display": r.display} for r in tpl.override_reasons
         ]
     links = [{"label": x.label, "url": x.url, "type": "absolute"} for x in tpl.links]
+    if ctx.station_url and RETRAINING_PLAN in {a.plan for s in tpl.suggestions for a in s.actions}:
+        console = f"{ctx.station_url.rstrip('/')}/console?patient=Patient/{ctx.patient_id}"
+        links.append(
+            {"label": "Open the gait-retraining station for this patient", "url": console,
+             "type": "absolute"}
+        )  # fmt: skip
     if ctx.trace_url:
         links.append(
             {"label": "Why this card: inputs, thresholds, rules", "url": ctx.trace_url,

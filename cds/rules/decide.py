@@ -151,6 +151,7 @@ def decide(
     hook: str,
     patient_id: str,
     trace_url: str | None = None,
+    station_url: str | None = None,
 ) -> Decision:
     """Evaluate ``pack`` on ``facts`` for ``hook`` and build the cards."""
     stamped = [{**f, "hook": hook, "n": i} for i, f in enumerate(facts.all_facts())]
@@ -160,7 +161,9 @@ def decide(
     grouped = _group(pack, result.firings)
     fired = {rid: _fired_rule(pack.rule(rid), m, deciding[rid]) for rid, m in grouped.items()}
     _suppress(pack, fired)
-    ctx = CardContext(pack=pack, patient_id=patient_id, facts=facts, trace_url=trace_url)
+    ctx = CardContext(
+        pack=pack, patient_id=patient_id, facts=facts, trace_url=trace_url, station_url=station_url
+    )
     attached_once: set[str] = set()
     for rule_id, matched in grouped.items():
         if not _shows(pack, fired[rule_id]):

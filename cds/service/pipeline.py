@@ -276,6 +276,7 @@ def _evaluate(
                 hook=svc.hook,
                 patient_id=req.patient_id,
                 trace_url=trace_url,
+                station_url=rt.settings.station.base_url,
             )
         )
     assert facts is not None

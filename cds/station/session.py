@@ -105,6 +105,7 @@ class Session:
         self._elapsed = 0.0
         self._resumed: float | None = None
         self.recent: list[StrideValue] = []
+        self.view: View | None = None
 
     # -- control ------------------------------------------------------------------------------
     def start(self, setup: Setup, pain_before: float, view: View) -> None:
@@ -114,6 +115,7 @@ class Session:
             if self.state in ("running", "paused"):
                 raise StationError("a session is running: stop it before starting another")
             self.setup, self.plan = setup, self.schedule.session(setup.session)
+            self.view = view
             self.pain_before, self.pain_after = pain_before, None
             self.started_at, self.stopped_at = datetime.now(UTC), None
             self._elapsed, self._resumed = 0.0, time.monotonic()
@@ -153,6 +155,12 @@ class Session:
                     block.ended_at = now
 
     # -- the clock and the strides ---------------------------------------------------------------
+    @property
+    def elapsed_s(self) -> float:
+        """Treadmill time so far (pauses do not count)."""
+        with self._lock:
+            return self._elapsed_now()
+
     def _elapsed_now(self) -> float:
         if self._resumed is None:
             return self._elapsed
