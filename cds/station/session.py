@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from cds.errors import StationError
+from cds.errors import MeasureError, StationError
 from cds.measures.bundle import patient_id
 from cds.measures.track import View
 from cds.station.live import StrideValue
@@ -44,7 +44,13 @@ class Setup:
     metronome: bool = False
 
     def check(self, view: View, schedule: Schedule) -> None:
-        patient_id(self.patient)  # Patient/ID or a clear error
+        try:
+            patient_id(self.patient)
+        except MeasureError:
+            raise StationError(
+                "the patient must be Patient/ID (letters, digits, '-' or '.'), "
+                f"got {self.patient!r}"
+            ) from None
         t = target(self.metric)
         if t is None:
             raise StationError(f"{self.metric!r} cannot be retrained live")

@@ -122,6 +122,7 @@ def open_source(spec: str, *, loop: bool = False) -> FrameSource:
     is_file = isinstance(target, str) and "://" not in target
     if is_file and not Path(spec).is_file():
         raise StationError(f"{spec}: no such video file")
+    cv2.setLogLevel(1)  # OpenCV's own complaint about a missing camera: ours is clearer
     capture = cv2.VideoCapture(target)
     ok = capture.isOpened()
     if ok:
@@ -130,11 +131,12 @@ def open_source(spec: str, *, loop: bool = False) -> FrameSource:
             capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
     if not ok:
         capture.release()
-        what = "camera" if isinstance(target, int) else "stream" if not is_file else "video"
-        hint = {
-            "camera": "is it connected, and not in use by another program?",
-            "stream": "check the address and that the camera is on the network",
-            "video": "the file cannot be decoded",
-        }[what]
-        raise StationError(f"cannot open the {what} {name}: {hint}")
+        if isinstance(target, int):
+            why = "is it connected, and not in use by another program?"
+        elif not is_file:
+            why = "check the address and that the camera is on the network"
+        else:
+            why = "the file cannot be decoded as video"
+        article = "" if isinstance(target, int) else "the stream " if not is_file else "the video "
+        raise StationError(f"cannot open {article}{name}: {why}")
     return FrameSource(capture, name, paced=is_file, loop=loop)

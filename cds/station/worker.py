@@ -28,7 +28,10 @@ from cds.station.session import Session
 from cds.station.source import Captured, FrameSource
 from cds.station.targets import TARGETS
 
-__all__ = ["Broadcaster", "Station", "Stats"]
+__all__ = ["Broadcaster", "Detector", "Station", "Stats"]
+
+#: landmarks (33, 4) of a captured frame, NaN where no pose was found
+Detector = Callable[[Captured], NDArray[np.float64]]
 
 #: width of the picture sent to the screens (the model sees the full frame)
 DISPLAY_WIDTH = 640
@@ -121,8 +124,12 @@ class Station:
         roi: Roi | None = None,
         settings: MeasureSettings | None = None,
         on_state: Callable[[dict[str, Any]], None] | None = None,
+        detect: Detector | None = None,
     ) -> None:
+        """``detect`` replaces the pose model (landmarks of a captured frame): the tests
+        feed landmarks of known geometry through the rest of the real pipeline."""
         self.source, self.view, self.session, self.roi = source, view, session, roi
+        self._detect = detect
         self.settings = settings or MeasureSettings()
         self.metric = next(code for code, t in TARGETS.items() if t.view == view)
         self.stats = Stats()
@@ -186,9 +193,9 @@ class Station:
         if ok:
             self.jpeg, self.jpeg_number = encoded.tobytes(), captured.number
 
-    def _step(self, estimator: PoseEstimator, captured: Captured) -> None:
+    def _step(self, detect: Detector, captured: Captured) -> None:
         began = time.perf_counter()
-        landmarks = estimator.detect(model_input(captured.frame, self.roi))
+        landmarks = detect(captured)
         self.stats.frame(time.perf_counter() - began, time.time(), not np.isnan(landmarks[23, 0]))
         self._picture(captured, landmarks)
         with self._lock:
@@ -204,18 +211,24 @@ class Station:
         if self._on_state is not None:
             self._on_state(state)
 
+    def _loop(self, detect: Detector) -> None:
+        last = 0
+        while not self._stop.is_set():
+            captured = self.source.take(last, timeout=0.5)
+            if captured is None:
+                if self.source.ended:
+                    return
+                continue
+            last = captured.number
+            self._step(detect, captured)
+
     def _run(self) -> None:
         try:
-            with PoseEstimator(self.roi) as estimator:
-                last = 0
-                while not self._stop.is_set():
-                    captured = self.source.take(last, timeout=0.5)
-                    if captured is None:
-                        if self.source.ended:
-                            break
-                        continue
-                    last = captured.number
-                    self._step(estimator, captured)
+            if self._detect is not None:
+                self._loop(self._detect)
+            else:
+                with PoseEstimator(self.roi) as estimator:
+                    self._loop(lambda c: estimator.detect(model_input(c.frame, self.roi)))
         except Exception as exc:  # shown on the console; the web pages keep running
             self.error = f"{type(exc).__name__}: {exc}"
         self._publish()
