@@ -34,3 +34,14 @@ def test_measures_api_is_exactly_all_and_loads_lazily() -> None:
         assert getattr(cds.measures, name).__module__.startswith("cds.measures.")
     # the service reads MeasureSettings from its config without loading the video stack
     assert _loaded_after("import cds.config", {"cv2", "scipy", "mediapipe"}) == []
+
+
+def test_station_api_is_exactly_all_and_loads_lazily() -> None:
+    import cds.station
+
+    assert cds.station.__all__ == sorted(cds.station.__all__)
+    assert set(dir(cds.station)) == set(cds.station.__all__)
+    for name in cds.station.__all__:
+        assert getattr(cds.station, name).__module__.startswith("cds.station.")
+    # the CLI offers `retrain` without loading the video stack or the web framework
+    assert _loaded_after("import cds.cli", {"cv2", "mediapipe", "fastapi"}) == []

@@ -393,3 +393,31 @@ def test_a_session_on_a_real_video_agrees_with_measure_within_the_sdd(
         client.post("/api/stop", json={"pain_after": 0})
     assert block["strides"] >= 2  # the walker crosses the frame in under 5 s
     assert abs(block["mean"] - near.mean) <= sdd
+
+
+# -- the loop: a retraining card opens the station ---------------------------------------------
+
+
+def _station_links(cards: list[dict[str, Any]]) -> list[str]:
+    return [
+        link["url"]
+        for card in cards
+        for link in card.get("links", [])
+        if "retraining station" in link["label"]
+    ]
+
+
+def test_retraining_cards_link_to_the_station_for_the_patient(service_factory: Any) -> None:
+    from cds.examples import hook_request
+
+    body = hook_request("patient-view", "p-7")
+    plain = service_factory().post("runform-patient-view", body).json()["cards"]
+    assert plain and _station_links(plain) == []  # no station configured: no link
+    live = service_factory(station={"base_url": "http://127.0.0.1:8765"})
+    cards = live.post("runform-patient-view", hook_request("patient-view", "p-7")).json()["cards"]
+    retraining = [c for c in cards if "gait retraining" in json.dumps(c.get("suggestions", []))]
+    assert retraining
+    for card in retraining:
+        assert _station_links([card]) == ["http://127.0.0.1:8765/console?patient=Patient/p-7"]
+    others = [c for c in cards if c not in retraining]
+    assert _station_links(others) == []

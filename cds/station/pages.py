@@ -252,7 +252,16 @@ $('stop').onclick = async () => {
     ' &middot; <a href="' + done.bundle + '" target="_blank">FHIR Bundle</a>' +
     (done.posted ? ' &middot; ' + done.posted : '');
 };
+let filled = false;
+function fillFrom(s) {  // a console opened during a session shows that session's setup
+  filled = true;
+  $('patient').value = s.patient; $('metric').value = s.metric; $('side').value = s.side;
+  $('session').value = s.session; $('low').value = s.low; $('high').value = s.high;
+  $('cue').value = s.cue || ''; $('metronome').checked = !!s.metronome;
+  if (s.pain_before !== null) $('pain_before').value = s.pain_before;
+}
 follow((s) => {
+  if (!filled && ['running', 'paused', 'done'].includes(s.state)) fillFrom(s);
   const st = s.station || {};
   $('station').textContent = st.source + ' \u00b7 ' + st.fps + ' fps processed \u00b7 ' +
     st.dropped + ' dropped' + (st.error ? ' \u00b7 ERROR ' + st.error : '') +

@@ -87,7 +87,8 @@ class Stats:
     pose_ms: float = 0.0
     last_at: float = 0.0
     poses: int = 0
-    history: list[float] = field(default_factory=list)
+    #: seconds from a frame's capture to its values being computed (the last 1000 frames)
+    lags: list[float] = field(default_factory=list)
 
     def frame(self, took_s: float, now: float, had_pose: bool) -> None:
         if self.last_at:
@@ -202,6 +203,7 @@ class Station:
             self._analyzer.add(captured.at, landmarks)
             values = self._analyzer.update() if self.stats.processed % ANALYSE_EVERY == 0 else []
         self.session.add(values)
+        self.stats.lags = [*self.stats.lags[-999:], time.time() - captured.at]
         if values or self.stats.processed % 5 == 0:
             self._publish()
 
