@@ -313,8 +313,8 @@ def test_the_change_a_threshold_walkthrough_shows_real_output(
         1,
     )
     (work / "scenarios.yaml").write_text(scenarios)
-    assert "174 passed, 0 failed" in shown("packs", "test", "work/runform-core")[-1]
+    assert shown("packs", "test", "work/runform-core")[-1].endswith(" passed, 0 failed")
     lines += shown("packs", "diff", "rule_packs/runform-core", "work/runform-core")
     assert len(lines) > 20
     missing = [line for line in lines if line not in doc]
-    assert missing == [], "docs/rule-packs.md walkthrough is out of date"
+    assert missing == [], f"docs/rule-packs.md walkthrough is out of date: {missing}"
