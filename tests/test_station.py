@@ -421,3 +421,37 @@ def test_retraining_cards_link_to_the_station_for_the_patient(service_factory: A
         assert _station_links([card]) == ["http://127.0.0.1:8765/console?patient=Patient/p-7"]
     others = [c for c in cards if c not in retraining]
     assert _station_links(others) == []
+
+
+def test_live_step_width_is_the_batch_definition_stride_by_stride() -> None:
+    from cds.measures.analyze import analyze_track
+
+    track, _ = posterior_view(Gait(fps=30.0, seconds=20.0), Frontal())
+    batch = analyze_track(track, "posterior").result("step-width")
+    analyzer = LiveAnalyzer("posterior", "step-width", rate=30.0, width=track.width,
+                            height=track.height)  # fmt: skip
+    live = [v.value for v in _feed(analyzer, track.data, 30.0)]
+    assert len(live) >= 45
+    assert np.median(live) == pytest.approx(np.median(batch.values), abs=0.3)
+
+
+def test_the_report_shows_the_trend_across_earlier_sessions(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from cds.station.commands import write_record
+    from cds.station.report import earlier_sessions
+
+    written = []
+    for _ in range(2):
+        station = SimpleNamespace(session=_recorded_session())
+        written.append(write_record(station, tmp_path, None, post=False))
+        time.sleep(1.1)  # one file per second
+    history = earlier_sessions(tmp_path / "p-7", "contralateral-pelvic-drop")
+    assert [(h.number, h.with_feedback, h.without_feedback) for h in history] == [
+        (1, 3.375, 7.5), (1, 3.375, 7.5)  # the sides with feedback: 4.75 and 2.0
+    ]  # fmt: skip
+    first, second = (tmp_path / w["report"].removeprefix("/records/") for w in written)
+    assert "Across sessions" not in first.read_text()
+    assert "Across sessions" in second.read_text()
+    (tmp_path / "p-7" / "session-broken.json").write_text("{not json")
+    assert len(earlier_sessions(tmp_path / "p-7", "contralateral-pelvic-drop")) == 2

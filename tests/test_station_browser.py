@@ -147,3 +147,28 @@ def test_the_runners_screen_reconnects_after_the_network_drops(
               and "offline" not in _body(d))  # fmt: skip
     finally:
         proxy.close()
+
+
+def test_a_cadence_session_beats_a_metronome_at_the_target_step_rate(
+    browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    import httpx
+
+    from tests.stations import KEY
+    from tests.synthetic import Gait, side_view
+
+    track, _ = side_view(Gait(fps=30.0, seconds=12.0))
+    clip = blank_clip(tmp_path / "side.mp4", track.frames)
+    with running_station(tmp_path, source=clip, view="side", detect=replay(track),
+                         schedule=SCHEDULE) as live:  # fmt: skip
+        setup = {"patient": "Patient/p-7", "metric": "cadence", "side": "both", "low": 160,
+                 "high": 180, "session": 1, "pain_before": 1, "metronome": True}  # fmt: skip
+        httpx.post(f"{live.url}/api/start", json=setup, cookies={"runform_station": KEY})
+        browser.get(live.page("/runner"))
+        _wait(
+            browser, "the metronome", 10, lambda d: d.execute_script("return window.beating") == 170
+        )
+        assert browser.find_element(By.ID, "sound").is_displayed()
+        _wait(browser, "a stride at the synthetic step rate", 25,
+              lambda d: d.find_element(By.ID, "value").text not in ("", "\u2013"))  # fmt: skip
+        assert abs(float(browser.find_element(By.ID, "value").text) - 170) < 3

@@ -239,6 +239,15 @@ def stride_values(
     strides = events.side_strides(side)
     if code == "cadence":
         return [(s, 120.0 * geo.track.fps / s.frames) for s in strides]
+    if code == "step-width":
+        if geo.view != "posterior":
+            return []
+        by_contact = {round(s.ic, 3): s for s in strides}
+        return [
+            (by_contact[round(t, 3)], v)
+            for t, s, v in _steps(geo, events)
+            if s == side and round(t, 3) in by_contact
+        ]
     spec = spec_for(code)
     if spec is None or spec.view != geo.view:
         return []
@@ -287,16 +296,23 @@ def _cadence(geo: Geometry, events: GaitEvents, far: Side | None) -> MetricResul
     return MetricResult("cadence", None, "/min", values, fraction, sides_pooled=len(sides))
 
 
-def _step_width(geo: Geometry, events: GaitEvents) -> MetricResult:
-    """Right heel minus left heel (medio-lateral) at consecutive contacts, % leg length."""
+def _steps(geo: Geometry, events: GaitEvents) -> list[tuple[float, Side, float]]:
+    """Each step: the contact that ends it (frame, side) and the step width there, right
+    heel minus left heel (medio-lateral) at the two contacts, in % of leg length."""
     contacts = sorted((t, side) for side in SIDES for t in events.ic[side])
-    values = []
+    out = []
     for (t0, s0), (t1, s1) in itertools.pairwise(contacts):
         if s0 == s1 or (t1 - t0) > 1.5 * geo.track.fps:
             continue
         x = {s0: _interp(geo.heel_x(s0), t0), s1: _interp(geo.heel_x(s1), t1)}
-        values.append(100 * (x["right"] - x["left"]) / geo.leg_length)
-    values = [v for v in values if np.isfinite(v)]
+        value = 100 * (x["right"] - x["left"]) / geo.leg_length
+        if np.isfinite(value):
+            out.append((t1, s1, value))
+    return out
+
+
+def _step_width(geo: Geometry, events: GaitEvents) -> MetricResult:
+    values = [v for _, _, v in _steps(geo, events)]
     fraction = min(_visible_fraction(geo, events.strides, side, ("heel",)) for side in SIDES)
     result = MetricResult("step-width", None, "%", values, fraction, sides_pooled=2)
     result.cautions.append("2D step width from a posterior camera; 0 or less means crossover")

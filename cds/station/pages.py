@@ -91,6 +91,7 @@ function placeOnGauge(value, low, high) {
 }
 function metronome(on, rate) {
   clearInterval(beat); beat = null;
+  window.beating = on ? rate : 0;  // steps per minute (0: silent), for checks
   $('sound').hidden = !on;
   if (!on || !audio || !(rate > 0)) return;
   beat = setInterval(() => {

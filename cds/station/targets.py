@@ -50,6 +50,8 @@ TARGETS: dict[str, Target] = {
                "Run with your knees apart, kneecaps in line with your toes."),
         Target("knee-fppa", "posterior", "lower", "running_knee_fppa_high", 0,
                "Keep your knee over your foot as you land."),
+        Target("step-width", "posterior", "higher", None, 0,
+               "Run with your feet a little apart, as on two lines.", sided=False),
         Target("cadence", "side", "band", None, 0,
                "Take quicker, shorter steps: land with the beat.", sided=False),
         Target("overstride", "side", "lower", "overstride_high", 0,
