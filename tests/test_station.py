@@ -295,6 +295,9 @@ def test_pages_and_calls_need_the_key_and_errors_are_plain(tmp_path: Path) -> No
             assert client.post("/api/pause").json()["error"] == "no running session to pause"
             escape = client.get("/records/..%2F..%2Fetc/passwd")
             assert escape.status_code == 404
+            for elsewhere in ("//evil.example/x", "/\\evil.example/x", "https://evil.example/"):
+                sent = client.get("/runner", params={"key": KEY, "next": elsewhere})
+                assert sent.headers["location"] == "/console"  # never off the station
 
 
 def _start_body(**changes: Any) -> dict[str, Any]:

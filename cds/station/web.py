@@ -114,7 +114,8 @@ def station_app(
             return _problem("the station key is missing or wrong", 401)
         if "key" in request.query_params:  # keep it in a cookie, and out of the address bar
             nxt = request.query_params.get("next") or request.url.path
-            url = nxt if nxt.startswith("/") and not nxt.startswith("//") else "/console"
+            local = nxt.startswith("/") and not nxt.startswith(("//", "/\\"))
+            url = nxt if local else "/console"  # never a redirect off the station
             if url == request.url.path and _without_key(request):
                 url += "?" + _without_key(request)
             answer = RedirectResponse(url, status_code=303)
