@@ -40,7 +40,9 @@ class JwtSigner:
                 else rsa.generate_private_key(public_exponent=65537, key_size=2048)
             )
 
-    def token(self, audience: str, **overrides: Any) -> str:
+    def token(self, audience: str, *, jku: str | None = None, **overrides: Any) -> str:
+        """A JWT for ``audience``; ``jku`` adds that header, as clients such as the CDS
+        Hooks sandbox do; ``overrides`` replace claims."""
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": self.iss,
@@ -50,7 +52,7 @@ class JwtSigner:
             "jti": uuid.uuid4().hex,
         }
         claims.update(overrides)
-        headers = {"kid": self.kid, "typ": "JWT"}
+        headers = {"kid": self.kid, "typ": "JWT"} | ({"jku": jku} if jku else {})
         assert self.key is not None
         return jwt.encode(claims, self.key, algorithm=self.alg, headers=headers)
 

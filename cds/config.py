@@ -48,9 +48,18 @@ class ServerSettings(_Section):
     #: extra CA certificates (PEM) trusted for outbound TLS: JWK Sets and FHIR servers
     ca_file: Path | None = None
 
+    #: other addresses the EHR may call the service by (host aliases, an internal
+    #: and an external name): each is also a valid JWT audience
+    base_url_aliases: list[str] = Field(default_factory=list)
+
     @property
     def public_base(self) -> str:
         return self.base_url.rstrip("/")
+
+    @property
+    def public_bases(self) -> list[str]:
+        """``base_url`` first, then the aliases: every base a JWT ``aud`` may start with."""
+        return [self.public_base, *(a.rstrip("/") for a in self.base_url_aliases)]
 
 
 class StoreSettings(_Section):
@@ -68,6 +77,10 @@ class AuthClient(_Section):
     iss: str
     jwks_file: Path | None = None
     jku: str | None = None
+    #: a client with pinned keys (jwks_file) whose JWTs carry a ``jku`` header, as real
+    #: clients do: empty, the header is ignored (the pinned keys decide); listed, it must
+    #: be one of these. Keys are never fetched from a JWT's own jku.
+    accepted_jku: list[str] = Field(default_factory=list)
     tenants: list[str] = Field(default_factory=list)
     #: the FHIR base URLs this client may name as ``fhirServer`` (none: the service
     #: never fetches for it; prefetch must then be complete)

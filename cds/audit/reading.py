@@ -78,6 +78,10 @@ def order_lines(b: dict[str, Any]) -> list[str]:
     """The orders that counted (being placed, or in the chart), with their plans."""
     out = []
     for o in b.get("orders", []):
+        if o.get("recognised") is False:
+            out.append(f"{o.get('reference')}: {o.get('state')}, no recognised order "
+                       "(it names no plan the pack knows)")  # fmt: skip
+            continue
         age = f", started {o['started_days']:g} days ago" if "started_days" in o else ""
         out.append(f"{o.get('reference')}: {o.get('state')}, {', '.join(o.get('plans', []))}{age}")
     return out

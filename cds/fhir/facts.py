@@ -78,6 +78,8 @@ class ClinicalData:
     draft_orders: list[ServiceRequest | CarePlan] = field(default_factory=list)
     #: orders in the chart, each in its own status (active, on-hold, completed ...)
     orders: list[ServiceRequest | CarePlan] = field(default_factory=list)
+    #: orders being placed that are no ServiceRequest or CarePlan (a MedicationRequest, ...)
+    other_draft_orders: list[str] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)
 
 
@@ -115,13 +117,21 @@ def _keep(ctx: dict[str, Any], key: str, days: float | None, pick: Callable[...,
 
 
 def _orders(data: ClinicalData, now: datetime, ctx: dict[str, Any]) -> list[dict[str, Any]]:
-    """Set the order facts; return what each order that counted was, for the trace."""
+    """Set the order facts; return, for the trace, each order that counted, and each
+    order being placed that named no plan the pack knows ("nothing applied" is then
+    told apart from "nothing was read")."""
     placed = [("draft", o) for o in data.draft_orders]
     placed += [(o.status, o) for o in data.orders]
-    counted = []
+    counted: list[dict[str, Any]] = [
+        {"reference": ref, "state": "draft", "plans": [], "recognised": False}
+        for ref in data.other_draft_orders
+    ]
     for status, order in placed:
         state = _ORDER_STATES.get(status)
         plans = _plans_of(order) if state is not None else []
+        if state == "draft" and not plans:  # being placed, and nothing the pack knows
+            ref = f"{order.resourceType}/{order.id or '?'}"
+            counted.append({"reference": ref, "state": "draft", "plans": [], "recognised": False})
         if state is None or not plans:
             continue
         days = _days_since(order.started, now)

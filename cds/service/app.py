@@ -89,11 +89,14 @@ def _client_dependency(
     settings: Settings, verifier: JwtVerifier
 ) -> Callable[[Request], Awaitable[None]]:
     """Verify the CDS client's JWT; the identity is kept on the request for the handler."""
-    base = settings.server.public_base
+    bases = settings.server.public_bases
 
     async def authenticate(request: Request) -> None:
         request.state.client = (
-            await verifier.verify(request.headers.get("authorization"), base + request.url.path)
+            await verifier.verify(
+                request.headers.get("authorization"),
+                [base + request.url.path for base in bases],
+            )
             if settings.auth.required
             else None
         )
@@ -104,6 +107,21 @@ def _client_dependency(
 def _client(request: Request) -> ClientIdentity | None:
     client: ClientIdentity | None = request.state.client
     return client
+
+
+def _log_refused_origins(app: FastAPI, settings: Settings) -> None:
+    """Say in the log why a browser-based client (a CDS Hooks sandbox) gets no answer."""
+    allowed = set(settings.cors.origins)
+
+    @app.middleware("http")
+    async def refused_origin(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        origin = request.headers.get("origin")
+        if origin and origin not in allowed and request.url.path.startswith("/cds-services"):
+            log.info("CORS: origin %r is not in cors.origins; the browser will not show the "
+                     "answer", origin[:200])  # fmt: skip
+        return await call_next(request)
 
 
 def _security_headers(app: FastAPI) -> None:
@@ -191,6 +209,7 @@ def _cds_router(settings: Settings, runtime: Runtime, verifier: JwtVerifier) -> 
     limit = settings.server.max_body_bytes
 
     @router.get("/cds-services")
+    @router.get("/cds-services/", include_in_schema=False)  # no redirect: the aud is the URL
     async def get_discovery() -> dict[str, Any]:
         return discovery()
 
@@ -291,6 +310,7 @@ def create_app(
     )
     app.state.runtime = runtime
     _security_headers(app)
+    _log_refused_origins(app, settings)
     if settings.cors.origins:
         app.add_middleware(
             CORSMiddleware,

@@ -69,7 +69,7 @@ class _KeySet:
             await self._refresh(http)
         found = self._keys.get(kid)
         if found is None:
-            raise AuthError(f"unknown kid for {self.client.iss}")
+            raise AuthError(f"unknown kid {kid[:100]!r} for {self.client.iss!r}")
         return found
 
     async def _refresh(self, http: httpx.AsyncClient) -> None:
@@ -99,6 +99,33 @@ def _parse_jwks(data: Any) -> dict[str, jwt.PyJWK]:
     return keys
 
 
+def _shown(value: Any) -> str:
+    """A claim or header value for a log line: quoted, and cut short."""
+    return repr(str(value)[:200])
+
+
+def _check_jku(client: AuthClient, sent: str) -> None:
+    """A jku header never makes us fetch keys: it must be the client's own JWK Set URL,
+    or, for pinned keys, one the client accepts (none listed: it is ignored)."""
+    if client.jku is not None and sent != client.jku:
+        raise AuthError(f"jku {_shown(sent)} is not the client's JWK Set URL {client.jku!r}")
+    if client.jku is None and client.accepted_jku and sent not in client.accepted_jku:
+        raise AuthError(
+            f"jku {_shown(sent)} is not in accepted_jku of {client.iss!r} (its keys are pinned)"
+        )
+
+
+def _check_audience(aud: Any, audiences: list[str]) -> None:
+    """Say what was expected and what came (neither is a secret), not just "invalid"."""
+    sent = aud if isinstance(aud, list) else [aud]
+    if not any(a in audiences for a in sent):
+        raise AuthError(
+            f"audience mismatch: aud {_shown(aud)}, expected {' or '.join(map(repr, audiences))} "
+            "(the URL called; set server.base_url or server.base_url_aliases to how the client "
+            "calls the service)"
+        )
+
+
 class JwtVerifier:
     def __init__(
         self, settings: AuthSettings, http: httpx.AsyncClient, claim_jti: ReplayClaim
@@ -108,7 +135,10 @@ class JwtVerifier:
         self._clients = {c.iss: _KeySet(c, settings.jwks_cache_s) for c in settings.clients}
         self._claim_jti = claim_jti
 
-    async def verify(self, authorization: str | None, audience: str) -> ClientIdentity:
+    async def verify(self, authorization: str | None, audiences: str | list[str]) -> ClientIdentity:
+        """The client a bearer JWT identifies; ``audiences``: the URL called under each
+        public base of the service (any one may be the ``aud``)."""
+        audiences = [audiences] if isinstance(audiences, str) else audiences
         if not authorization or not authorization.startswith("Bearer "):
             raise AuthError("no bearer token")
         token = authorization.removeprefix("Bearer ").strip()
@@ -124,16 +154,15 @@ class JwtVerifier:
             raise AuthError("JWT header needs typ JWT and a kid")
         keyset = self._clients.get(str(claims.get("iss")))
         if keyset is None:
-            raise AuthError("issuer not on the allowlist")
-        if "jku" in header and (
-            header["jku"] != keyset.client.jku or not str(header["jku"]).startswith("https://")
-        ):
-            raise AuthError("jku not on the allowlist")
+            raise AuthError(f"issuer {_shown(claims.get('iss'))} not on the allowlist")
+        if "jku" in header:
+            _check_jku(keyset.client, str(header["jku"]))
         key = await keyset.key(str(kid), self._http)
-        return self._check_claims(token, key, str(alg), keyset.client, audience)
+        _check_audience(claims.get("aud"), audiences)
+        return self._check_claims(token, key, str(alg), keyset.client, audiences)
 
     def _check_claims(
-        self, token: str, key: jwt.PyJWK, alg: str, client: AuthClient, audience: str
+        self, token: str, key: jwt.PyJWK, alg: str, client: AuthClient, audiences: list[str]
     ) -> ClientIdentity:
         s = self._settings
         try:
@@ -141,7 +170,7 @@ class JwtVerifier:
                 token,
                 key=key,
                 algorithms=[alg],
-                audience=audience,
+                audience=audiences,
                 issuer=client.iss,
                 leeway=s.clock_skew_s,
                 options={"require": ["iss", "aud", "exp", "iat", "jti"]},

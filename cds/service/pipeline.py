@@ -104,6 +104,8 @@ def _clinical_data(req: HookRequest, pre: Prefetched) -> ClinicalData:
             "CarePlan",
         ):
             data.unreadable.append(parsed)
+        elif isinstance(raw, dict):
+            data.other_draft_orders.append(f"{raw.get('resourceType', '?')}/{raw.get('id', '?')}")
     return data
 
 
