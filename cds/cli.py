@@ -36,9 +36,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     from cds.config import CONFIG_ENV_VAR
     from cds.service.app import create_app
+    from cds.service.operations import configure_logging
     from cds.service.server import server_config
 
     settings = _settings(args.config)
+    configure_logging(settings.server.log_format)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     workers = args.workers or settings.server.workers

@@ -6,10 +6,12 @@ file are resolved against the directory of the file itself.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,7 +20,14 @@ from cds.errors import ConfigError
 from cds.fhir.fetch import is_loopback_url
 from cds.measures.settings import MeasureSettings
 
-__all__ = ["CONFIG_ENV_VAR", "AuthClient", "Settings", "load_settings"]
+__all__ = [
+    "CONFIG_ENV_VAR",
+    "ENV_PREFIX",
+    "AuthClient",
+    "Settings",
+    "env_overrides",
+    "load_settings",
+]
 
 CONFIG_ENV_VAR = "RUNFORM_CDS_CONFIG"
 
@@ -48,6 +57,11 @@ class ServerSettings(_Section):
     #: extra CA certificates (PEM) trusted for outbound TLS: JWK Sets and FHIR servers
     ca_file: Path | None = None
 
+    #: /metrics: off, token (Authorization: Bearer metrics_token) or open
+    metrics: Literal["off", "token", "open"] = "off"
+    metrics_token: str | None = Field(default=None, min_length=16)
+    #: log lines for people (text) or for a log collector (json, one event per line)
+    log_format: Literal["text", "json"] = "text"
     #: other addresses the EHR may call the service by (host aliases, an internal
     #: and an external name): each is also a valid JWT audience
     base_url_aliases: list[str] = Field(default_factory=list)
@@ -240,22 +254,66 @@ def _format_validation(path: Path, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+ENV_PREFIX = "RUNFORM_CDS__"
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``RUNFORM_CDS__SECTION__KEY=value`` as nested settings: every key can be set from
+    the environment (containers, secrets). A value that parses as JSON is taken as JSON
+    (numbers, true/false, lists, objects); anything else is a string."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name.removeprefix(ENV_PREFIX).split("__") if p]
+        if not path:
+            continue
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: {part} is set both as a value and as a section")
+        node[path[-1]] = value
+    return out
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_settings(path: Path | str | None = None) -> Settings:
-    """Load settings from ``path``, else ``$RUNFORM_CDS_CONFIG``, else defaults."""
+    """Load settings from ``path``, else ``$RUNFORM_CDS_CONFIG``, else defaults; then
+    ``RUNFORM_CDS__SECTION__KEY`` environment variables override single keys."""
     if path is None:
         env = os.environ.get(CONFIG_ENV_VAR)
         path = Path(env) if env else None
-    if path is None:
-        return _resolve_paths(Settings(), Path.cwd())
-    path = Path(path)
-    try:
-        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data: dict[str, Any] = {}
+    where, base = Path("(defaults)"), Path.cwd()
+    if path is not None:
+        where = path = Path(path)
+        base = path.resolve().parent
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    overrides = env_overrides(os.environ)
+    if overrides:
+        data = _merged(data, overrides)
+        where = Path(f"{where} + {ENV_PREFIX}* environment variables")
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(path, exc)) from exc
-    return _resolve_paths(settings, path.resolve().parent)
+        raise ConfigError(_format_validation(where, exc)) from exc
+    return _resolve_paths(settings, base)

@@ -16,6 +16,7 @@ optional FHIRPath-like ``expression`` pointing at the offending element.
     ├── PrefetchError (412)         prefetch-unavailable (detail kept for the trace only)
     ├── PackError                   pack-invalid
     ├── EngineError (500)           engine-failed
+    │   └── EngineDisagreementError engine-disagreement (the engine and the reference evaluator)
     ├── InternalError (500)         internal-error (an unexpected failure; carries an error id)
     ├── MeasureError                measure-invalid (a video or test form cannot be measured)
     │   ├── FhirPostError           fhir-post-failed
@@ -33,6 +34,7 @@ __all__ = [
     "AuthError",
     "CdsError",
     "ConfigError",
+    "EngineDisagreementError",
     "EngineError",
     "FhirPostError",
     "InternalError",
@@ -174,6 +176,12 @@ class EngineError(CdsError):
     code = "engine-failed"
     status = 500
     issue_type = "exception"
+
+
+class EngineDisagreementError(EngineError):
+    """The rule engine and the independent reference evaluator disagree: no guidance."""
+
+    code = "engine-disagreement"
 
 
 class InternalError(CdsError):

@@ -230,14 +230,16 @@ class ServiceProcess:
         store_url: str,
         workers: int = 1,
         fhir_servers: tuple[str, ...] = (),
+        server_extra: str = "",
     ) -> None:
+        """``server_extra``: more lines for the ``[server]`` section of the config."""
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         jwks = signer.write_jwks(tmp / "jwks.json")
         self.config = tmp / "svc.toml"
         allowed = ", ".join(f'"{url}"' for url in fhir_servers)
         self.config.write_text(
-            f'[server]\nbase_url = "{self.base}"\n[store]\nurl = "{store_url}"\n'
+            f'[server]\nbase_url = "{self.base}"\n{server_extra}\n[store]\nurl = "{store_url}"\n'
             f'[packs]\ndir = "{_ROOT / "rule_packs"}"\n'
             f"[fhir]\nallow_http_loopback = {'true' if fhir_servers else 'false'}\n"
             f'[[auth.clients]]\niss = "{signer.iss}"\njwks_file = "{jwks}"\n'

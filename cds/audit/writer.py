@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from cds.audit.store import StoredRecord, TraceStore
@@ -21,15 +23,36 @@ MAX_BATCH = 64
 
 
 class TraceWriter:
-    def __init__(self, store: TraceStore) -> None:
+    def __init__(
+        self, store: TraceStore, on_commit: Callable[[float, int], None] | None = None
+    ) -> None:
+        """``on_commit(seconds, traces)`` hears of each committed batch (for metrics)."""
         self._store = store
+        self._on_commit = on_commit
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        #: monotonic time since which a trace has waited without a commit (None: none waits)
+        self._waiting_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="trace-writer", daemon=True)
         self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Traces queued and not yet taken by the writer thread."""
+        return self._queue.qsize()
+
+    def stuck(self, after_s: float = 10.0) -> bool:
+        """Whether traces have waited ``after_s`` seconds without any commit, or the
+        writer thread has died: the service must then stop taking calls (readiness)."""
+        if not self._thread.is_alive():
+            return True
+        since = self._waiting_since
+        return since is not None and time.monotonic() - since > after_s
 
     async def append(self, trace: dict[str, Any]) -> StoredRecord:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoredRecord] = loop.create_future()
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
         self._queue.put((trace, future, loop))
         return await future
 
@@ -49,6 +72,7 @@ class TraceWriter:
     def _run(self) -> None:
         while (first := self._queue.get()) is not None:
             batch, stop = self._batch(first)
+            began = time.perf_counter()
             try:
                 records = self._store.append_traces([trace for trace, _, _ in batch])
             except BaseException as exc:
@@ -57,6 +81,9 @@ class TraceWriter:
             else:
                 for (_, future, loop), record in zip(batch, records, strict=True):
                     loop.call_soon_threadsafe(_succeed, future, record)
+                self._waiting_since = None if self._queue.empty() else time.monotonic()
+                if self._on_commit is not None:
+                    self._on_commit(time.perf_counter() - began, len(batch))
             if stop:
                 return
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cds.errors import EngineError
+from cds.errors import EngineDisagreementError
 from cds.fhir.facts import FactSet
 from cds.rules.cards import Attachment, CardContext, build_card
 from cds.rules.compile import CompiledPack, CompiledRule
@@ -77,7 +77,7 @@ def _group(pack: CompiledPack, firings: list[Firing]) -> dict[str, list[dict[str
 
 def _disagree(what: str, expected: set[tuple[str, int]], got: set[tuple[str, int]]) -> None:
     if got != expected:
-        raise EngineError(
+        raise EngineDisagreementError(
             f"engine and reference evaluator disagree on {what} "
             f"(missing {sorted(expected - got)}, extra {sorted(got - expected)})"
         )

@@ -44,6 +44,8 @@ from cds.rules.load import load_serving_packs
 from cds.service.auth import ClientIdentity, JwtVerifier
 from cds.service.feedback import parse_feedback, record_feedback
 from cds.service.hooks import discovery, parse_request, service
+from cds.service.metrics import ServiceMetrics
+from cds.service.operations import configure_logging, operations_routes
 from cds.service.pipeline import Runtime, run_call
 from cds.service.reload import PackReloader
 
@@ -157,29 +159,6 @@ def _exception_handlers(app: FastAPI) -> None:
         return _error(InternalError.for_id(error_id))
 
 
-def _health_routes(app: FastAPI, runtime: Runtime) -> None:
-    """Liveness and readiness for load balancers; they reveal nothing about the packs."""
-
-    @app.get("/livez", include_in_schema=False)
-    async def livez() -> dict[str, str]:
-        return {"status": "ok"}
-
-    async def ready() -> JSONResponse:
-        problems = []
-        if not runtime.packs:
-            problems.append("no rule pack loaded")
-        try:
-            await anyio.to_thread.run_sync(runtime.store.hash_at, 1)
-        except Exception:  # any store failure means "not ready"
-            problems.append("trace store unreachable")
-        status = 503 if problems else 200
-        return JSONResponse({"status": "fail" if problems else "ok", "problems": problems},
-                            status_code=status)  # fmt: skip
-
-    app.add_api_route("/readyz", ready, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/healthz", ready, methods=["GET"], include_in_schema=False)
-
-
 async def _trace_failure(
     runtime: Runtime, service_id: str, client: ClientIdentity | None, exc: Exception
 ) -> CdsError:
@@ -277,8 +256,11 @@ def create_app(
         )
     )
     http = httpx.AsyncClient(follow_redirects=False, verify=_tls_context(settings))
-    writer = TraceWriter(store)
-    runtime = Runtime(settings=settings, packs=packs, store=store, writer=writer, http=http)
+    metrics = ServiceMetrics()
+    writer = TraceWriter(store, on_commit=lambda seconds, _: metrics.trace_commit.observe(seconds))
+    runtime = Runtime(
+        settings=settings, packs=packs, store=store, writer=writer, http=http, metrics=metrics
+    )
     verifier = JwtVerifier(settings.auth, http, store.claim_jti)
 
     @asynccontextmanager
@@ -323,11 +305,13 @@ def create_app(
         secure = settings.server.base_url.startswith("https://")
         app.include_router(viewer_router(settings.viewer, store, secure))
     _exception_handlers(app)
-    _health_routes(app, runtime)
+    operations_routes(app, runtime, metrics)
     app.include_router(_cds_router(settings, runtime, verifier))
     return app
 
 
 def app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory`` worker processes (reads $RUNFORM_CDS_CONFIG)."""
-    return create_app(load_settings())
+    settings = load_settings()
+    configure_logging(settings.server.log_format)
+    return create_app(settings)

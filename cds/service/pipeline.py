@@ -41,6 +41,8 @@ from cds.rules.decide import Decision, decide
 from cds.rules.engine import RuleEngine
 from cds.service.auth import ClientIdentity
 from cds.service.hooks import HookRequest, Service
+from cds.service.metrics import ServiceMetrics
+from cds.service.operations import current_request_id
 from cds.service.prefetch import Prefetched, resolve_prefetch
 
 __all__ = ["Runtime", "run_call"]
@@ -68,6 +70,7 @@ class Runtime:
     http: httpx.AsyncClient
     engine: RuleEngine = field(default_factory=RuleEngine)
     engine_info: dict[str, str] = field(default_factory=_engine_info)
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
 
 
 def _search(value: Any) -> list[Any]:
@@ -119,6 +122,7 @@ def _trace(
 ) -> dict[str, Any]:
     return {
         "trace_id": str(uuid.uuid4()),
+        "request_id": current_request_id(),
         "hook_instance": req.hookInstance,
         "service": svc.id,
         "hook": svc.hook,
@@ -243,10 +247,12 @@ async def run_call(
     except Exception as exc:  # every failure leaves a trace, then the caller hears of it
         error = _failed(trace, exc)
         await rt.writer.append(trace)
+        rt.metrics.call(trace)
         raise error from exc
     trace["outcome"] = {"status": 200}
     trace["responded_at"] = datetime.now(UTC).isoformat()
     await rt.writer.append(trace)
+    rt.metrics.call(trace)
     return result
 
 

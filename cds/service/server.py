@@ -76,6 +76,11 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "timeout_keep_alive": settings.server.keep_alive_s,
         "limit_concurrency": settings.server.max_connections,
         "log_level": "info",
+        # our root logger (text or JSON, with request ids) formats uvicorn's lines too
+        "log_config": None,
+        # on SIGTERM: stop taking connections, finish the calls in flight (each commits
+        # its trace before it answers), then drain the trace writer on shutdown
+        "timeout_graceful_shutdown": 30,
     }
     options.update(overrides)
     config = uvicorn.Config(app, **options)

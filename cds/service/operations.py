@@ -1,0 +1,146 @@
+"""What operators run the service by: health checks, metrics, request ids, JSON logs.
+
+- ``/livez``: the process answers (no dependency is checked).
+- ``/readyz`` (and ``/healthz``): ready for calls: a rule pack is loaded, the
+  trace store answers, and the trace writer is not stuck (a call is answered
+  only after its trace is committed, so a stuck writer means "send no calls").
+  Neither says anything about the packs or the store.
+- ``/metrics``: Prometheus text format (:mod:`cds.service.metrics`), off unless
+  ``server.metrics`` is ``token`` (a bearer token) or ``open``.
+- Every request gets an id (``X-Request-ID``, taken from the caller when it is
+  a plain token, else made); it is in the response header, every log line of
+  the request and the call's trace.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from cds.service.metrics import CONTENT_TYPE, ServiceMetrics
+
+__all__ = ["configure_logging", "current_request_id", "operations_routes"]
+
+_REQUEST_ID = contextvars.ContextVar[str | None]("request_id", default=None)
+_GOOD_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def current_request_id() -> str | None:
+    return _REQUEST_ID.get()
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = _REQUEST_ID.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            event["request_id"] = request_id
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event, ensure_ascii=False)
+
+
+def configure_logging(fmt: str = "text") -> None:
+    """The root logger for the service: ``text`` for people, ``json`` for collectors."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RequestIdFilter())
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _request_ids(app: FastAPI, metrics: ServiceMetrics) -> None:
+    @app.middleware("http")
+    async def request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        given = request.headers.get("x-request-id", "")
+        rid = given if _GOOD_ID.match(given) else uuid.uuid4().hex
+        token = _REQUEST_ID.set(rid)
+        began = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            _REQUEST_ID.reset(token)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "(unmatched)")
+        metrics.requests.labels(path, str(response.status_code)).observe(
+            time.perf_counter() - began
+        )
+        response.headers["X-Request-ID"] = rid
+        return response
+
+
+def operations_routes(app: FastAPI, runtime: Any, metrics: ServiceMetrics) -> None:
+    """Health checks, metrics and request ids on ``app``."""
+    settings = runtime.settings.server
+    _request_ids(app, metrics)
+
+    @app.get("/livez", include_in_schema=False)
+    async def livez() -> dict[str, str]:
+        return {"status": "ok"}
+
+    async def ready() -> JSONResponse:
+        problems = []
+        if not runtime.packs:
+            problems.append("no rule pack loaded")
+        try:
+            await anyio.to_thread.run_sync(runtime.store.hash_at, 1)
+        except Exception:  # any store failure means "not ready"
+            problems.append("trace store unreachable")
+        if runtime.writer.stuck():
+            problems.append("trace writer stuck")
+        status = 503 if problems else 200
+        return JSONResponse({"status": "fail" if problems else "ok", "problems": problems},
+                            status_code=status)  # fmt: skip
+
+    app.add_api_route("/readyz", ready, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/healthz", ready, methods=["GET"], include_in_schema=False)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def scrape(request: Request) -> Response:
+        if settings.metrics == "off":
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        if settings.metrics == "token":
+            sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            expected = settings.metrics_token or ""
+            if not (expected and hmac.compare_digest(sent.encode(), expected.encode())):
+                return JSONResponse({"detail": "unauthorized"}, status_code=401)
+        metrics.packs_serving(runtime.packs)
+        metrics.trace_queue.set(runtime.writer.depth)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)

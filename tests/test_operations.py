@@ -1,0 +1,192 @@
+"""Operating the service: readiness, metrics, request ids in logs and traces, settings from
+the environment, and a graceful shutdown that loses no acknowledged trace."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cds.audit.store import open_store
+from cds.client import CdsClient, JwtSigner
+from cds.config import env_overrides, load_settings
+from cds.errors import ConfigError
+from cds.examples import hook_request
+from tests.servers import ServiceProcess
+
+PV = "runform-patient-view"
+TOKEN = "a-metrics-token-for-tests"
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus exposition ``text``."""
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        sample, value = line.rsplit(" ", 1)
+        found = dict(re.findall(r'(\w+)="([^"]*)"', sample))
+        if sample.split("{")[0] == name and all(found.get(k) == v for k, v in labels.items()):
+            return float(value)
+    raise KeyError((name, labels))
+
+
+def test_metrics_are_off_by_default_and_need_their_token(service_factory: Any) -> None:
+    assert httpx.get(f"{service_factory().url}/metrics").status_code == 404
+    live = service_factory(server={"metrics": "token", "metrics_token": TOKEN})
+    assert httpx.get(f"{live.url}/metrics").status_code == 401
+    wrong = httpx.get(f"{live.url}/metrics", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    ok = httpx.get(f"{live.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.headers["content-type"].startswith("text/plain")
+
+
+def test_metrics_count_requests_cards_prefetch_commits_and_the_pack(service_factory: Any) -> None:
+    live = service_factory(server={"metrics": "open"})
+    for _ in range(3):
+        assert live.post(PV, hook_request("patient-view", "p-1")).status_code == 200
+    assert live.client.discovery().status_code == 200
+    text = httpx.get(f"{live.url}/metrics").text
+    calls = _metric(text, "runform_http_request_duration_seconds_count",
+                    route="/cds-services/{service_id}", status="200")  # fmt: skip
+    assert calls == 3
+    assert _metric(text, "runform_cards_total", rule="r1-hip-drop-symptomatic",
+                   indicator="warning") == 3  # fmt: skip
+    assert _metric(text, "runform_prefetch_total", key="observations", outcome="provided") == 3
+    assert _metric(text, "runform_trace_commit_seconds_count") >= 1
+    assert _metric(text, "runform_trace_queue_depth") == 0
+    assert _metric(text, "runform_pack_active", pack="runform-core") == 1
+
+
+def test_engine_disagreements_are_counted_apart(
+    service_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cds.service.pipeline as pipeline
+    from cds.errors import EngineDisagreementError
+
+    live = service_factory(server={"metrics": "open"})
+
+    def disagree(*_: Any, **__: Any) -> Any:
+        raise EngineDisagreementError("engine and reference evaluator disagree on rules")
+
+    monkeypatch.setattr(pipeline, "decide", disagree)
+    answer = live.post(PV, hook_request("patient-view", "p-1"))
+    assert answer.status_code == 500
+    text = httpx.get(f"{live.url}/metrics").text
+    assert _metric(text, "runform_engine_failures_total", kind="cross-check") == 1
+
+
+def test_readiness_fails_when_the_trace_writer_is_stuck(service_factory: Any) -> None:
+    live = service_factory()
+    assert httpx.get(f"{live.url}/readyz").json() == {"status": "ok", "problems": []}
+    runtime = _runtime(live)
+    runtime.writer.close()  # the writer thread is gone: no call could commit its trace
+    answer = httpx.get(f"{live.url}/readyz")
+    assert answer.status_code == 503 and answer.json()["problems"] == ["trace writer stuck"]
+    assert httpx.get(f"{live.url}/livez").status_code == 200  # alive, just not ready
+
+
+def _runtime(live: Any) -> Any:
+    import gc
+
+    from cds.service.pipeline import Runtime
+
+    return next(o for o in gc.get_objects() if isinstance(o, Runtime) and o.store is live.store)
+
+
+def test_the_request_id_is_in_the_answer_and_the_trace(service_factory: Any) -> None:
+    live = service_factory()
+    body = hook_request("patient-view", "p-1")
+    url = f"{live.url}/cds-services/{PV}"
+    token = live.client.signer.token(url)
+    headers = {"Authorization": f"Bearer {token}", "X-Request-ID": "ehr-req-0042"}
+    answer = httpx.post(url, json=body, headers=headers)
+    assert answer.headers["x-request-id"] == "ehr-req-0042"
+    [trace] = live.store.records_for(body["hookInstance"])
+    assert trace.body["request_id"] == "ehr-req-0042"
+    odd = httpx.get(f"{live.url}/livez", headers={"X-Request-ID": "no spaces <allowed>"})
+    assert re.fullmatch(r"[0-9a-f]{32}", odd.headers["x-request-id"])
+
+
+def test_json_logs_carry_the_request_id(tmp_path: Path, es_signer: JwtSigner) -> None:
+    svc = ServiceProcess(tmp_path, es_signer, f"sqlite:///{tmp_path / 't.db'}",
+                         server_extra='log_format = "json"')  # fmt: skip
+    try:
+        stranger = JwtSigner(iss="https://stranger.example", alg="ES384")
+        url = f"{svc.base}/cds-services"
+        refused = httpx.get(url, headers={"Authorization": f"Bearer {stranger.token(url)}"})
+        rid = refused.headers["x-request-id"]
+        time.sleep(0.3)
+    finally:
+        svc.stop()
+    events = [json.loads(line) for line in svc.log.read_text().splitlines() if line.startswith("{")]
+    assert events and all({"time", "level", "logger", "message"} <= set(e) for e in events)
+    mine = [e for e in events if e.get("request_id") == rid]
+    assert any("issuer 'https://stranger.example' not on the allowlist" in e["message"]
+               for e in mine)  # fmt: skip
+
+
+def test_every_key_can_be_set_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert env_overrides({"RUNFORM_CDS__SERVER__PORT": "9090", "OTHER": "x",
+                          "RUNFORM_CDS__CORS__ORIGINS": '["https://a.example"]',
+                          "RUNFORM_CDS__VIEWER__SESSION_SECRET": "plain text, not JSON"}) == {
+        "server": {"port": 9090}, "cors": {"origins": ["https://a.example"]},
+        "viewer": {"session_secret": "plain text, not JSON"},
+    }  # fmt: skip
+    monkeypatch.setenv("RUNFORM_CDS__SERVER__METRICS", "token")
+    monkeypatch.setenv("RUNFORM_CDS__SERVER__METRICS_TOKEN", TOKEN)
+    settings = load_settings()
+    assert settings.server.metrics == "token" and settings.server.metrics_token == TOKEN
+    monkeypatch.setenv("RUNFORM_CDS__SERVER__PORT", "eighty")
+    with pytest.raises(ConfigError, match=r"(?s)environment variables.*server\.port"):
+        load_settings()
+
+
+def test_sigterm_under_load_loses_no_acknowledged_trace(
+    tmp_path: Path, es_signer: JwtSigner
+) -> None:
+    svc = ServiceProcess(tmp_path, es_signer, f"sqlite:///{tmp_path / 'traces.db'}")
+    answered: list[str] = []
+    lock, stop = threading.Lock(), threading.Event()
+
+    def load() -> None:
+        client = CdsClient(svc.base, es_signer, timeout=10)
+        while not stop.is_set():
+            body = hook_request("patient-view", "p1")
+            try:
+                r = client.call(PV, body)
+            except httpx.HTTPError:
+                continue
+            if r.status_code == 200:
+                with lock:
+                    answered.append(body["hookInstance"])
+        client.close()
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(answered) < 40 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    svc.proc.send_signal(signal.SIGTERM)  # a rolling restart: drain, then exit
+    code = svc.proc.wait(timeout=40)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    svc.stop()
+    # uvicorn re-raises the signal after its graceful shutdown, as a shell expects
+    assert code in (0, -signal.SIGTERM) and len(answered) >= 40
+    log = svc.log.read_text()
+    assert "Waiting for application shutdown" in log and "Application shutdown complete" in log
+    store = open_store(f"sqlite:///{tmp_path / 'traces.db'}")
+    try:
+        assert [h for h in answered if not store.records_for(h)] == []
+        assert store.verify().ok
+    finally:
+        store.close()
