@@ -144,7 +144,9 @@ def _routes(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, str]]:
 
 def test_every_route_needs_a_jwt_or_a_viewer_session(tmp_path: Path) -> None:
     """Enumerates the app's routes, so a route added later cannot slip through."""
-    app = _app(tmp_path, server={"openapi": True})
+    # /metrics has its own credential (a bearer token): unauthenticated, it is refused too
+    app = _app(tmp_path, server={"openapi": True, "metrics": "token",
+                                 "metrics_token": "a-metrics-token-for-tests"})  # fmt: skip
     routes = list(_routes(app.routes))
     assert len(routes) >= 12
     for method, template in routes:
