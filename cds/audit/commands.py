@@ -145,6 +145,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from cds.audit.schema import SCHEMA_VERSION
+    from cds.audit.store import open_store, safe_url
+
+    url, origin = _store_url(args)
+    store = open_store(url, create=False, migrate=True)
+    try:
+        chain = store.verify()
+        state = "OK" if chain.ok else "BROKEN: run audit verify"
+        print(f"store: {safe_url(url)} (from {origin}): at schema version {SCHEMA_VERSION}, "
+              f"{store.count()} records, chain {state}")  # fmt: skip
+    finally:
+        store.close()
+    return 0 if chain.ok else 1
+
+
 def _keygen(args: argparse.Namespace) -> int:
     from cds.audit.keys import write_keypair
 
@@ -261,6 +277,11 @@ def add_commands(sub: Any) -> None:
     verify.add_argument("--public-key", help="Ed25519 public key (PEM) for checkpoints")
     verify.add_argument("--checkpoint", action="append", help="exported checkpoint JSON file")
     verify.set_defaults(func=_verify)
+
+    migrate = _store_args(
+        audit_sub.add_parser("migrate", help="bring a store to this release's schema version")
+    )
+    migrate.set_defaults(func=_migrate)
 
     keygen = audit_sub.add_parser("keygen", help="create an Ed25519 key pair for checkpoints")
     keygen.add_argument("--out", required=True, help="path prefix: writes PREFIX.key, PREFIX.pub")

@@ -16,7 +16,8 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import psycopg
 
-from cds.audit.sql import SCHEMA_TEMPLATE, SqlTraceStore
+from cds.audit.schema import FACETS_TEMPLATE, SCHEMA_TEMPLATE
+from cds.audit.sql import SqlTraceStore
 from cds.audit.store import missing_store
 from cds.errors import ConfigError
 
@@ -24,6 +25,7 @@ __all__ = ["PostgresTraceStore"]
 
 _CHAIN_LOCK = 0x52554E46  # "RUNF"
 _SCHEMA = SCHEMA_TEMPLATE.format(int="BIGINT", real="DOUBLE PRECISION")
+_FACETS = FACETS_TEMPLATE.format(int="BIGINT")
 _CLAIM = (
     "INSERT INTO jti_seen (key, expires_at) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE "
     "SET expires_at = excluded.expires_at WHERE jti_seen.expires_at < %s"
@@ -43,7 +45,7 @@ def _split_schema(url: str) -> tuple[str, str | None]:
 class PostgresTraceStore(SqlTraceStore):
     P = "%s"
 
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    def __init__(self, url: str, *, create: bool = True, migrate: bool = False) -> None:
         super().__init__()
         dsn, schema = _split_schema(url)
         try:
@@ -52,13 +54,18 @@ class PostgresTraceStore(SqlTraceStore):
             raise ConfigError(f"store.url: cannot connect to PostgreSQL: {exc}") from exc
         if not create:
             self._require_tables(url, schema)
-            return
+            if not migrate:
+                self._check_version(url)
+                return
         with self._db.transaction(), self._db.cursor() as cur:
+            # one process at a time creates or migrates: the others wait, then find it done
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK,))
             if schema:
                 cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
                 cur.execute(f'SET search_path TO "{schema}"')
             cur.execute(_SCHEMA)
+            cur.execute(_FACETS)
+            self._migrate(cur)
         if schema:
             self._db.execute(f'SET search_path TO "{schema}"')
 

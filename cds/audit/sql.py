@@ -21,41 +21,11 @@ from cds.audit.chain import (
     record_problem,
     verify_rows,
 )
+from cds.audit.schema import SCHEMA_VERSION, backfill_facets, feedback_facet, trace_facets
 from cds.audit.store import CardOrigin, StoredRecord, TraceFilter
+from cds.errors import ConfigError
 
-__all__ = ["SCHEMA_TEMPLATE", "SqlTraceStore"]
-
-#: the schema of both backends; {int} and {real} are the dialect's types
-SCHEMA_TEMPLATE = """
-CREATE TABLE IF NOT EXISTS records (
-    seq {int} PRIMARY KEY,
-    kind TEXT NOT NULL,
-    trace_id TEXT NOT NULL,
-    hook_instance TEXT,
-    patient TEXT,
-    recorded_at TEXT NOT NULL,
-    body TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_hook_instance ON records(hook_instance);
-CREATE INDEX IF NOT EXISTS records_trace_id ON records(trace_id);
-CREATE INDEX IF NOT EXISTS records_patient ON records(patient);
-CREATE INDEX IF NOT EXISTS records_recorded_at ON records(recorded_at);
-CREATE TABLE IF NOT EXISTS card_index (card_uuid TEXT PRIMARY KEY, trace_id TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS feedback_keys (key TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS jti_seen (key TEXT PRIMARY KEY, expires_at {real} NOT NULL);
-CREATE TABLE IF NOT EXISTS pack_versions (
-    pack_id TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL, first_seen TEXT NOT NULL,
-    PRIMARY KEY (pack_id, version)
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    seq {int} NOT NULL, hash TEXT NOT NULL, signed_at TEXT NOT NULL,
-    key_id TEXT NOT NULL, signature TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS viewer_sessions (user_name TEXT PRIMARY KEY, version {int} NOT NULL);
-"""
-
+__all__ = ["SqlTraceStore"]
 
 Row = tuple[str, str, str | None, str | None, dict[str, Any]]  # kind, trace_id, hook, patient, body
 _COLUMNS = "seq, kind, trace_id, hook_instance, recorded_at, body, prev_hash, hash"
@@ -117,7 +87,78 @@ class SqlTraceStore(ABC):
             out = self._insert_chain(cur, rows)
             for sql, params in extra:
                 cur.execute(self._q(sql), params)
+            self._index(cur, out)
         return out
+
+    _FACET = "INSERT INTO trace_facets (seq, trace_id, facet, value) VALUES (?, ?, ?, ?)"
+
+    def _index(self, cur: Any, records: list[StoredRecord]) -> None:
+        """Record what the new traces and feedback are searched by (same transaction)."""
+        for rec in records:
+            if rec.kind == "trace":
+                target, facets = rec.seq, trace_facets(rec.body)
+            else:
+                cur.execute(
+                    self._q("SELECT seq FROM records WHERE kind = 'trace' AND trace_id = ?"),
+                    (rec.trace_id,),
+                )
+                row = cur.fetchone()
+                target, facets = (int(row[0]) if row else -1), [feedback_facet(rec.body)]
+            for facet, value in facets:
+                cur.execute(self._q(self._FACET), (target, rec.trace_id, facet, value))
+
+    # -- the schema version ---------------------------------------------------------------
+    def _version(self, cur: Any) -> int | None:
+        cur.execute("SELECT version FROM schema_version")
+        row = cur.fetchone()
+        return int(row[0]) if row else None
+
+    def _migrate(self, cur: Any) -> None:
+        """Bring the schema to this release's version (inside the caller's write
+        transaction): a fresh store is stamped; an older one is migrated forward."""
+        version = self._version(cur)
+        if version is None:
+            cur.execute("SELECT COUNT(*) FROM records")
+            version = 1 if int(cur.fetchone()[0]) else SCHEMA_VERSION
+            cur.execute(self._q("INSERT INTO schema_version (version) VALUES (?)"), (version,))
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"the trace store is at schema version {version}, newer than this release "
+                f"({SCHEMA_VERSION}): upgrade runform-cds"
+            )
+        if version < 2:
+            self._backfill(cur)
+        cur.execute(self._q("UPDATE schema_version SET version = ?"), (SCHEMA_VERSION,))
+
+    def _backfill(self, cur: Any) -> None:
+        cur.execute("DELETE FROM trace_facets")
+        seq_of_trace: dict[str, int] = {}
+        start = 0
+        while True:
+            cur.execute(
+                self._q("SELECT seq, kind, trace_id, body FROM records WHERE seq > ? "
+                        "ORDER BY seq LIMIT ?"),
+                (start, self.BATCH),
+            )  # fmt: skip
+            rows = cur.fetchall()
+            if not rows:
+                return
+            backfill_facets(rows, lambda sql, p: cur.execute(self._q(sql), p), seq_of_trace)
+            start = int(rows[-1][0])
+
+    def _check_version(self, url: str) -> None:
+        """For the reading commands: refuse an older store instead of migrating it."""
+        with self._read() as cur:
+            try:
+                version = self._version(cur)
+            except Exception:  # no schema_version table: the first release's store
+                version = 1
+        if version is None or version < SCHEMA_VERSION:
+            raise ConfigError(
+                f"the trace store at {url} is at schema version {version or 1}; this release "
+                f"reads version {SCHEMA_VERSION}. Migrate it: runform-cds audit migrate "
+                "--store URL (the service also migrates it when it starts)"
+            )
 
     def append_traces(self, traces: list[dict[str, Any]]) -> list[StoredRecord]:
         rows: list[Row] = [
@@ -160,7 +201,7 @@ class SqlTraceStore(ABC):
                 hook_instance, patient = context.get(trace_id, (None, None))
                 rows.append(("feedback", trace_id, hook_instance, patient, record))
                 cur.execute(self._q("INSERT INTO feedback_keys (key) VALUES (?)"), (key,))
-            self._insert_chain(cur, rows)
+            self._index(cur, self._insert_chain(cur, rows))
         return len(rows)
 
     def _trace_context(self, trace_ids: set[str]) -> dict[str, tuple[str | None, str | None]]:
@@ -311,62 +352,64 @@ class SqlTraceStore(ABC):
         if where.until:
             sql += " AND recorded_at < ?"
             params.append(where.until)
+        facets = [("rule", where.rule), ("pack_version", where.pack_version),
+                  ("indicator", where.indicator)]  # fmt: skip
+        if where.outcome in ("accepted", "overridden"):
+            facets.append(("outcome", where.outcome))
+        elif where.outcome == "error":
+            facets.append(("status", "error"))
+        for facet, value in facets:
+            if value:
+                sql += " AND seq IN (SELECT seq FROM trace_facets WHERE facet = ? AND value = ?)"
+                params += [facet, value]
+        if where.outcome == "none":
+            sql += (" AND seq NOT IN (SELECT seq FROM trace_facets "
+                    "WHERE facet IN ('outcome', 'status'))")  # fmt: skip
         return sql, params
 
     def search_page(
         self, where: TraceFilter, *, before: int | None = None, size: int = 50
     ) -> tuple[list[tuple[StoredRecord, list[StoredRecord]]], int | None]:
         """Up to ``size`` matching traces, newest first, older than position ``before``;
-        and the position to continue from (None: no more). Scans in batches: the store
-        lock is held only while rows are read, never while they are parsed."""
+        and the position to continue from (None: no more). Filtered, sorted and limited
+        in SQL on indexed columns; the store lock is not held while rows are parsed."""
         cond, params = self._where(where)
-        out: list[tuple[StoredRecord, list[StoredRecord]]] = []
-        cursor = before
-        while len(out) < size:
-            bound = "" if cursor is None else " AND seq < ?"
-            args = (*params, *(() if cursor is None else (cursor,)), self.BATCH // 10)
-            traces = self._fetch(
-                f"SELECT {_COLUMNS} FROM records WHERE kind = 'trace'{cond}{bound} "
-                "ORDER BY seq DESC LIMIT ?",
-                args,
-            )
-            if not traces:
-                return out, None
-            feedback = self._feedback_of([t.trace_id for t in traces])
-            for rec in traces:
-                cursor = rec.seq
-                mine = feedback.get(rec.trace_id, [])
-                if _matches(rec, mine, where):
-                    out.append((rec, mine))
-                    if len(out) == size:
-                        break
-        return out, cursor
+        bound = "" if before is None else " AND seq < ?"
+        args = (*params, *(() if before is None else (before,)), size + 1)
+        traces = self._fetch(
+            f"SELECT {_COLUMNS} FROM records WHERE kind = 'trace'{cond}{bound} "
+            "ORDER BY seq DESC LIMIT ?",
+            args,
+        )
+        more = traces[size - 1].seq if len(traces) > size else None
+        traces = traces[:size]
+        feedback = self._feedback_of([t.trace_id for t in traces]) if traces else {}
+        return [(t, feedback.get(t.trace_id, [])) for t in traces], more
 
     def _feedback_of(self, trace_ids: list[str]) -> dict[str, list[StoredRecord]]:
-        marks = ", ".join("?" for _ in trace_ids)
-        records = self._fetch(
-            f"SELECT {_COLUMNS} FROM records WHERE kind = 'feedback' AND trace_id IN ({marks}) "
-            "ORDER BY seq",
-            tuple(trace_ids),
-        )
         out: dict[str, list[StoredRecord]] = {}
-        for rec in records:
-            out.setdefault(rec.trace_id, []).append(rec)
+        for start in range(0, len(trace_ids), 500):
+            chunk = trace_ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for rec in self._fetch(
+                f"SELECT {_COLUMNS} FROM records WHERE kind = 'feedback' "
+                f"AND trace_id IN ({marks}) ORDER BY seq",
+                tuple(chunk),
+            ):
+                out.setdefault(rec.trace_id, []).append(rec)
         return out
 
     def search(self, where: TraceFilter) -> list[tuple[StoredRecord, list[StoredRecord]]]:
+        """Matching traces, oldest first (up to ``where.limit``), each with its feedback."""
         cond, params = self._where(where)
-        records = self._fetch(f"SELECT {_COLUMNS} FROM records WHERE 1 = 1{cond} ORDER BY seq",
-                              tuple(params))  # fmt: skip
-        feedback: dict[str, list[StoredRecord]] = {}
-        for rec in records:
-            if rec.kind == "feedback":
-                feedback.setdefault(rec.trace_id, []).append(rec)
-        out = []
-        for rec in records:
-            if rec.kind == "trace" and _matches(rec, feedback.get(rec.trace_id, []), where):
-                out.append((rec, feedback.get(rec.trace_id, [])))
-        return out[: where.limit] if where.limit else out
+        limit = " LIMIT ?" if where.limit else ""
+        args = (*params, *((where.limit,) if where.limit else ()))
+        traces = self._fetch(
+            f"SELECT {_COLUMNS} FROM records WHERE kind = 'trace'{cond} ORDER BY seq{limit}",
+            args,
+        )
+        feedback = self._feedback_of([t.trace_id for t in traces]) if traces else {}
+        return [(t, feedback.get(t.trace_id, [])) for t in traces]
 
     # -- the chain -------------------------------------------------------------------
     def iter_raw(self, start: int = 1) -> Iterator[RawRecord]:
@@ -426,25 +469,3 @@ class SqlTraceStore(ABC):
 def _like_prefix(text: str) -> str:
     """A LIKE pattern matching strings that start with ``text`` taken literally."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-def _matches(rec: StoredRecord, feedback: list[StoredRecord], where: TraceFilter) -> bool:
-    body = rec.body
-    if where.rule and where.rule not in {r.get("rule_id") for r in body.get("rules_fired", [])}:
-        return False
-    if where.pack_version and where.pack_version not in {
-        p.get("version") for p in body.get("packs", [])
-    }:
-        return False
-    if where.indicator and where.indicator not in {
-        c.get("indicator") for c in body.get("cards", [])
-    }:
-        return False
-    if where.outcome:
-        outcomes = {f.body.get("outcome") for f in feedback}
-        if body.get("outcome", {}).get("status", 200) != 200:
-            outcomes.add("error")
-        if where.outcome == "none":
-            return not outcomes
-        return where.outcome in outcomes
-    return True

@@ -10,12 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cds.audit.sql import SCHEMA_TEMPLATE, SqlTraceStore
+from cds.audit.schema import FACETS_TEMPLATE, SCHEMA_TEMPLATE
+from cds.audit.sql import SqlTraceStore
 from cds.audit.store import missing_store
 
 __all__ = ["SqliteTraceStore"]
 
 _SCHEMA = SCHEMA_TEMPLATE.format(int="INTEGER", real="REAL")
+_FACETS = FACETS_TEMPLATE.format(int="INTEGER")
 
 _CLAIM = (
     "INSERT INTO jti_seen (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
@@ -49,7 +51,9 @@ def _require_existing(path: str) -> None:
 
 
 class SqliteTraceStore(SqlTraceStore):
-    def __init__(self, path: str, *, create: bool = True) -> None:
+    def __init__(self, path: str, *, create: bool = True, migrate: bool = False) -> None:
+        """``create=False``: the store must exist; it is migrated only with ``migrate``,
+        else an older schema is refused (the reading commands change nothing)."""
         super().__init__()
         if not create:
             _require_existing(path)
@@ -59,7 +63,12 @@ class SqliteTraceStore(SqlTraceStore):
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         self.path = path
         self._db = _connect(path, "FULL")
-        self._db.executescript(_SCHEMA)
+        if create or migrate:
+            self._db.executescript(_SCHEMA + _FACETS)
+            with self._write() as cur:
+                self._migrate(cur)
+        else:
+            self._check_version(f"sqlite:///{path}")
         # replay-cache writes need no fsync of their own: a second connection
         # with synchronous=NORMAL keeps them off the durable trace path
         self._jti = self._db if path == ":memory:" else _connect(path, "NORMAL")

@@ -149,22 +149,24 @@ class TraceStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(url: str, *, create: bool = True) -> TraceStore:
+def open_store(url: str, *, create: bool = True, migrate: bool = False) -> TraceStore:
     """Open the store named by ``url``.
 
     ``sqlite:///path`` (or ``sqlite://:memory:``), or
-    ``postgresql://user@host:port/db[?schema=name]``. With ``create=False`` (the
-    audit commands) a store that does not exist yet is an error, not a new empty one.
+    ``postgresql://user@host:port/db[?schema=name]``. A store opened with ``create``
+    (the service) is created if needed and migrated to this release's schema. With
+    ``create=False`` (the audit commands) a store that does not exist is an error, not
+    a new empty one, and an older schema is refused unless ``migrate`` is given.
     """
     if url.startswith("sqlite://"):
         from cds.audit.sqlite import SqliteTraceStore
 
         path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
-        return SqliteTraceStore(path, create=create)
+        return SqliteTraceStore(path, create=create, migrate=migrate)
     if url.startswith(("postgresql://", "postgres://")):
         from cds.audit.postgres import PostgresTraceStore
 
-        return PostgresTraceStore(url, create=create)
+        return PostgresTraceStore(url, create=create, migrate=migrate)
     raise ConfigError(f"store.url: unsupported scheme in {url!r} (use sqlite:/// or postgresql://)")
 
 
