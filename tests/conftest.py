@@ -20,7 +20,8 @@ from tests.servers import FhirBehaviour, fhir_app, free_port, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE_PACK = ROOT / "rule_packs" / "runform-core"
-PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
+#: the real PostgreSQL the tests use: 127.0.0.1:5432, or scripts/test's throw-away cluster
+PG_BASE = os.environ.get("RUNFORM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 ES_ISSUER = "https://ehr-es.example.org"
 RS_ISSUER = "https://ehr-rs.example.org"
 
