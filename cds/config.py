@@ -99,6 +99,10 @@ class AuthClient(_Section):
     #: the FHIR base URLs this client may name as ``fhirServer`` (none: the service
     #: never fetches for it; prefetch must then be complete)
     fhir_servers: list[str] = Field(default_factory=list)
+    #: how searches the service makes itself name the patient: ``id`` (``patient=123``,
+    #: as the CDS Hooks examples) or ``reference`` (``patient=Patient/123``) for servers
+    #: that match only typed references (Medplum's in-memory repository is one)
+    patient_search: Literal["id", "reference"] = "id"
 
     @model_validator(mode="after")
     def _one_key_source(self) -> AuthClient:

@@ -62,8 +62,13 @@ def service_factory(tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner) 
     """Start the real service on a loopback port; yields a factory taking settings overrides."""
     stack: list[Any] = []
 
-    def start(fhir_servers: tuple[str, ...] = (), **overrides: Any) -> LiveService:
-        """``fhir_servers``: FHIR bases on loopback the test clients may have us fetch from."""
+    def start(
+        fhir_servers: tuple[str, ...] = (),
+        client_options: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> LiveService:
+        """``fhir_servers``: FHIR bases on loopback the test clients may have us fetch from;
+        ``client_options``: more settings for both test clients."""
         port = free_port()
         es = es_signer.write_jwks(tmp_path / "es-jwks.json")
         rs = rs_signer.write_jwks(tmp_path / "rs-jwks.json")
@@ -74,8 +79,9 @@ def service_factory(tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner) 
             "packs": {"dir": str(ROOT / "rule_packs")},
             "auth": {
                 "clients": [
-                    {"iss": ES_ISSUER, "jwks_file": str(es), "fhir_servers": allowed},
-                    {"iss": RS_ISSUER, "jwks_file": str(rs), "fhir_servers": allowed},
+                    {"iss": iss, "jwks_file": str(keys), "fhir_servers": allowed}
+                    | (client_options or {})
+                    for iss, keys in ((ES_ISSUER, es), (RS_ISSUER, rs))
                 ]
             },
             "fhir": {"timeout_s": 1.0, "allow_http_loopback": bool(allowed)},

@@ -43,6 +43,8 @@ class FhirAccess:
 
     allowed: tuple[str, ...]
     allow_http_loopback: bool = False
+    #: search by ``patient=Patient/ID`` rather than ``patient=ID``
+    typed_patient_search: bool = False
 
     def base_for(self, server: str) -> str:
         """The allowed base that ``server`` names, or :class:`FetchError`."""
@@ -121,7 +123,9 @@ class FhirFetcher:
         *,
         max_pages: int,
         budget: FetchBudget,
+        typed_patient_search: bool = False,
     ) -> None:
+        self.typed_patient_search = typed_patient_search
         self._client = client
         self._base = base_url.rstrip("/") + "/"
         self._headers = {"Accept": "application/fhir+json"}

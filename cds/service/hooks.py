@@ -214,8 +214,13 @@ def parse_request(svc: Service, body: Any) -> HookRequest:
     return req
 
 
-def resolve_template(template: str, req: HookRequest) -> str:
-    """Fill ``{{context.x}}`` and user tokens of a prefetch template."""
+def resolve_template(template: str, req: HookRequest, *, typed_patient: bool = False) -> str:
+    """Fill ``{{context.x}}`` and user tokens of a prefetch template.
+
+    ``typed_patient`` writes the patient search as ``patient=Patient/ID``.
+    """
+    if typed_patient:
+        template = template.replace("patient={{", "patient=Patient/{{")
     user = str(req.context.get("userId", ""))
     rtype, _, uid = user.partition("/")
     user_tokens = {f"user{rtype}Id": uid} if uid else {}

@@ -185,7 +185,11 @@ def _fhir_access(rt: Runtime, client: ClientIdentity | None) -> FhirAccess | Non
     configured = next((c for c in rt.settings.auth.clients if c.iss == client.iss), None)
     if configured is None or not configured.fhir_servers:
         return None
-    return FhirAccess(tuple(configured.fhir_servers), rt.settings.fhir.allow_http_loopback)
+    return FhirAccess(
+        tuple(configured.fhir_servers),
+        rt.settings.fhir.allow_http_loopback,
+        typed_patient_search=configured.patient_search == "reference",
+    )
 
 
 async def _answer(

@@ -108,7 +108,8 @@ async def _resolve_key(
         out.notes.append(f"prefetch {key}: {problem}; fetching instead")
     if fetcher is None:
         raise FetchError("the key was not provided and the service may not fetch it")
-    out.data[key] = await fetcher.read(resolve_template(template, req))
+    query = resolve_template(template, req, typed_patient=fetcher.typed_patient_search)
+    out.data[key] = await fetcher.read(query)
     out.how[key] = "fetched"
 
 
@@ -129,7 +130,14 @@ def _fetcher(
     except FetchError as exc:
         return str(exc)
     token = req.fhirAuthorization.access_token if req.fhirAuthorization else None
-    return FhirFetcher(client, base, token, max_pages=max_pages, budget=budget)
+    return FhirFetcher(
+        client,
+        base,
+        token,
+        max_pages=max_pages,
+        budget=budget,
+        typed_patient_search=access.typed_patient_search,
+    )
 
 
 async def resolve_prefetch(
