@@ -39,6 +39,7 @@ __all__ = [
     "FhirPostError",
     "InternalError",
     "MeasureError",
+    "MissingExtraError",
     "PackError",
     "PayloadTooLargeError",
     "PrefetchError",
@@ -223,6 +224,14 @@ class StationError(MeasureError):
     that cannot be opened, a schedule that does not validate, a bad session setup."""
 
     code = "station-invalid"
+
+
+class MissingExtraError(CdsError):
+    """A command needs an optional part of runform-cds that is not installed (the video
+    stack of ``runform-cds[measure]``), or that is installed but does not load."""
+
+    code = "extra-missing"
+    issue_type = "not-supported"
 
 
 class AuditQueryError(CdsError):

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from fhir.resources.R4B.bundle import Bundle
@@ -25,10 +25,11 @@ from pydantic import ValidationError
 
 from cds.errors import FhirPostError, MeasureError
 from cds.fhir.observations import coded_component, metric_observation, quantity_component
-from cds.measures.analyze import Analysis
-from cds.measures.metrics import MetricResult
-from cds.measures.pose import MODEL_COMPLEXITY, mediapipe_version
-from cds.measures.video import VideoInfo
+
+if TYPE_CHECKING:  # the video stack is optional (runform-cds[measure]); strength needs none
+    from cds.measures.analyze import Analysis
+    from cds.measures.metrics import MetricResult
+    from cds.measures.video import VideoInfo
 
 __all__ = [
     "PostResult",
@@ -135,7 +136,15 @@ def _content_type(info: VideoInfo) -> str:
     )
 
 
+def _pose_model() -> tuple[str, int]:
+    """MediaPipe's version and the pose model's complexity (the video stack loads on use)."""
+    from cds.measures.pose import MODEL_COMPLEXITY, mediapipe_version
+
+    return mediapipe_version(), MODEL_COMPLEXITY
+
+
 def method_text(analysis: Analysis) -> str:
+    mediapipe, complexity = _pose_model()
     events = analysis.events
     event_method = {
         "zeni": "Zeni heel/toe-relative-to-pelvis events",
@@ -147,7 +156,7 @@ def method_text(analysis: Analysis) -> str:
     static = f"static offset from {analysis.static.path.name}" if analysis.static else "no static"
     return (
         f"2D video, {analysis.view} view ({events.mode}); BlazePose Full via MediaPipe "
-        f"{mediapipe_version()} legacy Pose, model_complexity={MODEL_COMPLEXITY}, no built-in "
+        f"{mediapipe} legacy Pose, model_complexity={complexity}, no built-in "
         f"smoothing; {roi}; Hampel + gap fill + 4th-order zero-phase Butterworth "
         f"{analysis.cleaning.cutoff_hz:g} Hz; {event_method}; {static}"
     )
@@ -189,13 +198,14 @@ def measurement_bundle(
     """The transaction Bundle for one analysed video (``patient`` is ``Patient/ID``)."""
     pid = patient_id(patient)
     when = when or datetime.fromtimestamp(analysis.video.path.stat().st_mtime, UTC)
+    mediapipe, complexity = _pose_model()
     tx = Transaction()
     refs = {
         "device": tx.add(
             software_device(
                 {
-                    "mediapipe": mediapipe_version(),
-                    "pose model": f"BlazePose Full, model_complexity={MODEL_COMPLEXITY}",
+                    "mediapipe": mediapipe,
+                    "pose model": f"BlazePose Full, model_complexity={complexity}",
                     "opencv": version("opencv-contrib-python"),
                     "scipy": version("scipy"),
                 }

@@ -8,11 +8,13 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
-
+from cds._optional import require_video_stack
 from cds.errors import FhirPostError, MeasureError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["add_commands"]
 
@@ -41,6 +43,8 @@ class Bars:
         self.bar: tqdm[Any] | None = None
 
     def __call__(self, stage: str, total: int) -> Callable[[int], None]:
+        from tqdm import tqdm
+
         self.close()
         bar = tqdm(total=total, desc=f"{stage:>18}", unit="frame", disable=not self.enabled)
         self.bar = bar
@@ -102,6 +106,7 @@ def _summary(results: list[Any]) -> None:
 
 
 def _measure(args: argparse.Namespace) -> int:
+    require_video_stack("measure")
     from cds.measures.analyze import analyze_video
     from cds.measures.bundle import measurement_bundle, method_text, patient_id
     from cds.measures.report import html_report, key_frame, plot_cycles, write_overlay

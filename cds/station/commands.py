@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cds._optional import require_video_stack
 from cds._output import emit
 from cds.errors import CdsError
 
@@ -87,6 +88,7 @@ def _retrain(args: argparse.Namespace) -> int:
         return _check_schedule(args.check_schedule)
     if not args.source:
         raise CdsError("retrain needs --source (a camera number, a stream URL or a video file)")
+    require_video_stack("retrain")
     return _serve(args)
 
 
