@@ -245,24 +245,16 @@ class ServiceProcess:
             f'[[auth.clients]]\niss = "{signer.iss}"\njwks_file = "{jwks}"\n'
             f"fhir_servers = [{allowed}]\n"
         )
+        self.workers = workers
         self.log = tmp / "service.log"
         self._log = self.log.open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cds",
-                "serve",
-                "--port",
-                str(self.port),
-                "--config",
-                str(self.config),
-                "--workers",
-                str(workers),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self.start()
+
+    def start(self) -> None:
+        """Start (or start again, on the same port) and wait until it is healthy."""
+        command = [sys.executable, "-m", "cds", "serve", "--port", str(self.port),
+                   "--config", str(self.config), "--workers", str(self.workers)]  # fmt: skip
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while True:
             try:
