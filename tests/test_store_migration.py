@@ -158,3 +158,27 @@ def test_pages_come_from_sql_newest_first_without_gaps(tmp_path: Any) -> None:
         .fetchall()
     )
     assert "trace_facets_lookup" in " ".join(str(row) for row in plan)
+
+
+@pytest.mark.parametrize("limit", [None, 130])
+def test_audit_list_streams_page_by_page(tmp_path: Any, limit: int | None,
+                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    store = open_store(url)
+    try:
+        store.append_traces([_trace(n, rule="r1" if n % 3 else "r2") for n in range(1, 251)])
+        store.append_feedback("trace-4", "k", {"card": "card-4", "outcome": "accepted"})
+        pages = list(store.iter_pages(TraceFilter(rule="r1", limit=limit), size=60))
+    finally:
+        store.close()
+    r1 = [f"trace-{n}" for n in range(1, 251) if n % 3][:limit]
+    assert [len(p) for p in pages] == [60] * (len(r1) // 60) + [len(r1) % 60]
+    assert [t.trace_id for p in pages for t, _ in p] == r1  # oldest first, no gaps
+    feedback = {t.trace_id: fb for p in pages for t, fb in p}
+    assert [f.body["outcome"] for f in feedback["trace-4"]] == ["accepted"]
+
+    argv = ["audit", "list", "--store", url, "--rule", "r1"]
+    assert main(argv + ([] if limit is None else ["--limit", str(limit)])) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"{len(r1)} trace(s)" in out
+    assert sum(" hook-" in line for line in out) == len(r1)

@@ -103,10 +103,20 @@ def _search(args: argparse.Namespace) -> tuple[list[Any], dict[int, str | None]]
 
 
 def _list(args: argparse.Namespace) -> int:
-    from cds.audit.render import render_list
+    """Streams: a page of traces is read, checked and printed before the next is read."""
+    from cds.audit.render import list_lines
 
-    items, integrity = _search(args)
-    print(render_list(items, integrity, rule=args.rule))
+    where = _filter(args)  # a bad date is refused before the store is touched
+    store = _open(args)
+    try:
+        pages = (
+            (page, store.integrity([r.seq for rec, fb in page for r in (rec, *fb)]))
+            for page in store.iter_pages(where)
+        )
+        for line in list_lines(pages, rule=args.rule):
+            print(line)
+    finally:
+        store.close()
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from cds.audit.reading import (
@@ -22,7 +23,7 @@ from cds.audit.reading import (
 )
 from cds.audit.store import StoredRecord
 
-__all__ = ["render_list", "render_records", "terminal_safe"]
+__all__ = ["list_lines", "render_records", "terminal_safe"]
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 Integrity = dict[int, str | None]
@@ -177,27 +178,26 @@ def _list_row(rec: StoredRecord, feedback: list[StoredRecord], flag: str, rule: 
     return row + (f"\n    {rule_verdict(b, rule)}" if rule else "")
 
 
-def render_list(
-    items: list[tuple[StoredRecord, list[StoredRecord]]],
-    integrity: Integrity | None = None,
+def list_lines(
+    pages: Iterable[tuple[list[tuple[StoredRecord, list[StoredRecord]]], Integrity]],
     rule: str | None = None,
-) -> str:
-    """One line per trace: time, hookInstance, patient, pack, cards, feedback; ``!`` in
-    the first column marks a trace or feedback record that does not verify."""
-    integrity = integrity or {}
-    lines = [
+) -> Iterator[str]:
+    """One line per trace (time, hookInstance, patient, pack, cards, feedback), page by
+    page as the store yields them; ``!`` in the first column marks a trace or feedback
+    record that does not verify."""
+    yield (
         f"  {'recorded':<20} {'hookInstance':<36} {'patient':<20} {'pack':<18} "
         f"{'status':>6}  cards / feedback"
-    ]
-    bad = 0
-    for rec, feedback in items:
-        broken = any(integrity.get(r.seq) for r in (rec, *feedback))
-        bad += broken
-        lines.append(_list_row(rec, feedback, "!" if broken else "", rule))
-    lines.append(f"{len(items)} trace(s)")
+    )
+    count = bad = 0
+    for items, integrity in pages:
+        for rec, feedback in items:
+            broken = any(integrity.get(r.seq) for r in (rec, *feedback))
+            count, bad = count + 1, bad + broken
+            yield terminal_safe(_list_row(rec, feedback, "!" if broken else "", rule))
+    yield f"{count} trace(s)"
     if bad:
-        lines.append(
+        yield (
             f"! {bad} trace(s) hold a record that does NOT verify: "
             "see `audit show` and `audit verify`"
         )
-    return terminal_safe("\n".join(lines))

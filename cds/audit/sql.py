@@ -401,15 +401,30 @@ class SqlTraceStore(ABC):
 
     def search(self, where: TraceFilter) -> list[tuple[StoredRecord, list[StoredRecord]]]:
         """Matching traces, oldest first (up to ``where.limit``), each with its feedback."""
+        return [item for page in self.iter_pages(where) for item in page]
+
+    def iter_pages(
+        self, where: TraceFilter, size: int = 500
+    ) -> Iterator[list[tuple[StoredRecord, list[StoredRecord]]]]:
+        """Matching traces, oldest first, ``size`` at a time: keyset paging on the
+        indexed position, so each page costs the same however far into the store."""
         cond, params = self._where(where)
-        limit = " LIMIT ?" if where.limit else ""
-        args = (*params, *((where.limit,) if where.limit else ()))
-        traces = self._fetch(
-            f"SELECT {_COLUMNS} FROM records WHERE kind = 'trace'{cond} ORDER BY seq{limit}",
-            args,
-        )
-        feedback = self._feedback_of([t.trace_id for t in traces]) if traces else {}
-        return [(t, feedback.get(t.trace_id, [])) for t in traces]
+        after, left = 0, where.limit
+        while left is None or left > 0:
+            want = size if left is None else min(size, left)
+            traces = self._fetch(
+                f"SELECT {_COLUMNS} FROM records WHERE kind = 'trace'{cond} AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (*params, after, want),
+            )
+            if not traces:
+                return
+            feedback = self._feedback_of([t.trace_id for t in traces])
+            yield [(t, feedback.get(t.trace_id, [])) for t in traces]
+            if len(traces) < want:
+                return
+            after = traces[-1].seq
+            left = None if left is None else left - len(traces)
 
     # -- the chain -------------------------------------------------------------------
     def iter_raw(self, start: int = 1) -> Iterator[RawRecord]:

@@ -113,6 +113,12 @@ class TraceStore(Protocol):
         """Matching traces, oldest first, each with its feedback records."""
         ...
 
+    def iter_pages(
+        self, where: TraceFilter, size: int = 500
+    ) -> Iterator[list[tuple[StoredRecord, list[StoredRecord]]]]:
+        """The same, fetched and yielded ``size`` traces at a time (memory stays flat)."""
+        ...
+
     def search_page(
         self, where: TraceFilter, *, before: int | None = None, size: int = 50
     ) -> tuple[list[tuple[StoredRecord, list[StoredRecord]]], int | None]:
