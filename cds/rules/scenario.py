@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cds.errors import CdsError
 from cds.examples import condition, patient, plan_order
 from cds.fhir.codes import SNOMED_SYSTEM, Side, metric, metrics, plan_display
-from cds.fhir.facts import ClinicalData, build_facts
+from cds.fhir.facts import ClinicalData, FactSet, build_facts
 from cds.fhir.observations import coded_component, metric_observation, quantity_component
 from cds.fhir.parse import (
     CarePlan,
@@ -44,6 +44,7 @@ __all__ = [
     "decide_scenario",
     "describe_card",
     "run_scenarios",
+    "scenario_facts",
 ]
 
 PATIENT_ID = "scenario-patient"
@@ -566,13 +567,24 @@ class ScenarioResult:
         return lines
 
 
-def decide_scenario(
-    pack: CompiledPack, file: ScenarioFile, scenario: Scenario, engine: RuleEngine
-) -> Decision:
-    """The scenario's patient as FHIR, through facts, engine, cross-check and cards."""
-    now = datetime.now(UTC)
+def scenario_facts(
+    pack: CompiledPack, file: ScenarioFile, scenario: Scenario, now: datetime | None = None
+) -> FactSet:
+    """The scenario's patient as FHIR, read into facts as the service reads a call."""
+    now = now or datetime.now(UTC)
     data = _Builder(pack, file.resolved(scenario), now).data()
-    facts = build_facts(data, pack.policy, now=now)
+    return build_facts(data, pack.policy, now=now)
+
+
+def decide_scenario(
+    pack: CompiledPack,
+    file: ScenarioFile,
+    scenario: Scenario,
+    engine: RuleEngine,
+    facts: FactSet | None = None,
+) -> Decision:
+    """The scenario's patient through facts, engine, cross-check and cards."""
+    facts = facts or scenario_facts(pack, file, scenario)
     return decide(pack, engine, facts, hook=scenario.hook, patient_id=PATIENT_ID)
 
 
