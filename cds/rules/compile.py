@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, assert_never
 
 from cds.errors import PackError
 from cds.fhir.codes import Metric, code_system, metric, metrics, plan_display
@@ -37,6 +37,7 @@ from cds.rules.pack import (
     AgeCondition,
     AllOf,
     AnyOf,
+    Atom,
     Condition,
     DiagnosisCondition,
     FindingCondition,
@@ -354,38 +355,46 @@ class _Compiler:
             parts.append(_flag(fld(side_part), neg, out))
         return _all(parts, neg)
 
-    def _atom(self, loc: Loc, c: Condition, neg: bool, out: Compiled) -> Any:
-        if isinstance(c, MetricCondition):
-            return self._metric(loc, c, neg, out)
-        if isinstance(c, AgeCondition):
-            self.uses("age", loc)
-            if c.age == "unknown":
-                return _flag(AGE_UNKNOWN, neg, out)
-            comparison = c.age.comparison
-            assert comparison is not None
-            op, name = comparison
-            value = self._threshold((*loc, "age", op), name, ("years",), out)
-            out.fields.add(AGE)
-            return _compare(AGE, op, value, neg)
-        if isinstance(c, SexCondition):
-            self.uses("sex", loc)
-            return _flag(sex_field(c.sex), neg, out)
-        if isinstance(c, DiagnosisCondition):
-            return self._diagnosis(loc, c, neg, out)
-        if isinstance(c, OrderCondition):
-            self._plan((*loc, "order"), c.order)
-            flag = _flag(order_field(c.order, c.state), neg, out)
-            if c.older_than is None:
-                return flag
-            days = self._threshold((*loc, "older_than"), c.older_than, ("days",), out)
-            started = order_days_field(c.order, c.state)
-            out.fields.add(started)
-            return _all([flag, _compare(started, "at_least", days, neg)], neg)
-        if isinstance(c, QualityCondition):
-            fld = quality_field(c.quality)
-            out.fields.add(fld)
-            return {"$nex": {fld: 1}} if neg else {"$gt": {fld: 0}}
-        raise TypeError(type(c))
+    def _atom(self, loc: Loc, c: Atom, neg: bool, out: Compiled) -> Any:
+        match c:
+            case MetricCondition():
+                return self._metric(loc, c, neg, out)
+            case AgeCondition():
+                return self._age(loc, c, neg, out)
+            case SexCondition():
+                self.uses("sex", loc)
+                return _flag(sex_field(c.sex), neg, out)
+            case DiagnosisCondition():
+                return self._diagnosis(loc, c, neg, out)
+            case OrderCondition():
+                return self._order(loc, c, neg, out)
+            case QualityCondition():
+                fld = quality_field(c.quality)
+                out.fields.add(fld)
+                return {"$nex": {fld: 1}} if neg else {"$gt": {fld: 0}}
+            case _:
+                assert_never(c)
+
+    def _age(self, loc: Loc, c: AgeCondition, neg: bool, out: Compiled) -> Any:
+        self.uses("age", loc)
+        if c.age == "unknown":
+            return _flag(AGE_UNKNOWN, neg, out)
+        comparison = c.age.comparison
+        assert comparison is not None
+        op, name = comparison
+        value = self._threshold((*loc, "age", op), name, ("years",), out)
+        out.fields.add(AGE)
+        return _compare(AGE, op, value, neg)
+
+    def _order(self, loc: Loc, c: OrderCondition, neg: bool, out: Compiled) -> Any:
+        self._plan((*loc, "order"), c.order)
+        flag = _flag(order_field(c.order, c.state), neg, out)
+        if c.older_than is None:
+            return flag
+        days = self._threshold((*loc, "older_than"), c.older_than, ("days",), out)
+        started = order_days_field(c.order, c.state)
+        out.fields.add(started)
+        return _all([flag, _compare(started, "at_least", days, neg)], neg)
 
     def _plan(self, loc: Loc, plan: str) -> None:
         if plan_display(plan) is None:
@@ -399,17 +408,19 @@ class _Compiler:
 
     # -- tree -------------------------------------------------------------------
     def expr(self, loc: Loc, c: Condition, neg: bool, out: Compiled, seen: tuple[str, ...]) -> Any:
-        if isinstance(c, NotOf):
-            return self.expr((*loc, "not"), c.not_, not neg, out, seen)
-        if isinstance(c, AllOf | AnyOf):
-            key = "all" if isinstance(c, AllOf) else "any"
-            items = c.all if isinstance(c, AllOf) else c.any
-            conj = isinstance(c, AllOf) != neg
-            parts = [self.expr((*loc, key, i), x, neg, out, seen) for i, x in enumerate(items)]
-            return _join("$and" if conj else "$or", parts)
-        if isinstance(c, FindingCondition):
-            return self._finding_ref(loc, c, neg, out, seen)
-        return self._atom(loc, c, neg, out)
+        match c:
+            case NotOf():
+                return self.expr((*loc, "not"), c.not_, not neg, out, seen)
+            case AllOf() | AnyOf():
+                key = "all" if isinstance(c, AllOf) else "any"
+                items = c.all if isinstance(c, AllOf) else c.any
+                conj = isinstance(c, AllOf) != neg
+                parts = [self.expr((*loc, key, i), x, neg, out, seen) for i, x in enumerate(items)]
+                return _join("$and" if conj else "$or", parts)
+            case FindingCondition():
+                return self._finding_ref(loc, c, neg, out, seen)
+            case _:
+                return self._atom(loc, c, neg, out)
 
     def _finding_ref(
         self, loc: Loc, c: FindingCondition, neg: bool, out: Compiled, seen: tuple[str, ...]

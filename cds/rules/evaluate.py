@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, assert_never
 
 from cds.fhir.codes import metric
 from cds.fhir.fields import (
@@ -28,6 +28,7 @@ from cds.rules.pack import (
     AgeCondition,
     AllOf,
     AnyOf,
+    Atom,
     Condition,
     DiagnosisCondition,
     FindingCondition,
@@ -190,26 +191,32 @@ def _order(pack: Pack, c: OrderCondition, fact: dict[str, Any]) -> _Test:
     return _compare(pack, fact, [started], "at_least", c.older_than, ("days",), subject)
 
 
-def _atom(pack: Pack, c: Condition, fact: dict[str, Any]) -> _Test:
-    if isinstance(c, MetricCondition):
-        return _metric(pack, c, fact)
-    if isinstance(c, AgeCondition):
-        if c.age == "unknown":
-            return _Test(fact.get(AGE_UNKNOWN) == 1)
-        comparison = c.age.comparison
-        assert comparison is not None
-        op, name = comparison
-        return _compare(pack, fact, [AGE], op, name, ("years",), "age")
-    if isinstance(c, SexCondition):
-        return _Test(fact.get(sex_field(c.sex)) == 1)
-    if isinstance(c, DiagnosisCondition):
-        return _diagnosis(pack, c, fact)
-    if isinstance(c, OrderCondition):
-        return _order(pack, c, fact)
-    if isinstance(c, QualityCondition):
-        value = fact.get(quality_field(c.quality))
-        return _Test(isinstance(value, int) and value > 0)
-    raise TypeError(type(c))
+def _age(pack: Pack, c: AgeCondition, fact: dict[str, Any]) -> _Test:
+    if c.age == "unknown":
+        return _Test(fact.get(AGE_UNKNOWN) == 1)
+    comparison = c.age.comparison
+    assert comparison is not None
+    op, name = comparison
+    return _compare(pack, fact, [AGE], op, name, ("years",), "age")
+
+
+def _atom(pack: Pack, c: Atom, fact: dict[str, Any]) -> _Test:
+    match c:
+        case MetricCondition():
+            return _metric(pack, c, fact)
+        case AgeCondition():
+            return _age(pack, c, fact)
+        case SexCondition():
+            return _Test(fact.get(sex_field(c.sex)) == 1)
+        case DiagnosisCondition():
+            return _diagnosis(pack, c, fact)
+        case OrderCondition():
+            return _order(pack, c, fact)
+        case QualityCondition():
+            value = fact.get(quality_field(c.quality))
+            return _Test(isinstance(value, int) and value > 0)
+        case _:
+            assert_never(c)
 
 
 def holds(
@@ -220,15 +227,17 @@ def holds(
     negated: bool = False,
 ) -> bool:
     """Whether ``cond`` holds on ``fact``; ``why`` collects the deciding thresholds."""
-    if isinstance(cond, NotOf):
-        return not holds(pack, cond.not_, fact, why, not negated)
-    if isinstance(cond, FindingCondition):
-        return holds(pack, pack.findings[cond.finding].when, fact, why, negated)
-    if isinstance(cond, AllOf | AnyOf):
-        items = cond.all if isinstance(cond, AllOf) else cond.any
-        results = [holds(pack, c, fact, why, negated) for c in items]
-        return all(results) if isinstance(cond, AllOf) else any(results)
-    test = _atom(pack, cond, fact)
+    match cond:
+        case NotOf():
+            return not holds(pack, cond.not_, fact, why, not negated)
+        case FindingCondition():
+            return holds(pack, pack.findings[cond.finding].when, fact, why, negated)
+        case AllOf() | AnyOf():
+            items = cond.all if isinstance(cond, AllOf) else cond.any
+            results = [holds(pack, c, fact, why, negated) for c in items]
+            return all(results) if isinstance(cond, AllOf) else any(results)
+        case _:
+            test = _atom(pack, cond, fact)
     if why is not None and test.decided is not None and test.result != negated:
         why.add(test.decided.threshold, replace(test.decided, crossed=test.result))
     return test.result

@@ -29,6 +29,7 @@ __all__ = [
     "QUALITY_KINDS",
     "AllOf",
     "AnyOf",
+    "Atom",
     "CardTemplate",
     "Condition",
     "Finding",
@@ -246,6 +247,19 @@ def _condition_kind(value: Any) -> str | None:
         return next((m.__name__ for k, m in CONDITION_KEYS.items() if k in value), None)
     return type(value).__name__
 
+
+#: the leaves of the condition tree; every walk over a tree handles ``AllOf``,
+#: ``AnyOf``, ``NotOf`` and ``FindingCondition`` and hands the rest to its atom
+#: function, which must handle each of these (``match`` + ``assert_never``: a new
+#: kind of condition fails mypy in every walk until each one handles it)
+Atom = (
+    MetricCondition
+    | AgeCondition
+    | DiagnosisCondition
+    | OrderCondition
+    | SexCondition
+    | QualityCondition
+)
 
 Condition = Annotated[
     Annotated[AllOf, Tag("AllOf")]

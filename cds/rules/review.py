@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from cds.errors import CdsError
 from cds.fhir.codes import metric, plan_display
@@ -15,6 +15,7 @@ from cds.rules.pack import (
     AgeCondition,
     AllOf,
     AnyOf,
+    Atom,
     Condition,
     DiagnosisCondition,
     FindingCondition,
@@ -131,21 +132,23 @@ def _order(pack: Pack, c: OrderCondition, negated: bool) -> str:
     return f"there is no {what}{since}" if negated else f"there is an {what}{since}"
 
 
-def _atom(pack: Pack, c: Condition, negated: bool = False) -> str:
-    if isinstance(c, MetricCondition):
-        return _metric(pack, c, negated)
-    if isinstance(c, AgeCondition):
-        return _age(pack, c, negated)
-    if isinstance(c, SexCondition):
-        return f"the patient's recorded sex is {'not ' if negated else ''}{c.sex}"
-    if isinstance(c, DiagnosisCondition):
-        text = _diagnosis(pack, c)
-        return f"there is no {text.removeprefix('a ')}" if negated else text
-    if isinstance(c, OrderCondition):
-        return _order(pack, c, negated)
-    if isinstance(c, QualityCondition):
-        return (_QUALITY_NOT if negated else _QUALITY)[c.quality]
-    raise TypeError(type(c))
+def _atom(pack: Pack, c: Atom, negated: bool = False) -> str:
+    match c:
+        case MetricCondition():
+            return _metric(pack, c, negated)
+        case AgeCondition():
+            return _age(pack, c, negated)
+        case SexCondition():
+            return f"the patient's recorded sex is {'not ' if negated else ''}{c.sex}"
+        case DiagnosisCondition():
+            text = _diagnosis(pack, c)
+            return f"there is no {text.removeprefix('a ')}" if negated else text
+        case OrderCondition():
+            return _order(pack, c, negated)
+        case QualityCondition():
+            return (_QUALITY_NOT if negated else _QUALITY)[c.quality]
+        case _:
+            assert_never(c)
 
 
 def _diagnosis(pack: Pack, c: DiagnosisCondition) -> str:
@@ -179,18 +182,20 @@ def _lines(pack: Pack, c: Condition, depth: int, negated: bool = False) -> list[
     """The condition as an indented list; a ``not`` is pushed down to the tests (all of
     becomes any of, at least becomes below ...), so no line says "not not"."""
     pad = "  " * depth
-    if isinstance(c, NotOf):
-        return _lines(pack, c.not_, depth, not negated)
-    if isinstance(c, AllOf | AnyOf):
-        items = c.all if isinstance(c, AllOf) else c.any
-        every = isinstance(c, AllOf) != negated
-        out = [f"{pad}- {'all of' if every else 'any of'}:"]
-        for item in items:
-            out += _lines(pack, item, depth + 1, negated)
-        return out
-    if isinstance(c, FindingCondition):
-        return _finding(pack, c, depth, negated)
-    return [f"{pad}- {_atom(pack, c, negated)}"]
+    match c:
+        case NotOf():
+            return _lines(pack, c.not_, depth, not negated)
+        case AllOf() | AnyOf():
+            items = c.all if isinstance(c, AllOf) else c.any
+            every = isinstance(c, AllOf) != negated
+            out = [f"{pad}- {'all of' if every else 'any of'}:"]
+            for item in items:
+                out += _lines(pack, item, depth + 1, negated)
+            return out
+        case FindingCondition():
+            return _finding(pack, c, depth, negated)
+        case _:
+            return [f"{pad}- {_atom(pack, c, negated)}"]
 
 
 def _relations(pack: CompiledPack, rule: Rule) -> list[str]:
