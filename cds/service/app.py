@@ -45,7 +45,11 @@ from cds.service.auth import ClientIdentity, JwtVerifier
 from cds.service.feedback import parse_feedback, record_feedback
 from cds.service.hooks import discovery, parse_request, service
 from cds.service.metrics import ServiceMetrics
-from cds.service.operations import configure_logging, operations_routes
+from cds.service.operations import (
+    configure_logging,
+    freeze_startup_objects,
+    operations_routes,
+)
 from cds.service.pipeline import Runtime, run_call
 from cds.service.reload import PackReloader
 
@@ -275,6 +279,8 @@ def create_app(
                 engine=runtime.engine,
             )
             watcher = asyncio.create_task(reloader.watch(interval, runtime))
+        frozen = freeze_startup_objects()
+        log.debug("%d start-up objects frozen out of garbage collection", frozen)
         yield
         if watcher is not None:
             watcher.cancel()

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextvars
+import gc
 import hmac
 import json
 import logging
@@ -31,10 +32,28 @@ from fastapi.responses import JSONResponse, Response
 
 from cds.service.metrics import CONTENT_TYPE, ServiceMetrics
 
-__all__ = ["configure_logging", "current_request_id", "operations_routes"]
+__all__ = [
+    "configure_logging",
+    "current_request_id",
+    "freeze_startup_objects",
+    "operations_routes",
+]
 
 _REQUEST_ID = contextvars.ContextVar[str | None]("request_id", default=None)
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def freeze_startup_objects() -> int:
+    """Take what start-up allocated (modules, FHIR model classes, compiled packs: about
+    100,000 objects) out of the garbage collector's view; returns how many.
+
+    A full collection otherwise walks all of them, about 50 ms on a 2-core machine,
+    every few seconds under load: the stall behind a p99 several times the p50.
+    Objects that calls allocate are still collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def current_request_id() -> str | None:
