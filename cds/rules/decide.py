@@ -10,7 +10,7 @@ from cds.fhir.facts import FactSet
 from cds.rules.cards import Attachment, CardContext, build_card
 from cds.rules.compile import CompiledPack, CompiledRule
 from cds.rules.engine import EngineResult, Firing, RuleEngine
-from cds.rules.evaluate import Explanation, expected_firings, holds
+from cds.rules.evaluate import Explanation, evaluator
 
 __all__ = ["CardOutcome", "Decision", "FiredRule", "decide"]
 
@@ -87,15 +87,17 @@ def _cross_check(
     pack: CompiledPack, stamped: list[dict[str, Any]], result: EngineResult, hook: str
 ) -> dict[str, Explanation]:
     """Compare the engine with the independent evaluator; any disagreement is an error."""
+    reference = evaluator(pack.pack)
+    memos: list[dict[Any, Any]] = [{} for _ in stamped]  # per fact: findings evaluated
     findings = {
         (f.engine_id, i)
         for f in pack.findings
         for i, fact in enumerate(stamped)
-        if holds(pack.pack, pack.pack.findings[f.name].when, fact)
+        if reference.finding_holds(f.name, fact, memos[i])
     }
     _disagree("findings", findings, {(f.rule_id, f.index) for f in result.findings})
     rules = [(r.rule.id, r.scope, list(r.rule.hooks), r.rule.when) for r in pack.rules]
-    expected = expected_firings(pack.pack, rules, stamped, hook)
+    expected = reference.expected_firings(rules, stamped, hook, memos)
     _disagree("rules", set(expected), {(f.rule_id, f.index) for f in result.firings})
     merged: dict[str, Explanation] = {}
     for (rule_id, _), why in expected.items():

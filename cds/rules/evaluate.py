@@ -2,19 +2,24 @@
 
 It reads the condition tree directly (no durable-rules, no compiled JSON) and
 is used to cross-check what the engine fired, and to name the thresholds that
-actually decided a match for the card and the trace.
+actually decided a match for the card and the trace. Each pack's conditions are
+compiled once into Python closures, and a finding read by many rules is
+evaluated once per fact: the cross-check costs less than the engine it checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, assert_never
 
 from cds.fhir.codes import metric
 from cds.fhir.fields import (
     AGE,
     AGE_UNKNOWN,
+    KIND,
+    SIDE,
+    DiagnosisPart,
     diagnosis_field,
     order_days_field,
     order_field,
@@ -40,9 +45,16 @@ from cds.rules.pack import (
     SexCondition,
 )
 
-__all__ = ["Decided", "Explanation", "expected_firings", "holds"]
+__all__ = [
+    "Decided",
+    "Explanation",
+    "ReferenceEvaluator",
+    "evaluator",
+    "expected_firings",
+    "holds",
+]
 
-_TESTS = {
+_TESTS: dict[str, Callable[[float, float], bool]] = {
     "at_least": lambda a, b: a >= b,
     "above": lambda a, b: a > b,
     "below": lambda a, b: a < b,
@@ -83,15 +95,11 @@ class Explanation:
             self.decided.append(test)
 
 
-@dataclass(frozen=True)
-class _Test:
-    result: bool
-    decided: Decided | None = None
-
-    @property
-    def threshold(self) -> str | None:
-        return self.decided.threshold if self.decided else None
-
+Fact = dict[str, Any]
+#: a compiled condition: whether it holds on a fact; deciding tests go to the run's sink
+Check = Callable[[Fact, "_Run"], bool]
+#: a compiled threshold test: whether it passed, and the value shown for it
+Compare = Callable[[Fact], tuple[bool, float | None]]
 
 _MEASURE_WORDS = {
     "value": "{m}",
@@ -102,163 +110,300 @@ _MEASURE_WORDS = {
     "norm": "{m} against its norm",
 }
 _UNITS = {"fraction": "%", "sd": "SD", "days": "days", "years": "years"}
+_SIDE_PART: dict[str, DiagnosisPart] = {"this": "here", "other": "there", "unknown": "unsided"}
 
 
-def _compare(
-    pack: Pack,
-    fact: dict[str, Any],
-    fields: list[str],
-    op: str,
-    name: str,
-    dims: tuple[str, ...],
-    subject: str,
-) -> _Test:
-    """Whether any of ``fields`` passes ``op`` against threshold ``name``, and the value."""
-    t = pack.thresholds[name]
-    limit, dim = convert(t.value, t.unit, dims)
-    values = [fact[f] for f in fields if isinstance(fact.get(f), int | float)]
-    passing = [v for v in values if _TESTS[op](v, limit)]
-    shown = passing[0] if passing else (values[0] if values else None)
-    unit = _UNITS.get(dim, t.unit.strip("{}"))
-    return _Test(bool(passing), Decided(name, subject, op, shown, unit))
+class _Run:
+    """One evaluation on one fact: the deciding tests found so far, and the findings
+    already evaluated on this fact (a finding read by many rules is evaluated once)."""
+
+    __slots__ = ("memo", "sink")
+
+    def __init__(self, memo: dict[tuple[str, bool], tuple[bool, list[Decided]]]) -> None:
+        self.memo = memo
+        self.sink: list[Decided] = []
 
 
-def _metric(pack: Pack, c: MetricCondition, fact: dict[str, Any]) -> _Test:
-    m = metric(c.metric)
-    assert m is not None
-    if c.present is not None:
-        return _Test((fact.get(present_field(m)) == 1) == c.present)
-    if c.is_ is not None:
-        return _Test(fact.get(m.field) == c.is_)
-    comparison = c.comparison
-    assert comparison is not None
-    op, name = comparison
-    subject = _MEASURE_WORDS[c.measure].format(m=f"{m.display.lower()} ({m.code})")
-    if c.measure == "lsi":
-        test = _compare(
-            pack, fact, resolve_metric_fields(c, None), op, name, ("fraction",), subject
-        )
-    elif c.measure == "norm":
-        fields = resolve_metric_fields(c, pack.norms[c.metric].unit)
-        test = _compare(pack, fact, fields, op, name, ("sd",), subject)
-    else:
-        fields = resolve_metric_fields(c, pack.thresholds[name].unit)
-        test = _compare(pack, fact, fields, op, name, m.dimensions, subject)
-    if test.decided is None or not m.lateral or c.measure == "lsi":
-        return test
-    return _Test(test.result, replace(test.decided, side=fact.get("side")))
+def _always(result: bool) -> Check:
+    return lambda fact, run: result
 
 
-def _within(pack: Pack, fact: dict[str, Any], fld: str, limit: str, subject: str) -> _Test:
-    return _compare(pack, fact, [fld], "at_most", limit, ("days",), subject)
+class ReferenceEvaluator:
+    """The pack's conditions compiled once into plain Python checks.
 
+    Each condition is compiled for the polarity it is read under (a ``not`` flips
+    it), so a check knows whether its test decides the outcome when it passes or
+    when it fails, and records it then. Limits are converted and field names and
+    wording made once, at compile time; a call only compares numbers.
+    """
 
-def _diagnosis(pack: Pack, c: DiagnosisCondition, fact: dict[str, Any]) -> _Test:
-    """The diagnosis test; its window (if any) is the deciding threshold once a record
-    was there to be dated."""
+    def __init__(self, pack: Pack) -> None:
+        self.pack = pack
+        self._findings: dict[tuple[str, bool], Check] = {}
+        self._compiled: dict[tuple[int, bool], Check] = {}  # by (id of the condition, polarity)
 
-    def has(part: Any) -> bool:
-        return fact.get(diagnosis_field(c.diagnosis, part)) == 1
+    # -- evaluation ----------------------------------------------------------------
+    def holds(
+        self, cond: Condition, fact: Fact, why: Explanation | None = None, *,
+        memo: dict[tuple[str, bool], tuple[bool, list[Decided]]] | None = None,
+    ) -> bool:  # fmt: skip
+        """Whether ``cond`` holds on ``fact``; ``why`` collects the deciding thresholds."""
+        run = _Run({} if memo is None else memo)
+        result = self.compile(cond, False)(fact, run)
+        if why is not None:
+            for test in run.sink:
+                why.add(test.threshold, test)
+        return result
 
-    def within(part: Any) -> _Test:
-        assert c.within is not None
-        title = pack.value_sets[c.diagnosis].title if c.diagnosis in pack.value_sets else ""
-        subject = f"days since the onset of {title or c.diagnosis}"
-        return _within(pack, fact, diagnosis_field(c.diagnosis, part), c.within, subject)
+    def finding_holds(self, name: str, fact: Fact, memo: dict[Any, Any] | None = None) -> bool:
+        return self._finding(name, False)(fact, _Run({} if memo is None else memo))
 
-    if c.certainty == "possible":
+    def expected_firings(
+        self,
+        rules: Sequence[tuple[str, str, Sequence[str], Condition]],
+        facts: list[Fact],
+        hook: str,
+        memos: list[dict[Any, Any]] | None = None,
+    ) -> dict[tuple[str, int], Explanation]:
+        """Which (rule id, fact index) pairs should fire, with why; ``rules`` lists
+        ``(rule id, scope, hooks, condition)``; ``memos``: per fact, findings known."""
+        memos = memos or [{} for _ in facts]
+        out: dict[tuple[str, int], Explanation] = {}
+        for rule_id, scope, hooks, cond in rules:
+            if hook not in hooks:
+                continue
+            for i, fact in enumerate(facts):
+                why = Explanation()
+                if fact.get(KIND) == scope and self.holds(cond, fact, why, memo=memos[i]):
+                    out[(rule_id, i)] = why
+        return out
+
+    # -- compilation ---------------------------------------------------------------
+    def compile(self, cond: Condition, negated: bool) -> Check:
+        key = id(cond), negated
+        cached = self._compiled.get(key)
+        if cached is None:
+            cached = self._compiled[key] = self._tree(cond, negated)
+        return cached
+
+    def _tree(self, cond: Condition, negated: bool) -> Check:
+        match cond:
+            case NotOf():
+                inner = self.compile(cond.not_, not negated)
+                return lambda fact, run: not inner(fact, run)
+            case FindingCondition():
+                return self._finding(cond.finding, negated)
+            case AllOf() | AnyOf():
+                items = cond.all if isinstance(cond, AllOf) else cond.any
+                parts = [self.compile(c, negated) for c in items]
+                # every part is evaluated (no short cut): each may name a deciding test
+                if isinstance(cond, AllOf):
+                    return lambda fact, run: all([p(fact, run) for p in parts])
+                return lambda fact, run: any([p(fact, run) for p in parts])
+            case _:
+                return self._atom(cond, negated)
+
+    def _finding(self, name: str, negated: bool) -> Check:
+        key = name, negated
+        if key in self._findings:
+            return self._findings[key]
+        self._findings[key] = _always(False)  # a cycle (refused by the compiler) ends here
+        inner = self.compile(self.pack.findings[name].when, negated)
+
+        def check(fact: Fact, run: _Run) -> bool:
+            known = run.memo.get(key)
+            if known is None:
+                outer, run.sink = run.sink, []
+                known = run.memo[key] = (inner(fact, run), run.sink)
+                run.sink = outer
+            run.sink.extend(known[1])
+            return known[0]
+
+        self._findings[key] = check
+        return check
+
+    def _atom(self, c: Atom, negated: bool) -> Check:
+        match c:
+            case MetricCondition():
+                return self._metric(c, negated)
+            case AgeCondition():
+                if c.age == "unknown":
+                    return _flag(AGE_UNKNOWN)
+                op, name = _comparison(c.age.comparison)
+                return self._decides(self._compare([AGE], op, name, ("years",)), negated,
+                                     name, "age", op, self._unit(name, ("years",)))  # fmt: skip
+            case SexCondition():
+                return _flag(sex_field(c.sex))
+            case DiagnosisCondition():
+                return self._diagnosis(c, negated)
+            case OrderCondition():
+                return self._order(c, negated)
+            case QualityCondition():
+                fld = quality_field(c.quality)
+                return lambda fact, run: _positive_int(fact.get(fld))
+            case _:
+                assert_never(c)
+
+    def _compare(self, fields: list[str], op: str, name: str, dims: tuple[str, ...]) -> Compare:
+        t = self.pack.thresholds[name]
+        limit, _ = convert(t.value, t.unit, dims)
+        passes = _TESTS[op]
+
+        def compare(fact: Fact) -> tuple[bool, float | None]:
+            values = [fact[f] for f in fields if isinstance(fact.get(f), int | float)]
+            for v in values:
+                if passes(v, limit):
+                    return True, v
+            return False, values[0] if values else None
+
+        return compare
+
+    def _unit(self, name: str, dims: tuple[str, ...]) -> str:
+        t = self.pack.thresholds[name]
+        _, dim = convert(t.value, t.unit, dims)
+        return _UNITS.get(dim, t.unit.strip("{}"))
+
+    @staticmethod
+    def _decides(compare: Compare, negated: bool, name: str, subject: str, op: str, unit: str,
+                 lateral: bool = False) -> Check:  # fmt: skip
+        """A threshold test that records itself when it decides the outcome."""
+
+        def check(fact: Fact, run: _Run) -> bool:
+            result, shown = compare(fact)
+            if result != negated:
+                side = fact.get(SIDE) if lateral else None
+                run.sink.append(Decided(name, subject, op, shown, unit, side, result))
+            return result
+
+        return check
+
+    def _metric(self, c: MetricCondition, negated: bool) -> Check:
+        m = metric(c.metric)
+        assert m is not None
+        if c.present is not None:
+            present, wanted = present_field(m), c.present
+            return lambda fact, run: (fact.get(present) == 1) == wanted
+        if c.is_ is not None:
+            fld, value = m.field, c.is_
+            return lambda fact, run: fact.get(fld) == value
+        op, name = _comparison(c.comparison)
+        subject = _MEASURE_WORDS[c.measure].format(m=f"{m.display.lower()} ({m.code})")
+        dims: tuple[str, ...]
+        if c.measure == "lsi":
+            fields, dims = resolve_metric_fields(c, None), ("fraction",)
+        elif c.measure == "norm":
+            fields, dims = resolve_metric_fields(c, self.pack.norms[c.metric].unit), ("sd",)
+        else:
+            fields, dims = resolve_metric_fields(c, self.pack.thresholds[name].unit), m.dimensions
+        lateral = m.lateral and c.measure != "lsi"
+        compare = self._compare(fields, op, name, dims)
+        return self._decides(compare, negated, name, subject, op, self._unit(name, dims), lateral)
+
+    def _diagnosis(self, c: DiagnosisCondition, negated: bool) -> Check:
+        """The diagnosis test; its window (if any) is the deciding threshold once a
+        record was there to be dated."""
+
+        def has(part: DiagnosisPart) -> Callable[[Fact], bool]:
+            fld = diagnosis_field(c.diagnosis, part)
+            return lambda fact: fact.get(fld) == 1
+
+        def within(part: DiagnosisPart) -> Check:
+            assert c.within is not None
+            vs = self.pack.value_sets.get(c.diagnosis)
+            subject = f"days since the onset of {(vs.title if vs else '') or c.diagnosis}"
+            compare = self._compare([diagnosis_field(c.diagnosis, part)], "at_most", c.within,
+                                    ("days",))  # fmt: skip
+            unit = self._unit(c.within, ("days",))
+            return self._decides(compare, negated, c.within, subject, "at_most", unit)
+
+        possible, confirmed = has("possible"), has("")
+        if c.certainty == "possible":
+            if c.within is None:
+                return lambda fact, run: possible(fact)
+            unconfirmed, undated = within("possible_days"), within("undated_days")
+
+            def possibly(fact: Fact, run: _Run) -> bool:
+                # the confirmed-but-undated window decides when the possible one does not
+                if possible(fact):
+                    before = len(run.sink)
+                    if unconfirmed(fact, run):
+                        return True
+                    del run.sink[before:]
+                return undated(fact, run)
+
+            return possibly
+        part = _SIDE_PART.get(c.side)
+        sided = has(part) if part is not None else (lambda fact: True)
         if c.within is None:
-            return _Test(has("possible"))
-        unconfirmed = within("possible_days") if has("possible") else _Test(False)
-        if unconfirmed.result:
-            return unconfirmed
-        undated = within("undated_days")
-        return undated if undated.result or undated.decided else unconfirmed
-    if not has(""):
-        return _Test(False)
-    dated = within("days") if c.within is not None else _Test(True)
-    part = {"this": "here", "other": "there", "unknown": "unsided"}.get(c.side)
-    return _Test(dated.result and (part is None or has(part)), dated.decided)
+            return lambda fact, run: confirmed(fact) and sided(fact)
+        vs = self.pack.value_sets.get(c.diagnosis)
+        subject = f"days since the onset of {(vs.title if vs else '') or c.diagnosis}"
+        window = self._compare([diagnosis_field(c.diagnosis, "days")], "at_most", c.within,
+                               ("days",))  # fmt: skip
+        unit, limit = self._unit(c.within, ("days",)), c.within
+
+        def dated(fact: Fact, run: _Run) -> bool:
+            if not confirmed(fact):
+                return False
+            inside, shown = window(fact)
+            result = inside and sided(fact)
+            if result != negated:  # the window decided, whichever side the record is on
+                run.sink.append(Decided(limit, subject, "at_most", shown, unit, None, result))
+            return result
+
+        return dated
+
+    def _order(self, c: OrderCondition, negated: bool) -> Check:
+        flag = order_field(c.order, c.state)
+        if c.older_than is None:
+            return lambda fact, run: fact.get(flag) == 1
+        subject = f"days since the {c.state} order for {c.order} started"
+        started = order_days_field(c.order, c.state)
+        compare = self._compare([started], "at_least", c.older_than, ("days",))
+        unit = self._unit(c.older_than, ("days",))
+        test = self._decides(compare, negated, c.older_than, subject, "at_least", unit)
+        return lambda fact, run: fact.get(flag) == 1 and test(fact, run)
 
 
-def _order(pack: Pack, c: OrderCondition, fact: dict[str, Any]) -> _Test:
-    if fact.get(order_field(c.order, c.state)) != 1:
-        return _Test(False)
-    if c.older_than is None:
-        return _Test(True)
-    started = order_days_field(c.order, c.state)
-    subject = f"days since the {c.state} order for {c.order} started"
-    return _compare(pack, fact, [started], "at_least", c.older_than, ("days",), subject)
-
-
-def _age(pack: Pack, c: AgeCondition, fact: dict[str, Any]) -> _Test:
-    if c.age == "unknown":
-        return _Test(fact.get(AGE_UNKNOWN) == 1)
-    comparison = c.age.comparison
+def _comparison(comparison: tuple[str, str] | None) -> tuple[str, str]:
     assert comparison is not None
-    op, name = comparison
-    return _compare(pack, fact, [AGE], op, name, ("years",), "age")
+    return comparison
 
 
-def _atom(pack: Pack, c: Atom, fact: dict[str, Any]) -> _Test:
-    match c:
-        case MetricCondition():
-            return _metric(pack, c, fact)
-        case AgeCondition():
-            return _age(pack, c, fact)
-        case SexCondition():
-            return _Test(fact.get(sex_field(c.sex)) == 1)
-        case DiagnosisCondition():
-            return _diagnosis(pack, c, fact)
-        case OrderCondition():
-            return _order(pack, c, fact)
-        case QualityCondition():
-            value = fact.get(quality_field(c.quality))
-            return _Test(isinstance(value, int) and value > 0)
-        case _:
-            assert_never(c)
+def _flag(fld: str) -> Check:
+    return lambda fact, run: fact.get(fld) == 1
 
 
-def holds(
-    pack: Pack,
-    cond: Condition,
-    fact: dict[str, Any],
-    why: Explanation | None = None,
-    negated: bool = False,
-) -> bool:
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and value > 0
+
+
+_EVALUATORS: dict[int, ReferenceEvaluator] = {}
+
+
+def evaluator(pack: Pack) -> ReferenceEvaluator:
+    """The compiled evaluator of ``pack`` (compiled on first use, then kept)."""
+    found = _EVALUATORS.get(id(pack))
+    if found is None or found.pack is not pack:
+        if len(_EVALUATORS) > 32:  # packs replaced by hot reloads
+            _EVALUATORS.clear()
+        found = _EVALUATORS[id(pack)] = ReferenceEvaluator(pack)
+    return found
+
+
+def holds(pack: Pack, cond: Condition, fact: Fact, why: Explanation | None = None) -> bool:
     """Whether ``cond`` holds on ``fact``; ``why`` collects the deciding thresholds."""
-    match cond:
-        case NotOf():
-            return not holds(pack, cond.not_, fact, why, not negated)
-        case FindingCondition():
-            return holds(pack, pack.findings[cond.finding].when, fact, why, negated)
-        case AllOf() | AnyOf():
-            items = cond.all if isinstance(cond, AllOf) else cond.any
-            results = [holds(pack, c, fact, why, negated) for c in items]
-            return all(results) if isinstance(cond, AllOf) else any(results)
-        case _:
-            test = _atom(pack, cond, fact)
-    if why is not None and test.decided is not None and test.result != negated:
-        why.add(test.decided.threshold, replace(test.decided, crossed=test.result))
-    return test.result
+    return evaluator(pack).holds(cond, fact, why)
 
 
 def expected_firings(
     pack: Pack,
     rules: Sequence[tuple[str, str, Sequence[str], Condition]],
-    facts: list[dict[str, Any]],
+    facts: list[Fact],
     hook: str,
 ) -> dict[tuple[str, int], Explanation]:
     """Which (rule id, fact index) pairs should fire, with why.
 
     ``rules`` lists ``(rule id, scope, hooks, condition)``.
     """
-    out: dict[tuple[str, int], Explanation] = {}
-    for rule_id, scope, hooks, cond in rules:
-        if hook not in hooks:
-            continue
-        for i, fact in enumerate(facts):
-            why = Explanation()
-            if fact.get("kind") == scope and holds(pack, cond, fact, why):
-                out[(rule_id, i)] = why
-    return out
+    return evaluator(pack).expected_firings(rules, facts, hook)
