@@ -52,6 +52,7 @@ class LiveService:
         self.store = store
         self.settings = settings
         self.client = CdsClient(url, signer)
+        self.app: Any = None  # the ASGI app serving (its state holds the Runtime)
 
     def post(self, service_id: str, body: Any) -> Any:
         return self.client.call(service_id, body)
@@ -95,6 +96,7 @@ def service_factory(tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner) 
         url = ctx.__enter__()
         stack.append(ctx)
         live = LiveService(url, store, settings, es_signer)
+        live.app = app
         clients.append(live.client)
         return live
 

@@ -93,11 +93,7 @@ def test_readiness_fails_when_the_trace_writer_is_stuck(service_factory: Any) ->
 
 
 def _runtime(live: Any) -> Any:
-    import gc
-
-    from cds.service.pipeline import Runtime
-
-    return next(o for o in gc.get_objects() if isinstance(o, Runtime) and o.store is live.store)
+    return live.app.state.runtime
 
 
 def test_the_request_id_is_in_the_answer_and_the_trace(service_factory: Any) -> None:

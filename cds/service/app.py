@@ -42,6 +42,7 @@ from cds.errors import (
 from cds.rules.compile import CompiledPack
 from cds.rules.load import load_serving_packs
 from cds.service.auth import ClientIdentity, JwtVerifier
+from cds.service.edge import EdgeMiddleware
 from cds.service.feedback import parse_feedback, record_feedback
 from cds.service.hooks import discovery, parse_request, service
 from cds.service.metrics import ServiceMetrics
@@ -59,12 +60,6 @@ log = logging.getLogger("cds.service")
 JSON = "application/json"
 #: the only paths answered without a CDS client JWT or a viewer session
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/audit/login"})
-_SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-}
-_API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 
 
 def _error(exc: CdsError) -> JSONResponse:
@@ -113,32 +108,6 @@ def _client_dependency(
 def _client(request: Request) -> ClientIdentity | None:
     client: ClientIdentity | None = request.state.client
     return client
-
-
-def _log_refused_origins(app: FastAPI, settings: Settings) -> None:
-    """Say in the log why a browser-based client (a CDS Hooks sandbox) gets no answer."""
-    allowed = set(settings.cors.origins)
-
-    @app.middleware("http")
-    async def refused_origin(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        origin = request.headers.get("origin")
-        if origin and origin not in allowed and request.url.path.startswith("/cds-services"):
-            log.info("CORS: origin %r is not in cors.origins; the browser will not show the "
-                     "answer", origin[:200])  # fmt: skip
-        return await call_next(request)
-
-
-def _security_headers(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def headers(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        for name, value in _SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        response.headers.setdefault("Content-Security-Policy", _API_POLICY)
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
 
 
 def _exception_handlers(app: FastAPI) -> None:
@@ -297,8 +266,6 @@ def create_app(
         openapi_url=None,
     )
     app.state.runtime = runtime
-    _security_headers(app)
-    _log_refused_origins(app, settings)
     if settings.cors.origins:
         app.add_middleware(
             CORSMiddleware,
@@ -313,6 +280,8 @@ def create_app(
     _exception_handlers(app)
     operations_routes(app, runtime, metrics)
     app.include_router(_cds_router(settings, runtime, verifier))
+    # added last, so outermost: its headers and request id reach every answer
+    app.add_middleware(EdgeMiddleware, metrics=metrics, allowed_origins=settings.cors.origins)
     return app
 
 

@@ -22,8 +22,8 @@ import logging
 import re
 import sys
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -33,14 +33,27 @@ from fastapi.responses import JSONResponse, Response
 from cds.service.metrics import CONTENT_TYPE, ServiceMetrics
 
 __all__ = [
+    "GOOD_REQUEST_ID",
     "configure_logging",
     "current_request_id",
     "freeze_startup_objects",
     "operations_routes",
+    "request_id_scope",
 ]
 
 _REQUEST_ID = contextvars.ContextVar[str | None]("request_id", default=None)
-_GOOD_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: a caller's X-Request-ID is kept when it is a plain token
+GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@contextmanager
+def request_id_scope(rid: str) -> Iterator[None]:
+    """``rid`` is the current request id (logs, trace) while the block runs."""
+    token = _REQUEST_ID.set(rid)
+    try:
+        yield
+    finally:
+        _REQUEST_ID.reset(token)
 
 
 def freeze_startup_objects() -> int:
@@ -103,32 +116,9 @@ def configure_logging(fmt: str = "text") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _request_ids(app: FastAPI, metrics: ServiceMetrics) -> None:
-    @app.middleware("http")
-    async def request_id(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        given = request.headers.get("x-request-id", "")
-        rid = given if _GOOD_ID.match(given) else uuid.uuid4().hex
-        token = _REQUEST_ID.set(rid)
-        began = time.perf_counter()
-        try:
-            response = await call_next(request)
-        finally:
-            _REQUEST_ID.reset(token)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "(unmatched)")
-        metrics.requests.labels(path, str(response.status_code)).observe(
-            time.perf_counter() - began
-        )
-        response.headers["X-Request-ID"] = rid
-        return response
-
-
 def operations_routes(app: FastAPI, runtime: Any, metrics: ServiceMetrics) -> None:
     """Health checks, metrics and request ids on ``app``."""
     settings = runtime.settings.server
-    _request_ids(app, metrics)
 
     @app.get("/livez", include_in_schema=False)
     async def livez() -> dict[str, str]:
