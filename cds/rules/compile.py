@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, assert_never
 
@@ -183,7 +184,11 @@ class CompiledPack:
         return f"{self.pack.id}@{self.pack.version}#{self.sha256[:12]}"
 
     def rule(self, rule_id: str) -> CompiledRule:
-        return next(r for r in self.rules if r.engine_id == rule_id)
+        return self._by_id[rule_id]
+
+    @cached_property
+    def _by_id(self) -> dict[str, CompiledRule]:
+        return {r.engine_id: r for r in self.rules}
 
     def stages(self) -> list[list[list[Compiled]]]:
         """Findings first, then rules; each split into rulesets of bounded size."""
