@@ -51,6 +51,51 @@ def _timed(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times) * 1000
 
 
+def _service_call_ms(n_rules: int, folder: Path, calls: int) -> float:
+    """Median ms of a patient-view call through the real app (JWT, prefetch, facts,
+    engine, cross-check, cards, trace) with a pack of ``n_rules`` rules, in-process."""
+    import asyncio
+
+    import httpx
+
+    from cds.client import JwtSigner
+    from cds.config import Settings
+    from cds.examples import hook_request, searchset
+    from cds.service.app import create_app
+
+    packs = folder / f"packs-{n_rules}"
+    packs.mkdir()
+    _pack_with(n_rules, packs)
+    signer = JwtSigner(iss="urn:bench", alg="ES384")
+    jwks = signer.write_jwks(folder / f"jwks-{n_rules}.json")
+    settings = Settings.model_validate({
+        "server": {"base_url": "http://bench"},
+        "store": {"url": f"sqlite:///{folder}/traces-{n_rules}.db"},
+        "packs": {"dir": str(packs), "watch_interval_s": 0, "allow_drafts": True},
+        "auth": {"clients": [{"iss": "urn:bench", "jwks_file": str(jwks)}]},
+    })  # fmt: skip
+    app = create_app(settings)
+    body = hook_request("patient-view", PATIENT, observations=demo_observations(PATIENT))
+    body["prefetch"]["orders"] = body["prefetch"]["careplans"] = searchset([])
+    url = "http://bench/cds-services/runform-patient-view"
+
+    async def run() -> list[float]:
+        times = []
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=transport, base_url="http://bench"
+        ) as client:
+            for _ in range(calls + 1):
+                headers = {"Authorization": f"Bearer {signer.token(url)}"}
+                began = time.perf_counter()
+                r = await client.post(url, json=body, headers=headers)
+                times.append(time.perf_counter() - began)
+                assert r.status_code == 200, r.text
+        return times[1:]
+
+    return statistics.median(asyncio.run(run())) * 1000
+
+
 def _pack_with(n_rules: int, folder: Path) -> CompiledPack:
     data = yaml.safe_load(CORE.read_text())
     plain = [r for r in data["rules"] if not r.get("attach_to")]
@@ -124,6 +169,10 @@ def main() -> None:
             ms = _timed(call, args.repeat)
             rows.append((n, ms))
     _table("Rules per pack (demo patient, decide: engine + cross-check + cards)", "rules", rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [(n, _service_call_ms(n, Path(tmp), 7)) for n in (36, 1000)]
+    _table("A patient-view call through the service (the app in-process: JWT, prefetch, "
+           "facts, decide, trace)", "rules", rows)  # fmt: skip
 
     core = load_pack(CORE, with_scenarios=False)
     rows = []
