@@ -3,7 +3,8 @@
 Drives the real service (uvicorn, SQLite traces, signed ES384 JWTs)
 with wrk at concurrency 1, 10 and 50 over loopback, next to a bare echo
 endpoint of the same app that parses and returns the same payload, and prints
-p50/p99 latency, throughput and the ratio between the two.
+p50/p99 latency, throughput and the ratio between the two; then the cost of
+each stage of one call (``stages.py``).
 
     ./benchmarks/run latency [--seconds 10]
 """
@@ -203,6 +204,11 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=10)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.stages import measure, print_table
+
+    print("\nwhere one call's CPU goes (in-process, mean of 300 calls):")
+    print_table(measure(300))
     return 0
 
 
