@@ -16,6 +16,7 @@ from cds.rules.compile import RULESET_SIZE, CompiledPack
 from cds.rules.decide import decide
 from cds.rules.engine import RuleEngine
 from cds.rules.load import load_pack
+from cds.rules.scenario import scenario_facts
 from tests.packs import core_data, write_pack
 
 
@@ -220,8 +221,26 @@ def test_evaluation_where_nothing_matches_does_not_crash_the_process() -> None:
     assert "survived" in done.stdout
 
 
-def test_compiled_rules_are_single_pattern(core_pack: CompiledPack) -> None:
-    """Join rules abort durable-rules at scale; the compiler never emits them."""
-    for r in core_pack.rules:
-        assert set(r.pattern) == {"$and"}
-        assert r.pattern["$and"][0] == {"kind": r.scope}
+def test_every_engine_rule_matches_exactly_one_fact(core_pack: CompiledPack) -> None:
+    """Join rules abort durable-rules at scale. Measured on what durable-rules is given
+    (the registered rulesets) and on what it fires: one pattern per rule, and every
+    firing is one whole fact of the call, never a combination."""
+    from cds.rules.engine import _ruleset
+
+    for stage in core_pack.stages():
+        for chunk in stage:
+            for rule_id, definition in _ruleset(chunk).items():
+                assert set(definition) == {"all", "pri", "run"}, rule_id  # no "any"
+                (pattern,) = definition["all"]
+                assert set(pattern) == {"m"}, rule_id  # one fact, named m
+    assert core_pack.scenarios is not None
+    engine, fired = RuleEngine(), 0
+    for scenario in core_pack.scenarios.scenarios[:60]:
+        facts = scenario_facts(core_pack, core_pack.scenarios, scenario)
+        stamped = [{**f, "hook": scenario.hook, "n": i} for i, f in enumerate(facts.all_facts())]
+        result = engine.evaluate(core_pack, stamped)
+        for firing in [*result.findings, *result.firings]:
+            fired += 1
+            given = stamped[firing.index]
+            assert {k: v for k, v in firing.fact.items() if k in given} == given
+    assert fired > 100

@@ -138,11 +138,25 @@ def test_pose_never_touches_the_network(demo: Path, monkeypatch: pytest.MonkeyPa
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("network access attempted")
 
+    import mediapipe
+    from mediapipe.python.solutions import pose as mp_pose
+
+    made: list[Any] = []
+
+    class RecordingPose(mp_pose.Pose):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            made.append(kwargs.get("model_complexity"))
+            super().__init__(*args, **kwargs)
+
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    assert MODEL_COMPLEXITY == 1
+    monkeypatch.setattr(mp_pose, "Pose", RecordingPose)
     track = estimate_track(probe_video(demo), WALKER_ROWS, workers=1)
     assert (~np.isnan(track.data[:, 23, 0])).sum() > 100
+    # every graph built used complexity 1, the one model the wheel ships (no download)
+    assert made and set(made) == {MODEL_COMPLEXITY} == {1}
+    models = Path(mediapipe.__file__).parent / "modules" / "pose_landmark"
+    assert {p.name for p in models.glob("*.tflite")} == {"pose_landmark_full.tflite"}
 
 
 def test_progress_is_reported_frame_by_frame_with_one_or_two_workers(demo: Path) -> None:
