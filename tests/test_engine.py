@@ -244,3 +244,39 @@ def test_every_engine_rule_matches_exactly_one_fact(core_pack: CompiledPack) -> 
             given = stamped[firing.index]
             assert {k: v for k, v in firing.fact.items() if k in given} == given
     assert fired > 100
+
+
+# not "{strides}": the minimum stride count is a quality gate applied while facts are
+# built, which the cross-check does not see (it reads facts, not Observations)
+@pytest.mark.parametrize("unit", ["deg", "%", "N.m/kg", "s", "a", "d", "{score}"])
+def test_a_bug_planted_in_the_compilers_unit_conversion_is_caught(
+    unit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference evaluator converts units with its own table: a compiler that
+    converted one unit wrongly (here 10 % off) gives the engine other limits, and
+    the cross-check of the fuzzed calls exposes it, for every unit the pack uses."""
+    from cds.errors import EngineDisagreementError
+    from cds.fhir import units
+    from cds.rules import compile as compiler
+    from cds.rules.load import load_pack
+
+    real = units.convert
+
+    def off(value: float, given: str, dims: tuple[str, ...]) -> tuple[float, str]:
+        converted, dim = real(value, given, dims)
+        return (converted * 1.1 if given == unit else converted), dim
+
+    monkeypatch.setattr(compiler, "convert", off)
+    pack = load_pack(Path(__file__).resolve().parent.parent / "rule_packs" / "runform-core")
+    pack.sha256 = f"planted-{unit}-{pack.sha256}"  # its own rulesets, not the real pack's
+    rng, engine = random.Random(unit), RuleEngine()
+    lateral, shared = _fuzz_fields(pack)
+    for _ in range(2000):
+        left, right = _random_fields(rng, lateral, 0.5), _random_fields(rng, lateral, 0.5)
+        facts = _factset(left, right, _random_fields(rng, shared, 0.3))
+        try:
+            decide(pack, engine, facts, hook="patient-view", patient_id="p")
+        except EngineDisagreementError as exc:
+            assert "engine and reference evaluator disagree" in exc.message
+            return
+    pytest.fail(f"a wrong {unit!r} conversion in the compiler went unnoticed")

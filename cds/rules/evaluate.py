@@ -5,15 +5,21 @@ is used to cross-check what the engine fired, and to name the thresholds that
 actually decided a match for the card and the trace. Each pack's conditions are
 compiled once into Python closures, and a finding read by many rules is
 evaluated once per fact: the cross-check costs less than the engine it checks.
+
+It shares no resolution code with the compiler: it converts threshold units with
+its own table and resolves each metric test's fact fields itself (field names
+come from :mod:`cds.fhir.fields`, the one place they are made). It reads facts,
+so what fact building decides (quality gates, latest values) is outside its view.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
-from cds.fhir.codes import metric
+from cds.fhir.codes import Metric, metric
 from cds.fhir.fields import (
     AGE,
     AGE_UNKNOWN,
@@ -21,14 +27,14 @@ from cds.fhir.fields import (
     SIDE,
     DiagnosisPart,
     diagnosis_field,
+    lsi_field,
+    measure_field,
     order_days_field,
     order_field,
     present_field,
     quality_field,
     sex_field,
 )
-from cds.fhir.units import convert
-from cds.rules.compile import resolve_metric_fields
 from cds.rules.pack import (
     AgeCondition,
     AllOf,
@@ -110,6 +116,48 @@ _MEASURE_WORDS = {
     "norm": "{m} against its norm",
 }
 _UNITS = {"fraction": "%", "sd": "SD", "days": "days", "years": "years"}
+
+#: The evaluator's own unit table: threshold units to each dimension's canonical unit,
+#: written apart from ``cds.fhir.units`` (which the compiler uses) so that a mistake
+#: in either shows as a disagreement. ``g``: standard gravity, m/s2.
+_G = 9.80665
+_TO_CANONICAL: dict[str, dict[str, float]] = {
+    "angle": {"deg": 1.0, "rad": 180.0 / math.pi},
+    "rate": {"/min": 1.0, "{steps}/min": 1.0, "{step}/min": 1.0, "/s": 60.0},
+    "frequency": {"/s": 1.0, "Hz": 1.0, "{frames}/s": 1.0},
+    "time": {"s": 1.0, "ms": 1e-3, "min": 60.0, "h": 3600.0},
+    "force": {"N": 1.0, "kN": 1e3, "[lbf_av]": 0.45359237 * _G},
+    "torque": {"N.m": 1.0},
+    "torque_per_mass": {"N.m/kg": 1.0, "%{BW}.m": _G / 100},
+    "force_per_mass": {"N/kg": 1.0, "%": _G / 100, "%{BW}": _G / 100},
+    "fraction": {"%": 1.0, "1": 100.0},
+    "length": {"cm": 1.0, "m": 100.0, "mm": 0.1},
+    "count": {"{strides}": 1.0, "{steps}": 1.0, "1": 1.0},
+    "days": {"d": 1.0, "wk": 7.0, "mo": 365.25 / 12, "a": 365.25, "h": 1 / 24, "min": 1 / 1440},
+    "years": {"a": 1.0},
+    "score": {"{score}": 1.0, "1": 1.0},
+    "sd": {"{SD}": 1.0},
+}
+
+
+def _canonical(value: float, unit: str, dims: tuple[str, ...]) -> tuple[float, str]:
+    """``value unit`` in the canonical unit of the first of ``dims`` it belongs to."""
+    for dim in dims:
+        factor = _TO_CANONICAL.get(dim, {}).get(unit)
+        if factor is not None:
+            return value * factor, dim
+    raise ValueError(f"the reference evaluator cannot read unit {unit!r} as {' or '.join(dims)}")
+
+
+def _metric_fields(m: Metric, measure: str, unit: str | None) -> list[str]:
+    """The fact fields a metric test reads: the evaluator's own resolution."""
+    if measure == "lsi":
+        return [lsi_field(m)]
+    if unit is None:
+        return [present_field(m)]
+    return [measure_field(m, _canonical(0.0, unit, m.dimensions)[1], measure)]
+
+
 _SIDE_PART: dict[str, DiagnosisPart] = {"this": "here", "other": "there", "unknown": "unsided"}
 
 
@@ -246,7 +294,7 @@ class ReferenceEvaluator:
 
     def _compare(self, fields: list[str], op: str, name: str, dims: tuple[str, ...]) -> Compare:
         t = self.pack.thresholds[name]
-        limit, _ = convert(t.value, t.unit, dims)
+        limit, _ = _canonical(t.value, t.unit, dims)
         passes = _TESTS[op]
 
         def compare(fact: Fact) -> tuple[bool, float | None]:
@@ -260,7 +308,7 @@ class ReferenceEvaluator:
 
     def _unit(self, name: str, dims: tuple[str, ...]) -> str:
         t = self.pack.thresholds[name]
-        _, dim = convert(t.value, t.unit, dims)
+        _, dim = _canonical(t.value, t.unit, dims)
         return _UNITS.get(dim, t.unit.strip("{}"))
 
     @staticmethod
@@ -290,11 +338,12 @@ class ReferenceEvaluator:
         subject = _MEASURE_WORDS[c.measure].format(m=f"{m.display.lower()} ({m.code})")
         dims: tuple[str, ...]
         if c.measure == "lsi":
-            fields, dims = resolve_metric_fields(c, None), ("fraction",)
+            fields, dims = _metric_fields(m, "lsi", None), ("fraction",)
         elif c.measure == "norm":
-            fields, dims = resolve_metric_fields(c, self.pack.norms[c.metric].unit), ("sd",)
+            fields, dims = _metric_fields(m, "norm", self.pack.norms[c.metric].unit), ("sd",)
         else:
-            fields, dims = resolve_metric_fields(c, self.pack.thresholds[name].unit), m.dimensions
+            unit = self.pack.thresholds[name].unit
+            fields, dims = _metric_fields(m, c.measure, unit), m.dimensions
         lateral = m.lateral and c.measure != "lsi"
         compare = self._compare(fields, op, name, dims)
         return self._decides(compare, negated, name, subject, op, self._unit(name, dims), lateral)
