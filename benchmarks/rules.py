@@ -82,9 +82,10 @@ def _service_call_ms(n_rules: int, folder: Path, calls: int) -> float:
     async def run() -> list[float]:
         times = []
         transport = httpx.ASGITransport(app=app)
-        async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=transport, base_url="http://bench"
-        ) as client:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://bench") as client,
+        ):
             for _ in range(calls + 1):
                 headers = {"Authorization": f"Bearer {signer.token(url)}"}
                 began = time.perf_counter()
