@@ -280,3 +280,44 @@ def test_a_bug_planted_in_the_compilers_unit_conversion_is_caught(
             assert "engine and reference evaluator disagree" in exc.message
             return
     pytest.fail(f"a wrong {unit!r} conversion in the compiler went unnoticed")
+
+
+def test_the_reference_evaluator_compiles_safely_on_many_threads(
+    core_pack: CompiledPack,
+) -> None:
+    """Calls run on several threads; a fresh pack's conditions are compiled while
+    they do. Every thread must get what one thread alone gets."""
+    import sys
+    import threading
+
+    from cds.rules.evaluate import ReferenceEvaluator
+
+    assert core_pack.scenarios is not None
+    facts = [
+        {**f, "hook": "patient-view", "n": i}
+        for sc in core_pack.scenarios.scenarios[:40]
+        for i, f in enumerate(scenario_facts(core_pack, core_pack.scenarios, sc).all_facts())
+    ]
+    rules = [(r.rule.id, r.scope, list(r.rule.hooks), r.rule.when) for r in core_pack.rules]
+    alone = ReferenceEvaluator(core_pack.pack).expected_firings(rules, facts, "patient-view")
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        for _ in range(10):
+            shared = ReferenceEvaluator(core_pack.pack)
+            start, results = threading.Barrier(6), []
+
+            def run(
+                shared: ReferenceEvaluator = shared, start: Any = start, out: Any = results
+            ) -> None:
+                start.wait()
+                out.append(shared.expected_firings(rules, facts, "patient-view"))
+
+            threads = [threading.Thread(target=run) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert len(results) == 6 and all(r.keys() == alone.keys() for r in results)
+    finally:
+        sys.setswitchinterval(interval)

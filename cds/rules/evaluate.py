@@ -15,6 +15,7 @@ so what fact building decides (quality gates, latest values) is outside its view
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, assert_never
@@ -189,6 +190,10 @@ class ReferenceEvaluator:
         self.pack = pack
         self._findings: dict[tuple[str, bool], Check] = {}
         self._compiled: dict[tuple[int, bool], Check] = {}  # by (id of the condition, polarity)
+        # calls are evaluated on several threads: compiling is done under this lock (a
+        # finding's cycle guard must never be seen by another thread as its check)
+        self._lock = threading.RLock()
+        self._compiling: set[tuple[str, bool]] = set()  # findings being compiled (cycles)
 
     # -- evaluation ----------------------------------------------------------------
     def holds(
@@ -231,7 +236,10 @@ class ReferenceEvaluator:
         key = id(cond), negated
         cached = self._compiled.get(key)
         if cached is None:
-            cached = self._compiled[key] = self._tree(cond, negated)
+            with self._lock:
+                cached = self._compiled.get(key)
+                if cached is None:
+                    cached = self._compiled[key] = self._tree(cond, negated)
         return cached
 
     def _tree(self, cond: Condition, negated: bool) -> Check:
@@ -253,10 +261,25 @@ class ReferenceEvaluator:
 
     def _finding(self, name: str, negated: bool) -> Check:
         key = name, negated
-        if key in self._findings:
-            return self._findings[key]
-        self._findings[key] = _always(False)  # a cycle (refused by the compiler) ends here
-        inner = self.compile(self.pack.findings[name].when, negated)
+        found = self._findings.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._findings.get(key)
+            if found is not None:  # compiled by another thread meanwhile
+                return found
+            if key in self._compiling:  # a cycle (the compiler refuses such packs)
+                return _always(False)
+            self._compiling.add(key)
+            try:
+                inner = self.compile(self.pack.findings[name].when, negated)
+            finally:
+                self._compiling.discard(key)
+            check = self._findings[key] = self._finding_check(key, inner)
+            return check
+
+    @staticmethod
+    def _finding_check(key: tuple[str, bool], inner: Check) -> Check:
 
         def check(fact: Fact, run: _Run) -> bool:
             known = run.memo.get(key)
@@ -267,7 +290,6 @@ class ReferenceEvaluator:
             run.sink.extend(known[1])
             return known[0]
 
-        self._findings[key] = check
         return check
 
     def _atom(self, c: Atom, negated: bool) -> Check:
@@ -428,15 +450,19 @@ def _positive_int(value: Any) -> bool:
 
 
 _EVALUATORS: dict[int, ReferenceEvaluator] = {}
+_EVALUATORS_LOCK = threading.Lock()
 
 
 def evaluator(pack: Pack) -> ReferenceEvaluator:
     """The compiled evaluator of ``pack`` (compiled on first use, then kept)."""
     found = _EVALUATORS.get(id(pack))
     if found is None or found.pack is not pack:
-        if len(_EVALUATORS) > 32:  # packs replaced by hot reloads
-            _EVALUATORS.clear()
-        found = _EVALUATORS[id(pack)] = ReferenceEvaluator(pack)
+        with _EVALUATORS_LOCK:
+            found = _EVALUATORS.get(id(pack))
+            if found is None or found.pack is not pack:
+                if len(_EVALUATORS) > 32:  # packs replaced by hot reloads
+                    _EVALUATORS.clear()
+                found = _EVALUATORS[id(pack)] = ReferenceEvaluator(pack)
     return found
 
 
