@@ -13,7 +13,7 @@ from cds.fhir.codes import metrics
 from cds.fhir.facts import FactSet
 from cds.rules import engine as engine_mod
 from cds.rules.compile import RULESET_SIZE, CompiledPack
-from cds.rules.decide import decide
+from cds.rules.decide import decide, stamp_facts
 from cds.rules.engine import RuleEngine
 from cds.rules.load import load_pack
 from cds.rules.scenario import scenario_facts
@@ -39,7 +39,7 @@ def test_same_facts_twice_never_trigger_duplicate_errors(core_pack: CompiledPack
         {},
         {"dx_patellofemoral_pain": 1},
     )
-    stamped = [{**f, "hook": "patient-view", "n": i} for i, f in enumerate(facts.all_facts())]
+    stamped = stamp_facts(facts, "patient-view")
     first = engine.evaluate(core_pack, stamped)
     for _ in range(50):
         again = engine.evaluate(core_pack, stamped)
@@ -237,7 +237,7 @@ def test_every_engine_rule_matches_exactly_one_fact(core_pack: CompiledPack) -> 
     engine, fired = RuleEngine(), 0
     for scenario in core_pack.scenarios.scenarios[:60]:
         facts = scenario_facts(core_pack, core_pack.scenarios, scenario)
-        stamped = [{**f, "hook": scenario.hook, "n": i} for i, f in enumerate(facts.all_facts())]
+        stamped = stamp_facts(facts, scenario.hook)
         result = engine.evaluate(core_pack, stamped)
         for firing in [*result.findings, *result.firings]:
             fired += 1
@@ -294,9 +294,9 @@ def test_the_reference_evaluator_compiles_safely_on_many_threads(
 
     assert core_pack.scenarios is not None
     facts = [
-        {**f, "hook": "patient-view", "n": i}
+        fact
         for sc in core_pack.scenarios.scenarios[:40]
-        for i, f in enumerate(scenario_facts(core_pack, core_pack.scenarios, sc).all_facts())
+        for fact in stamp_facts(scenario_facts(core_pack, core_pack.scenarios, sc), "patient-view")
     ]
     rules = [(r.rule.id, r.scope, list(r.rule.hooks), r.rule.when) for r in core_pack.rules]
     alone = ReferenceEvaluator(core_pack.pack).expected_firings(rules, facts, "patient-view")

@@ -31,6 +31,8 @@ from cds.fhir.diagnoses import (
 from cds.fhir.fields import (
     AGE,
     AGE_UNKNOWN,
+    KIND,
+    SIDE,
     OrderState,
     diagnosis_field,
     lsi_field,
@@ -263,13 +265,13 @@ def build_facts(
     ctx, orders = _context(data, now, matches)
     by_side = diagnosis_facts(matches).sides
     whole_body = _values_of(readings, None)
-    patient: dict[str, Any] = {"kind": "patient", **ctx, **whole_body}
+    patient: dict[str, Any] = {KIND: "patient", **ctx, **whole_body}
     sides: dict[str, dict[str, Any]] = {}
     lateral_fields: set[str] = set()
     for side in SIDES:
         own = _values_of(readings, side)
         lateral_fields.update(k for k in own if not k.endswith(_CHANGE_SUFFIXES))
-        sides[side] = {"kind": "side", "side": side, **ctx, **by_side[side], **whole_body, **own}
+        sides[side] = {KIND: "side", SIDE: side, **ctx, **by_side[side], **whole_body, **own}
     _compare_sides(sides, lateral_fields)
     for side in SIDES:
         _apply_norms(sides[side], side, readings, policy)
@@ -309,7 +311,7 @@ def _values_of(readings: Readings, side: Side | None) -> dict[str, Any]:
 
 def _flag_unnormalised(fact: dict[str, Any], readings: Readings) -> None:
     """Strength measured only as raw force or torque cannot meet a body-mass norm."""
-    if fact["kind"] != "side":
+    if fact[KIND] != "side":
         return
     for m in metrics().values():
         if m.group != "strength" or "torque_per_mass" not in m.dimensions:
@@ -317,7 +319,7 @@ def _flag_unnormalised(fact: dict[str, Any], readings: Readings) -> None:
         normalised = any(m.field_for(d) in fact for d in ("torque_per_mass", "force_per_mass"))
         raw = any(m.field_for(d) in fact for d in ("torque", "force"))
         if raw and not normalised:
-            readings.flag(fact["side"], "unnormalised")
+            readings.flag(fact[SIDE], "unnormalised")
 
 
 def _note(rec: InputRecord) -> str:

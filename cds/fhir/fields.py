@@ -14,8 +14,10 @@ from cds.fhir.codes import Metric
 __all__ = [
     "AGE",
     "AGE_UNKNOWN",
+    "HOOK",
     "KIND",
     "MEASURE_SUFFIX",
+    "POSITION",
     "SIDE",
     "DiagnosisPart",
     "Measure",
@@ -34,6 +36,9 @@ __all__ = [
 
 KIND = "kind"
 SIDE = "side"
+#: set on each fact for one evaluation: the hook called, and the fact's position
+HOOK = "hook"
+POSITION = "n"
 AGE = "age_years"
 #: set when no exact age can be computed (no Patient, no or a partial birth date)
 AGE_UNKNOWN = "age_unknown"

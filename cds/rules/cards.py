@@ -31,6 +31,7 @@ from cds.fhir.diagnoses import DiagnosisMatch
 from cds.fhir.facts import FactSet
 from cds.fhir.fields import (
     AGE,
+    SIDE,
     OrderState,
     diagnosis_field,
     lsi_field,
@@ -81,7 +82,7 @@ def _fmt(value: Any) -> str:
 
 
 def _sides(facts: list[dict[str, Any]]) -> str:
-    names = [f["side"] for f in facts if "side" in f]
+    names = [f[SIDE] for f in facts if SIDE in f]
     return " and ".join(names)
 
 
@@ -113,7 +114,7 @@ class _Renderer:
         self.ctx = ctx
         self.rule = rule
         # values name their side only when the card speaks of both
-        both = sum("side" in f for f in facts) > 1
+        both = sum(SIDE in f for f in facts) > 1
         self.facts = [{**f, "_both": True} for f in facts] if both else facts
 
     def __call__(self, text: str) -> str:
@@ -259,7 +260,7 @@ def _in_place(plan: str, fact: dict[str, Any]) -> str | None:
 
 
 def _targets(facts: list[dict[str, Any]]) -> tuple[Side, ...]:
-    sides = {f["side"] for f in facts if "side" in f}
+    sides = {f[SIDE] for f in facts if SIDE in f}
     return tuple(s for s in _SIDES if s in sides)
 
 

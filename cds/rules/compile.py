@@ -21,6 +21,8 @@ from cds.fhir.diagnoses import DiagnosisCode, ValueSet
 from cds.fhir.fields import (
     AGE,
     AGE_UNKNOWN,
+    HOOK,
+    KIND,
     MEASURE_SUFFIX,
     diagnosis_field,
     finding_field,
@@ -487,8 +489,8 @@ class _Compiler:
         loc: Loc = ("rules", index)
         out = CompiledRule(scope="patient", pattern={}, rule=rule)
         cond = self.expr((*loc, "when"), rule.when, False, out, ())
-        hooks = _join("$or", [{"hook": h} for h in rule.hooks])
-        out.pattern = {"$and": [{"kind": out.scope}, hooks, cond]}
+        hooks = _join("$or", [{HOOK: h} for h in rule.hooks])
+        out.pattern = {"$and": [{KIND: out.scope}, hooks, cond]}
         self._check_size((*loc, "when"), f"rule {rule.id!r}", cond)
         self._check_card(loc, rule)
         if rule.show == "when-suppressing" and not rule.suppresses:

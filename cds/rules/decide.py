@@ -7,12 +7,13 @@ from typing import Any
 
 from cds.errors import EngineDisagreementError
 from cds.fhir.facts import FactSet
+from cds.fhir.fields import HOOK, KIND, POSITION, SIDE
 from cds.rules.cards import Attachment, CardContext, build_card
 from cds.rules.compile import CompiledPack, CompiledRule
 from cds.rules.engine import EngineResult, Firing, RuleEngine
 from cds.rules.evaluate import Explanation, evaluator
 
-__all__ = ["CardOutcome", "Decision", "FiredRule", "decide"]
+__all__ = ["CardOutcome", "Decision", "FiredRule", "decide", "stamp_facts"]
 
 
 @dataclass
@@ -62,8 +63,13 @@ class CardOutcome:
     attached: list[str]
 
 
+def stamp_facts(facts: FactSet, hook: str) -> list[dict[str, Any]]:
+    """The facts as one evaluation sees them: each with the hook and its position."""
+    return [{**f, HOOK: hook, POSITION: i} for i, f in enumerate(facts.all_facts())]
+
+
 def _matched_fields(fact: dict[str, Any], fields: set[str]) -> dict[str, Any]:
-    keep = {"kind", "side"} | fields
+    keep = {KIND, SIDE} | fields
     return {k: v for k, v in fact.items() if k in keep}
 
 
@@ -121,7 +127,7 @@ def _fired_rule(
     return FiredRule(
         rule_id=compiled.rule.id,
         category=compiled.rule.category,
-        sides=[m["side"] for m in matched if "side" in m],
+        sides=[m[SIDE] for m in matched if SIDE in m],
         matched=[_matched_fields(m, compiled.fields) for m in matched],
         thresholds=[compiled.thresholds[n].as_trace() for n in deciding.thresholds],
         decided=_decided(compiled, deciding),
@@ -156,7 +162,7 @@ def decide(
     station_url: str | None = None,
 ) -> Decision:
     """Evaluate ``pack`` on ``facts`` for ``hook`` and build the cards."""
-    stamped = [{**f, "hook": hook, "n": i} for i, f in enumerate(facts.all_facts())]
+    stamped = stamp_facts(facts, hook)
     result = engine.evaluate(pack, stamped)
     decision = Decision(pack=pack, unmatched_facts=result.unmatched)
     deciding = _cross_check(pack, stamped, result, hook)
