@@ -31,6 +31,7 @@ from cds.audit.reading import (
     rule_fate,
 )
 from cds.audit.store import StoredRecord
+from cds.audit.trace import Trace
 
 __all__ = ["CSV_COLUMNS", "to_csv", "to_fhir_bundle"]
 
@@ -100,7 +101,7 @@ def _feedback_columns(views: list[FeedbackView]) -> dict[str, str]:
     }
 
 
-def _rule_columns(b: dict[str, Any], rule_id: str | None) -> dict[str, str]:
+def _rule_columns(b: Trace, rule_id: str | None) -> dict[str, str]:
     fired: dict[str, Any] = next(
         (r for r in b.get("rules_fired", []) if r.get("rule_id") == rule_id), {}
     )
@@ -111,7 +112,7 @@ def _rule_columns(b: dict[str, Any], rule_id: str | None) -> dict[str, str]:
 
 
 def _call_columns(rec: StoredRecord) -> dict[str, Any]:
-    b = rec.body
+    b = rec.trace
     pack = (b.get("packs") or [{}])[0]
     suppressed = [
         f"{r['rule_id']} by {r['suppressed_by']}"
@@ -143,7 +144,7 @@ def to_csv(items: Items) -> str:
     writer = _SafeWriter(out, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for rec, feedback in items:
-        b = rec.body
+        b = rec.trace
         call = _call_columns(rec)
         views = [feedback_view(f.body, b) for f in feedback]
         for card in b.get("cards") or [{}]:
@@ -163,7 +164,7 @@ def to_csv(items: Items) -> str:
     return out.getvalue()
 
 
-def _input_refs(body: dict[str, Any]) -> list[str]:
+def _input_refs(body: Trace) -> list[str]:
     """The Observations used, the Conditions matched and the orders that counted."""
     refs = [str(u.get("resource", "")) for u in body.get("inputs", {}).get("used", [])]
     refs += [str(d.get("reference", "")) for d in body.get("diagnoses", [])]
@@ -173,7 +174,7 @@ def _input_refs(body: dict[str, Any]) -> list[str]:
 
 
 def _guidance_response(rec: StoredRecord, params_id: str) -> dict[str, Any]:
-    b = rec.body
+    b = rec.trace
     pack = (b.get("packs") or [{}])[0]
     ok = b.get("outcome", {}).get("status", 200) == 200
     resource: dict[str, Any] = {
@@ -198,7 +199,7 @@ def _string(name: str, value: Any) -> dict[str, Any]:
     return {"name": name, "valueString": str(value)}
 
 
-def _fired_part(fired: dict[str, Any], trace: dict[str, Any]) -> dict[str, Any]:
+def _fired_part(fired: dict[str, Any], trace: Trace) -> dict[str, Any]:
     part = [
         _string("rule", fired["rule_id"]),
         _string("category", fired.get("category", "")),
@@ -218,7 +219,7 @@ def _fired_part(fired: dict[str, Any], trace: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parameters(rec: StoredRecord, params_id: str) -> dict[str, Any]:
-    parts = [_fired_part(f, rec.body) for f in rec.body.get("rules_fired", [])]
+    parts = [_fired_part(f, rec.trace) for f in rec.trace.get("rules_fired", [])]
     params: dict[str, Any] = {"resourceType": "Parameters", "id": params_id}
     if parts:
         params["parameter"] = parts
@@ -226,7 +227,7 @@ def _parameters(rec: StoredRecord, params_id: str) -> dict[str, Any]:
 
 
 def _provenance(rec: StoredRecord) -> dict[str, Any]:
-    engine = rec.body.get("engine", {})
+    engine = rec.trace.get("engine", {})
     prov: dict[str, Any] = {
         "resourceType": "Provenance",
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"provenance:{rec.trace_id}")),
@@ -241,7 +242,7 @@ def _provenance(rec: StoredRecord) -> dict[str, Any]:
             }
         ],
     }
-    entities = [{"role": "source", "what": {"reference": r}} for r in _input_refs(rec.body)]
+    entities = [{"role": "source", "what": {"reference": r}} for r in _input_refs(rec.trace)]
     if entities:
         prov["entity"] = entities
     return prov
@@ -265,7 +266,7 @@ def _event(event_id: str, recorded: str, ok: bool, who: str, observer: str) -> d
 
 
 def _call_event(rec: StoredRecord) -> dict[str, Any]:
-    b = rec.body
+    b = rec.trace
     event = _event(
         str(uuid.uuid5(uuid.NAMESPACE_URL, f"audit:{rec.trace_id}")),
         rec.recorded_at,
@@ -280,7 +281,7 @@ def _call_event(rec: StoredRecord) -> dict[str, Any]:
 
 
 def _feedback_event(rec: StoredRecord, trace: StoredRecord, index: int) -> dict[str, Any]:
-    view = feedback_view(rec.body, trace.body)
+    view = feedback_view(rec.body, trace.trace)
     event = _event(
         str(uuid.uuid5(uuid.NAMESPACE_URL, f"feedback:{trace.trace_id}:{index}")),
         rec.recorded_at,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cds.audit.trace import Trace
 from cds.rules.pack import PROVENANCE_LABELS
 
 __all__ = [
@@ -26,17 +27,17 @@ __all__ = [
 _OPS = {"at_least": "at least", "above": "above", "below": "below", "at_most": "at most"}
 
 
-def _cards_by_uuid(trace: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _cards_by_uuid(trace: Trace) -> dict[str, dict[str, Any]]:
     return {c["uuid"]: c for c in trace.get("cards", []) if isinstance(c, dict) and "uuid" in c}
 
 
-def _card_name(trace: dict[str, Any], uuid: str) -> str:
+def _card_name(trace: Trace, uuid: str) -> str:
     card = _cards_by_uuid(trace).get(uuid)
     maker = card.get("rule_id") if card else None
     return f"the {maker} card ({uuid})" if maker else f"card {uuid}"
 
 
-def rule_fate(r: dict[str, Any], trace: dict[str, Any] | None = None) -> str:
+def rule_fate(r: dict[str, Any], trace: Trace | None = None) -> str:
     """What became of a fired rule: its card, attached to cards, held back, or no card."""
     trace = trace or {}
     held = f"; held back {', '.join(r['held_back'])}" if r.get("held_back") else ""
@@ -50,7 +51,7 @@ def rule_fate(r: dict[str, Any], trace: dict[str, Any] | None = None) -> str:
     return "no card (it shows only while it holds another card back)"
 
 
-def rule_verdict(trace: dict[str, Any], rule_id: str) -> str:
+def rule_verdict(trace: Trace, rule_id: str) -> str:
     """For ``--rule``: whether ``rule_id`` fired and showed, or was suppressed, and by what."""
     for r in trace.get("rules_fired", []):
         if r.get("rule_id") == rule_id:
@@ -59,7 +60,7 @@ def rule_verdict(trace: dict[str, Any], rule_id: str) -> str:
     return f"{rule_id} did not fire"
 
 
-def diagnosis_lines(b: dict[str, Any]) -> list[str]:
+def diagnosis_lines(b: Trace) -> list[str]:
     """The Conditions matched to the pack's value sets, with how sure and which side."""
     out = []
     for d in b.get("diagnoses", []):
@@ -74,7 +75,7 @@ def diagnosis_lines(b: dict[str, Any]) -> list[str]:
 _UNITLESS = {"score", "1", ""}
 
 
-def order_lines(b: dict[str, Any]) -> list[str]:
+def order_lines(b: Trace) -> list[str]:
     """The orders that counted (being placed, or in the chart), with their plans."""
     out = []
     for o in b.get("orders", []):
@@ -116,7 +117,7 @@ def decided_lines(r: dict[str, Any]) -> list[str]:
     return out
 
 
-def age_text(trace: dict[str, Any]) -> str:
+def age_text(trace: Trace) -> str:
     """The patient's age in completed years when the call was answered."""
     for fact in trace.get("facts", []):
         if isinstance(fact, dict) and fact.get("kind") == "patient":
@@ -154,14 +155,14 @@ class FeedbackView:
         )
 
 
-def _suggestion_label(trace: dict[str, Any], card: str, suggestion: str) -> str:
+def _suggestion_label(trace: Trace, card: str, suggestion: str) -> str:
     for s in _cards_by_uuid(trace).get(card, {}).get("suggestions", []):
         if isinstance(s, dict) and s.get("uuid") == suggestion:
             return f"{s.get('label', '?')} ({suggestion})"
     return f"suggestion {suggestion}"
 
 
-def feedback_view(feedback: dict[str, Any], trace: dict[str, Any]) -> FeedbackView:
+def feedback_view(feedback: dict[str, Any], trace: Trace) -> FeedbackView:
     card = str(feedback.get("card", ""))
     override = feedback.get("overrideReason") or {}
     coding = override.get("reason") or {}

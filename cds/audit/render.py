@@ -22,6 +22,7 @@ from cds.audit.reading import (
     rule_verdict,
 )
 from cds.audit.store import StoredRecord
+from cds.audit.trace import Trace
 
 __all__ = ["list_lines", "render_records", "terminal_safe"]
 
@@ -46,7 +47,7 @@ def _check(rec: StoredRecord, integrity: Integrity | None) -> str:
 
 
 def _head(rec: StoredRecord, integrity: Integrity | None) -> list[str]:
-    b = rec.body
+    b = rec.trace
     where = f"record #{rec.seq}, hash {rec.hash[:16]}…"
     out = [f"TRACE {b.get('trace_id')}  ({where}){_check(rec, integrity)}"]
     out.append(_line("hook", f"{b.get('hook')} via {b.get('service')}"))
@@ -66,7 +67,7 @@ def _head(rec: StoredRecord, integrity: Integrity | None) -> list[str]:
     return out
 
 
-def _inputs(b: dict[str, Any]) -> list[str]:
+def _inputs(b: Trace) -> list[str]:
     inputs = b.get("inputs", {})
     out = ["  inputs used:"]
     for i in inputs.get("used", []):
@@ -90,7 +91,7 @@ def _inputs(b: dict[str, Any]) -> list[str]:
     return out
 
 
-def _rules(b: dict[str, Any]) -> list[str]:
+def _rules(b: Trace) -> list[str]:
     out = ["  rules fired:"]
     for r in b.get("rules_fired", []):
         sides = f" on {', '.join(r['sides'])}" if r.get("sides") else ""
@@ -120,7 +121,7 @@ def _card(c: dict[str, Any]) -> list[str]:
 
 
 def _trace(rec: StoredRecord, integrity: Integrity | None) -> list[str]:
-    b = rec.body
+    b = rec.trace
     out = _head(rec, integrity) + _inputs(b) + _rules(b)
     out.append("  cards, as returned:")
     for c in b.get("cards", []):
@@ -134,7 +135,7 @@ def _trace(rec: StoredRecord, integrity: Integrity | None) -> list[str]:
     return out
 
 
-def _feedback(rec: StoredRecord, trace: dict[str, Any], integrity: Integrity | None) -> list[str]:
+def _feedback(rec: StoredRecord, trace: Trace, integrity: Integrity | None) -> list[str]:
     v = feedback_view(rec.body, trace)
     head = f"FEEDBACK on {v.card_name}: {v.outcome} at {v.at}"
     out = [f"{head}  (record #{rec.seq}){_check(rec, integrity)}"]
@@ -154,10 +155,10 @@ def _feedback(rec: StoredRecord, trace: dict[str, Any], integrity: Integrity | N
 def render_records(records: list[StoredRecord], integrity: Integrity | None = None) -> str:
     """A trace and its feedback, in the order recorded."""
     lines: list[str] = []
-    trace: dict[str, Any] = {}
+    trace: Trace = {}
     for rec in records:
         if rec.kind == "trace":
-            trace = rec.body
+            trace = rec.trace
             lines.extend(_trace(rec, integrity))
         else:
             lines.extend(_feedback(rec, trace, integrity))
@@ -166,7 +167,7 @@ def render_records(records: list[StoredRecord], integrity: Integrity | None = No
 
 
 def _list_row(rec: StoredRecord, feedback: list[StoredRecord], flag: str, rule: str | None) -> str:
-    b = rec.body
+    b = rec.trace
     pack = (b.get("packs") or [{}])[0]
     cards = ", ".join(f"{c.get('indicator')}:{c.get('rule_id')}" for c in b.get("cards", []))
     fb = ", ".join(str(f.body.get("outcome")) for f in feedback)

@@ -6,10 +6,10 @@ import json
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from cds.audit.chain import (
     GENESIS,
@@ -23,11 +23,13 @@ from cds.audit.chain import (
 )
 from cds.audit.schema import SCHEMA_VERSION, backfill_facets, feedback_facet, trace_facets
 from cds.audit.store import CardOrigin, StoredRecord, TraceFilter
+from cds.audit.trace import Trace
 from cds.errors import ConfigError
 
 __all__ = ["SqlTraceStore"]
 
-Row = tuple[str, str, str | None, str | None, dict[str, Any]]  # kind, trace_id, hook, patient, body
+Body = dict[str, Any]
+Row = tuple[str, str, str | None, str | None, Body]  # kind, trace_id, hook, patient, body
 _COLUMNS = "seq, kind, trace_id, hook_instance, recorded_at, body, prev_hash, hash"
 
 
@@ -160,9 +162,10 @@ class SqlTraceStore(ABC):
                 "--store URL (the service also migrates it when it starts)"
             )
 
-    def append_traces(self, traces: list[dict[str, Any]]) -> list[StoredRecord]:
+    def append_traces(self, traces: Sequence[Trace]) -> list[StoredRecord]:
         rows: list[Row] = [
-            ("trace", t["trace_id"], t.get("hook_instance"), t.get("patient"), t) for t in traces
+            ("trace", t["trace_id"], t.get("hook_instance"), t.get("patient"), cast(Body, t))
+            for t in traces
         ]
         extra = [
             (
@@ -174,7 +177,7 @@ class SqlTraceStore(ABC):
         ]
         return self._append_many(rows, extra)
 
-    def append_trace(self, trace: dict[str, Any]) -> StoredRecord:
+    def append_trace(self, trace: Trace) -> StoredRecord:
         return self.append_traces([trace])[0]
 
     def append_feedback(self, trace_id: str, key: str, feedback: dict[str, Any]) -> bool:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from cds.audit.chain import Checkpoint, RawRecord, VerifyResult
+from cds.audit.trace import Trace
 from cds.errors import ConfigError, StoreNotFoundError
 
 __all__ = [
@@ -30,6 +31,11 @@ class StoredRecord:
     body: dict[str, Any]
     prev_hash: str
     hash: str
+
+    @property
+    def trace(self) -> Trace:
+        """The body of a trace record, typed (``kind == "trace"``)."""
+        return cast(Trace, self.body)
 
 
 @dataclass(frozen=True)
@@ -62,11 +68,11 @@ class TraceStore(Protocol):
     Appends return only after the record is durably committed.
     """
 
-    def append_traces(self, traces: list[dict[str, Any]]) -> list[StoredRecord]:
+    def append_traces(self, traces: Sequence[Trace]) -> list[StoredRecord]:
         """Append several traces in one durable commit (group commit)."""
         ...
 
-    def append_trace(self, trace: dict[str, Any]) -> StoredRecord: ...
+    def append_trace(self, trace: Trace) -> StoredRecord: ...
 
     def append_feedback(self, trace_id: str, key: str, feedback: dict[str, Any]) -> bool:
         """Record feedback once per ``key``; return False if it was already recorded."""

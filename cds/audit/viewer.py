@@ -44,6 +44,7 @@ from cds.audit.reading import (
 )
 from cds.audit.store import StoredRecord, TraceStore
 from cds.audit.throttle import LoginThrottle
+from cds.audit.trace import Trace
 from cds.config import ViewerSettings
 from cds.errors import AuditQueryError
 
@@ -205,7 +206,7 @@ def _list_rows(
 ) -> str:
     rows = []
     for rec, feedback in items:
-        b = rec.body
+        b = rec.trace
         pack = (b.get("packs") or [{}])[0]
         cards = " ".join(
             f'<span class="badge {_e(c["indicator"])}">{_e(c.get("rule_id"))}</span>'
@@ -233,7 +234,7 @@ def _list_rows(
     return f'<table id="traces">{head}{"".join(rows)}</table><p>{len(items)} trace(s)</p>'
 
 
-def _inputs(b: dict[str, Any]) -> str:
+def _inputs(b: Trace) -> str:
     used = "".join(
         f"<tr><td>{_e(i.get('code'))}</td><td>{_e(i.get('side', '-'))}</td>"
         f"<td>{_e(i.get('value'))} {_e(i.get('unit', ''))}</td><td>{_e(i.get('canonical'))}</td>"
@@ -260,7 +261,7 @@ def _inputs(b: dict[str, Any]) -> str:
     )
 
 
-def _rules(b: dict[str, Any]) -> str:
+def _rules(b: Trace) -> str:
     items = []
     for r in b.get("rules_fired", []):
         measured = "".join(f"<li>{_e(line)}</li>" for line in decided_lines(r))
@@ -302,7 +303,7 @@ def _card(c: dict[str, Any]) -> str:
     )
 
 
-def _feedback(f: StoredRecord, trace: dict[str, Any], problem: str | None) -> str:
+def _feedback(f: StoredRecord, trace: Trace, problem: str | None) -> str:
     v = feedback_view(f.body, trace)
     rows = [("card", v.card_name), ("outcome", v.outcome), ("at", v.at)]
     rows += [("accepted suggestion", a) for a in v.accepted]
@@ -322,7 +323,7 @@ def _feedback(f: StoredRecord, trace: dict[str, Any], problem: str | None) -> st
 
 def _timeline(records: list[StoredRecord], integrity: dict[int, str | None]) -> str:
     trace = records[0]
-    b = trace.body
+    b = trace.trace
     packs = ", ".join(
         f"{_e(p['id'])} {_e(p['version'])} ({_e(p['status'])}, sha256 "
         f"<code>{_e(p['sha256'][:12])}…</code>)"

@@ -12,13 +12,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from cds.audit.store import StoredRecord, TraceStore
+from cds.audit.trace import Trace
 
 __all__ = ["TraceWriter"]
 
-_Item = tuple[dict[str, Any], asyncio.Future[StoredRecord], asyncio.AbstractEventLoop]
+_Item = tuple[Trace, asyncio.Future[StoredRecord], asyncio.AbstractEventLoop]
 MAX_BATCH = 64
 
 
@@ -48,7 +48,7 @@ class TraceWriter:
         since = self._waiting_since
         return since is not None and time.monotonic() - since > after_s
 
-    async def append(self, trace: dict[str, Any]) -> StoredRecord:
+    async def append(self, trace: Trace) -> StoredRecord:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoredRecord] = loop.create_future()
         if self._waiting_since is None:

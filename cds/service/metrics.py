@@ -13,6 +13,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from cds.audit.trace import Trace
+
 __all__ = ["CONTENT_TYPE", "ServiceMetrics"]
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -58,7 +60,7 @@ class ServiceMetrics:
         for p in packs:
             self.pack.labels(p.pack.id, p.pack.version, p.sha256[:12]).set(1)
 
-    def call(self, trace: dict[str, Any]) -> None:
+    def call(self, trace: Trace) -> None:
         """Count what one call's trace shows: its cards, prefetch and engine outcome."""
         for card in trace.get("cards", []):
             self.cards.labels(str(card.get("rule_id")), str(card.get("indicator"))).inc()

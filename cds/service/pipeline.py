@@ -20,6 +20,7 @@ import anyio
 import httpx
 
 from cds.audit.store import TraceStore
+from cds.audit.trace import Trace
 from cds.audit.writer import TraceWriter
 from cds.config import Settings
 from cds.errors import CdsError, InternalError, PayloadTooLargeError
@@ -119,7 +120,7 @@ def _trace(
     packs: list[CompiledPack],
     received: datetime,
     client: ClientIdentity | None,
-) -> dict[str, Any]:
+) -> Trace:
     return {
         "trace_id": str(uuid.uuid4()),
         "request_id": current_request_id(),
@@ -145,7 +146,7 @@ def _trace(
     }
 
 
-def _record_decisions(trace: dict[str, Any], facts: FactSet, decisions: list[Decision]) -> None:
+def _record_decisions(trace: Trace, facts: FactSet, decisions: list[Decision]) -> None:
     trace["inputs"] = {
         "used": [r.as_dict() for r in facts.used],
         "excluded": [r.as_dict() for r in facts.excluded],
@@ -196,7 +197,7 @@ async def _answer(
     rt: Runtime,
     svc: Service,
     req: HookRequest,
-    trace: dict[str, Any],
+    trace: Trace,
     packs: list[CompiledPack],
     client: ClientIdentity | None,
 ) -> dict[str, Any]:
@@ -223,7 +224,7 @@ async def _answer(
     return {"cards": [c for d in decisions for c in d.cards]}
 
 
-def _failed(trace: dict[str, Any], exc: Exception) -> CdsError:
+def _failed(trace: Trace, exc: Exception) -> CdsError:
     """Record why the call failed; the error the caller gets (5xx: only an error id)."""
     if isinstance(exc, CdsError) and exc.status < 500:
         trace["outcome"] = {"status": exc.status, "error": exc.code, "message": exc.message}
@@ -260,7 +261,7 @@ async def run_call(
     return result
 
 
-def _trace_url(rt: Runtime, trace: dict[str, Any]) -> str | None:
+def _trace_url(rt: Runtime, trace: Trace) -> str | None:
     """The viewer page of this call's trace, when the viewer is on."""
     if not rt.settings.viewer.enabled:
         return None
