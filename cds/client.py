@@ -74,10 +74,19 @@ class JwtSigner:
 class CdsClient:
     """Call a CDS service the way an EHR does."""
 
-    def __init__(self, base_url: str, signer: JwtSigner | None, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        signer: JwtSigner | None,
+        *,
+        timeout: float = 10.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        """``http``: the client to send with (an in-process one in tests); by default
+        a new one."""
         self.base_url = base_url.rstrip("/")
         self.signer = signer
-        self.http = httpx.Client(timeout=timeout)
+        self.http = http if http is not None else httpx.Client(timeout=timeout)
 
     def _headers(self, url: str) -> dict[str, str]:
         if self.signer is None:

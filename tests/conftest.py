@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -16,7 +19,7 @@ from cds.config import Settings
 from cds.rules.compile import CompiledPack
 from cds.rules.load import load_pack
 from cds.service.app import create_app
-from tests.servers import FhirBehaviour, fhir_app, free_port, serve
+from tests.servers import FhirBehaviour, fhir_app, free_port, in_process_client, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE_PACK = ROOT / "rule_packs" / "runform-core"
@@ -47,15 +50,53 @@ def rs_signer() -> JwtSigner:
 
 
 class LiveService:
-    def __init__(self, url: str, store: TraceStore, settings: Settings, signer: JwtSigner) -> None:
+    def __init__(
+        self,
+        url: str,
+        store: TraceStore,
+        settings: Settings,
+        signer: JwtSigner,
+        http: httpx.Client | None = None,
+    ) -> None:
         self.url = url
         self.store = store
         self.settings = settings
-        self.client = CdsClient(url, signer)
+        self.client = CdsClient(url, signer, http=http)
         self.app: Any = None  # the ASGI app serving (its state holds the Runtime)
 
     def post(self, service_id: str, body: Any) -> Any:
         return self.client.call(service_id, body)
+
+
+def _settings(
+    tmp_path: Path,
+    es_signer: JwtSigner,
+    rs_signer: JwtSigner,
+    base_url: str,
+    fhir_servers: tuple[str, ...],
+    client_options: dict[str, Any] | None,
+    overrides: dict[str, Any],
+) -> Settings:
+    """The test service's settings: both test clients, a fresh SQLite store, the packs."""
+    es = es_signer.write_jwks(tmp_path / "es-jwks.json")
+    rs = rs_signer.write_jwks(tmp_path / "rs-jwks.json")
+    allowed = list(fhir_servers)
+    data: dict[str, Any] = {
+        "server": {"base_url": base_url},
+        "store": {"url": f"sqlite:///{tmp_path / f'traces-{uuid.uuid4().hex[:8]}.db'}"},
+        "packs": {"dir": str(ROOT / "rule_packs")},
+        "auth": {
+            "clients": [
+                {"iss": iss, "jwks_file": str(keys), "fhir_servers": allowed}
+                | (client_options or {})
+                for iss, keys in ((ES_ISSUER, es), (RS_ISSUER, rs))
+            ]
+        },
+        "fhir": {"timeout_s": 1.0, "allow_http_loopback": bool(allowed)},
+    }
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    return Settings.model_validate(data)
 
 
 @pytest.fixture
@@ -71,25 +112,8 @@ def service_factory(tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner) 
         """``fhir_servers``: FHIR bases on loopback the test clients may have us fetch from;
         ``client_options``: more settings for both test clients."""
         port = free_port()
-        es = es_signer.write_jwks(tmp_path / "es-jwks.json")
-        rs = rs_signer.write_jwks(tmp_path / "rs-jwks.json")
-        allowed = list(fhir_servers)
-        data: dict[str, Any] = {
-            "server": {"base_url": f"http://127.0.0.1:{port}"},
-            "store": {"url": f"sqlite:///{tmp_path / f'traces-{port}.db'}"},
-            "packs": {"dir": str(ROOT / "rule_packs")},
-            "auth": {
-                "clients": [
-                    {"iss": iss, "jwks_file": str(keys), "fhir_servers": allowed}
-                    | (client_options or {})
-                    for iss, keys in ((ES_ISSUER, es), (RS_ISSUER, rs))
-                ]
-            },
-            "fhir": {"timeout_s": 1.0, "allow_http_loopback": bool(allowed)},
-        }
-        for section, values in overrides.items():
-            data.setdefault(section, {}).update(values)
-        settings = Settings.model_validate(data)
+        settings = _settings(tmp_path, es_signer, rs_signer, f"http://127.0.0.1:{port}",
+                             fhir_servers, client_options, overrides)  # fmt: skip
         store = open_store(settings.store.url)
         app = create_app(settings, store=store)
         ctx = serve(app, port, settings)
@@ -106,6 +130,22 @@ def service_factory(tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner) 
         client.close()
     for ctx in reversed(stack):
         ctx.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def in_process_service(
+    tmp: Path, es_signer: JwtSigner, rs_signer: JwtSigner, **overrides: Any
+) -> Iterator[LiveService]:
+    """The service's app called in-process through httpx's ASGITransport: no port, no
+    server thread, its lifespan running."""
+    base = "http://cds.test"
+    settings = _settings(tmp, es_signer, rs_signer, base, (), None, overrides)
+    store = open_store(settings.store.url)
+    app = create_app(settings, store=store)
+    with in_process_client(app, base) as http:
+        live = LiveService(base, store, settings, es_signer, http=http)
+        live.app = app
+        yield live
 
 
 @pytest.fixture

@@ -271,3 +271,35 @@ class ServiceProcess:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=30)
         self._log.close()
+
+
+class _InProcess(httpx.BaseTransport):
+    """httpx's ASGITransport for a sync client: each request runs on one event-loop
+    thread (an anyio blocking portal), the app in the same process, no socket."""
+
+    def __init__(self, app: Any, portal: Any) -> None:
+        self._asgi = httpx.ASGITransport(app=app)
+        self._portal = portal
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        async def send() -> httpx.Response:
+            response = await self._asgi.handle_async_request(request)
+            content = await response.aread()
+            return httpx.Response(response.status_code, headers=response.headers,
+                                  content=content, request=request)  # fmt: skip
+
+        result: httpx.Response = self._portal.call(send)
+        return result
+
+
+@contextmanager
+def in_process_client(app: Any, base_url: str) -> Iterator[httpx.Client]:
+    """A sync httpx client that calls ``app`` in-process, its lifespan running."""
+    from anyio.from_thread import start_blocking_portal
+
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(app.router.lifespan_context(app)),
+        httpx.Client(transport=_InProcess(app, portal), base_url=base_url) as client,
+    ):
+        yield client

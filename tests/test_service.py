@@ -1,20 +1,35 @@
-"""End-to-end: the real service over HTTP on loopback, with signed JWTs."""
+"""The service's behaviour, called in-process with signed JWTs: the app with its
+lifespan, store and packs, through Starlette's TestClient (no port, no server
+thread), one for the module. The same app over a real port is tested end to end in test_auth_e2e,
+test_prefetch_e2e, test_fhir_server, test_operations and test_scale_out (and
+here, for the body-size limit the server enforces)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from cds.client import JwtSigner
 from cds.examples import demo_observations, hook_request, searchset
 from tests.cardcheck import assert_valid_response
-from tests.conftest import LiveService
+from tests.conftest import LiveService, in_process_service
 
 PV = "runform-patient-view"
 OS = "runform-order-select"
 OSIGN = "runform-order-sign"
+
+
+@pytest.fixture(scope="module")
+def live(
+    tmp_path_factory: pytest.TempPathFactory, es_signer: JwtSigner, rs_signer: JwtSigner
+) -> Iterator[LiveService]:
+    """One in-process service for the module: each test reads only its own calls."""
+    with in_process_service(tmp_path_factory.mktemp("service"), es_signer, rs_signer) as live:
+        yield live
 
 
 def _rules(live: LiveService, hook_instance: str) -> list[str]:
@@ -227,7 +242,7 @@ def _raw_post(live: LiveService, path: str, content: bytes) -> httpx.Response:
         "Authorization": f"Bearer {live.client.signer.token(url)}",  # type: ignore[union-attr]
         "Content-Type": "application/json",
     }
-    return httpx.post(url, content=content, headers=headers)
+    return live.client.http.post(url, content=content, headers=headers)
 
 
 def test_malformed_json_is_400(live: LiveService) -> None:
