@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from cds.cli import main
 from cds.client import CdsClient, JwtSigner
 from cds.examples import hook_request
 from tests.conftest import LiveService
+from tests.load import Load
 from tests.servers import ServiceProcess
 
 PV = "runform-patient-view"
@@ -34,34 +34,11 @@ def service_process(tmp_path: Path, es_signer: JwtSigner) -> Iterator[ServicePro
 def test_every_answered_call_survives_sigkill_and_the_chain_verifies(
     service_process: ServiceProcess, es_signer: JwtSigner
 ) -> None:
-    answered: list[str] = []
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def load() -> None:
-        client = CdsClient(service_process.base, es_signer, timeout=5)
-        while not stop.is_set():
-            body = hook_request("patient-view", "p1")
-            try:
-                r = client.call(PV, body)
-            except httpx.HTTPError:
-                continue
-            if r.status_code == 200:
-                with lock:
-                    answered.append(body["hookInstance"])
-        client.close()
-
-    threads = [threading.Thread(target=load) for _ in range(6)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 30
-    while len(answered) < 40 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    service_process.proc.send_signal(signal.SIGKILL)  # mid-load, no shutdown
-    service_process.proc.wait(timeout=10)
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
+    with Load(service_process.base, es_signer, threads=6, timeout=5) as load:
+        load.wait_for(40, timeout=30)
+        service_process.proc.send_signal(signal.SIGKILL)  # mid-load, no shutdown
+        service_process.proc.wait(timeout=10)
+    answered = load.answered
     assert len(answered) >= 40
     store = open_store(f"sqlite:///{service_process.config.parent / 'traces.db'}")
     try:

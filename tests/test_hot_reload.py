@@ -5,55 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from cds.audit.store import TraceFilter
-from cds.client import CdsClient
-from cds.examples import hook_request
 from tests.conftest import ROOT
+from tests.load import Load
 from tests.packs import core_data
 
-PV = "runform-patient-view"
 R1_SUMMARY = "Hip drop/adduction while running ({side}): hip strengthening PLUS gait retraining"
-
-
-class Load:
-    """Threads calling the service without pause, recording every outcome."""
-
-    def __init__(self, url: str, signer: Any, threads: int = 2) -> None:
-        self.outcomes: list[tuple[int, str]] = []
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(CdsClient(url, signer), i))
-            for i in range(threads)
-        ]
-
-    def _run(self, client: CdsClient, n: int) -> None:
-        i = 0
-        while not self._stop.is_set():
-            i += 1
-            try:
-                r = client.call(PV, hook_request("patient-view", f"load-{n}-{i}"))
-                summary = r.json()["cards"][0]["summary"] if r.status_code == 200 else r.text
-                self.outcomes.append((r.status_code, summary))
-            except httpx.HTTPError as exc:
-                self.outcomes.append((0, repr(exc)))
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
 
 
 def _serving(live: Any) -> list[str]:
@@ -124,10 +87,10 @@ def test_reload_under_load_swaps_good_versions_and_keeps_serving_through_bad_one
         time.sleep(0.5)
         assert _serving(live) == [f"runform-core@{NEXT}"]
 
-    statuses = [s for s, _ in load.outcomes]
+    statuses = [call.status for call in load.calls]
     assert len(statuses) > 50
-    assert set(statuses) == {200}, [o for o in load.outcomes if o[0] != 200][:3]
-    summaries = [s for _, s in load.outcomes]
+    assert set(statuses) == {200}, load.failed[:3]
+    summaries = [call.detail for call in load.calls]
     assert any(s.startswith("Hip drop/adduction") for s in summaries)
     first_new = next(i for i, s in enumerate(summaries) if s.startswith("RELOADED"))
     assert not any(s.startswith("SNEAKY") for s in summaries)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,11 @@ import httpx
 import pytest
 
 from cds.audit.store import open_store
-from cds.client import CdsClient, JwtSigner
+from cds.client import JwtSigner
 from cds.config import env_overrides, load_settings
 from cds.errors import ConfigError
 from cds.examples import hook_request
+from tests.load import Load
 from tests.servers import ServiceProcess
 
 PV = "runform-patient-view"
@@ -148,33 +148,11 @@ def test_sigterm_under_load_loses_no_acknowledged_trace(
     tmp_path: Path, es_signer: JwtSigner
 ) -> None:
     svc = ServiceProcess(tmp_path, es_signer, f"sqlite:///{tmp_path / 'traces.db'}")
-    answered: list[str] = []
-    lock, stop = threading.Lock(), threading.Event()
-
-    def load() -> None:
-        client = CdsClient(svc.base, es_signer, timeout=10)
-        while not stop.is_set():
-            body = hook_request("patient-view", "p1")
-            try:
-                r = client.call(PV, body)
-            except httpx.HTTPError:
-                continue
-            if r.status_code == 200:
-                with lock:
-                    answered.append(body["hookInstance"])
-        client.close()
-
-    threads = [threading.Thread(target=load) for _ in range(6)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 30
-    while len(answered) < 40 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    svc.proc.send_signal(signal.SIGTERM)  # a rolling restart: drain, then exit
-    code = svc.proc.wait(timeout=40)
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
+    with Load(svc.base, es_signer, threads=6, timeout=10) as load:
+        load.wait_for(40, timeout=30)
+        svc.proc.send_signal(signal.SIGTERM)  # a rolling restart: drain, then exit
+        code = svc.proc.wait(timeout=40)
+    answered = load.answered
     svc.stop()
     # uvicorn re-raises the signal after its graceful shutdown, as a shell expects
     assert code in (0, -signal.SIGTERM) and len(answered) >= 40

@@ -15,11 +15,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +25,12 @@ import httpx
 import pytest
 
 from cds.audit.store import open_store
-from cds.client import CdsClient, JwtSigner
+from cds.client import JwtSigner
 from cds.examples import hook_request
+from tests.load import PV, Load
 from tests.servers import ServiceProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-PV = "runform-patient-view"
 LOAD_THREADS = 6
 
 
@@ -85,40 +83,6 @@ class HAProxy:
         self.log.close()
 
 
-@dataclass
-class Load:
-    """Calls patient-view through the load balancer from several threads, recording each."""
-
-    url: str
-    signer: JwtSigner
-    answered: list[str] = field(default_factory=list)
-    failed: list[tuple[float, str]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        client = CdsClient(self.url, self.signer, timeout=15)
-        while not self.stop.is_set():
-            body = hook_request("patient-view", "p1")
-            try:
-                r = client.call(PV, body)
-                outcome = "ok" if r.status_code == 200 else f"HTTP {r.status_code}"
-            except httpx.HTTPError as exc:
-                outcome = type(exc).__name__
-            with self.lock:
-                if outcome == "ok":
-                    self.answered.append(body["hookInstance"])
-                else:
-                    self.failed.append((time.monotonic(), outcome))
-        client.close()
-
-    def wait_for(self, answered: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.answered) < answered:
-            assert time.monotonic() < deadline, f"only {len(self.answered)} calls answered"
-            time.sleep(0.05)
-
-
 @pytest.fixture
 def topology(tmp_path: Path, es_signer: JwtSigner, pg_url: str) -> Iterator[Any]:
     lb_port = free_port()
@@ -152,11 +116,7 @@ def test_a_replica_killed_under_load_loses_no_acknowledged_trace(
     for name in ("cds1", "cds2", "cds3"):
         lb.wait(f"{name} up", _up(name))
 
-    load = Load(lb.url, es_signer)
-    threads = [threading.Thread(target=load.run) for _ in range(LOAD_THREADS)]
-    for t in threads:
-        t.start()
-    try:
+    with Load(lb.url, es_signer, threads=LOAD_THREADS) as load:
         load.wait_for(60)
         _replay_is_refused_by_another_replica(replicas, lb.url, es_signer)
 
@@ -174,12 +134,8 @@ def test_a_replica_killed_under_load_loses_no_acknowledged_trace(
         served = int(lb.servers()["cds1"]["stot"])
         lb.wait("calls on the restarted replica", lambda s: int(s["cds1"]["stot"]) > served + 5)
         load.wait_for(len(load.answered) + 40)
-    finally:
-        load.stop.set()
-        for t in threads:
-            t.join(timeout=30)
 
-    kinds = Counter(outcome for _, outcome in load.failed)
+    kinds = Counter(call.detail for call in load.failed)
     report = (
         f"{len(load.answered)} calls answered, {len(load.failed)} failed {dict(kinds)} "
         f"({failed_during_kill} around the kill, {LOAD_THREADS} calls in flight at most); "
@@ -189,7 +145,7 @@ def test_a_replica_killed_under_load_loses_no_acknowledged_trace(
     record_property("scale_out", report)
     # only calls in flight on the killed replica may fail, and only around the kill
     assert len(load.failed) <= LOAD_THREADS, load.failed
-    assert all(t >= killed_at for t, _ in load.failed), load.failed
+    assert all(call.at >= killed_at for call in load.failed), load.failed
     store = open_store(pg_url)
     try:
         lost = [h for h in load.answered if not store.records_for(h)]
