@@ -148,6 +148,15 @@ def in_process_service(
         yield live
 
 
+@pytest.fixture(scope="module")
+def in_process_live(
+    tmp_path_factory: pytest.TempPathFactory, es_signer: JwtSigner, rs_signer: JwtSigner
+) -> Iterator[LiveService]:
+    """One in-process service for a module whose tests each read only their own calls."""
+    with in_process_service(tmp_path_factory.mktemp("service"), es_signer, rs_signer) as live:
+        yield live
+
+
 @pytest.fixture
 def live(service_factory: Any) -> LiveService:
     return service_factory()  # type: ignore[no-any-return]

@@ -8,14 +8,12 @@ pack's code lists and citations) and check that every hazard has its evidence.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from cds.client import JwtSigner
 from cds.examples import demo_observations, hook_request, searchset
 from cds.fhir.codes import ICD10CM_SYSTEM, SNOMED_SYSTEM
 from cds.fhir.diagnoses import DiagnosisCode, ValueSet, match_conditions
@@ -27,16 +25,13 @@ from cds.rules.compile import CompiledPack
 from cds.rules.decide import Decision
 from cds.rules.engine import RuleEngine
 from cds.rules.scenario import Scenario, ScenarioFile, decide_scenario, run_scenarios
-from tests.conftest import ROOT, LiveService, in_process_service
+from tests.conftest import ROOT, LiveService
 
 
 @pytest.fixture(scope="module")
-def live(
-    tmp_path_factory: pytest.TempPathFactory, es_signer: JwtSigner, rs_signer: JwtSigner
-) -> Iterator[LiveService]:
-    """The service, in-process (its real-port tests are test_auth_e2e and others)."""
-    with in_process_service(tmp_path_factory.mktemp("safety"), es_signer, rs_signer) as live:
-        yield live
+def live(in_process_live: LiveService) -> LiveService:
+    """The service, in-process (no port; its real-port tests are test_auth_e2e and others)."""
+    return in_process_live
 
 
 PV = "runform-patient-view"

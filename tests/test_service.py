@@ -7,16 +7,14 @@ here, for the body-size limit the server enforces)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from cds.client import JwtSigner
 from cds.examples import demo_observations, hook_request, searchset
 from tests.cardcheck import assert_valid_response
-from tests.conftest import LiveService, in_process_service
+from tests.conftest import LiveService
 
 PV = "runform-patient-view"
 OS = "runform-order-select"
@@ -24,12 +22,9 @@ OSIGN = "runform-order-sign"
 
 
 @pytest.fixture(scope="module")
-def live(
-    tmp_path_factory: pytest.TempPathFactory, es_signer: JwtSigner, rs_signer: JwtSigner
-) -> Iterator[LiveService]:
-    """One in-process service for the module: each test reads only its own calls."""
-    with in_process_service(tmp_path_factory.mktemp("service"), es_signer, rs_signer) as live:
-        yield live
+def live(in_process_live: LiveService) -> LiveService:
+    """The service, in-process (no port; its real-port tests are test_auth_e2e and others)."""
+    return in_process_live
 
 
 def _rules(live: LiveService, hook_instance: str) -> list[str]:

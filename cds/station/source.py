@@ -16,13 +16,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from numpy.typing import NDArray
 
 from cds.errors import StationError
+from cds.measures.video import Frame
 
 __all__ = ["Captured", "FrameSource", "open_source"]
-
-Frame = NDArray[np.uint8]
 
 
 @dataclass(frozen=True)
