@@ -23,10 +23,10 @@ from cds.fhir.fields import (
     AGE_UNKNOWN,
     HOOK,
     KIND,
-    MEASURE_SUFFIX,
     diagnosis_field,
     finding_field,
     lsi_field,
+    measure_field,
     order_days_field,
     order_field,
     present_field,
@@ -211,7 +211,7 @@ def resolve_metric_fields(cond: MetricCondition, unit: str | None) -> list[str]:
     if unit is None:
         return [present_field(m)]
     _, dim = convert(0.0, unit, m.dimensions)
-    return [m.field_for(dim) + MEASURE_SUFFIX[cond.measure]]
+    return [measure_field(m, dim, cond.measure)]
 
 
 class _Compiler:
