@@ -19,7 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -114,11 +116,117 @@ def wrk(url: str, path: str, bench_dir: Path, connections: int, seconds: int, au
     }
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and its living descendants (uvicorn workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        used[child] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [c for c, p in parents.items() if p == parent and c not in tree]
+        tree.update(kids)
+        frontier += kids
+    return sum(used.get(p, 0.0) for p in tree)
+
+
+def source_tree(ref: str, into: Path) -> Path:
+    """The files of commit ``ref``, unpacked into ``into`` (no worktree left behind)."""
+    into.mkdir()
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+@contextmanager
+def running_service(code: Path, config: Path, port: int, workers: int) -> Iterator[int]:
+    """uvicorn serving ``benchmarks.bench_app`` from the source tree ``code``; yields its pid."""
+    env = {**os.environ, "RUNFORM_CDS_CONFIG": str(config), "PYTHONPATH": str(code)}
+    cmd = [sys.executable, "-m", "uvicorn", "benchmarks.bench_app:app", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+    server = subprocess.Popen([*cmd, "--workers", str(workers)], env=env, cwd=code)
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"the service from {code} did not start")
+        yield server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def write_inputs(tmpdir: Path, base: str, signer: JwtSigner) -> Path:
+    """The service config and the request body wrk sends; returns the config."""
+    jwks = signer.write_jwks(tmpdir / "jwks.json")
+    config = tmpdir / "bench.toml"
+    config.write_text(
+        f'[server]\nbase_url = "{base}"\n[store]\nurl = "sqlite:///{tmpdir}/traces.db"\n'
+        f'[packs]\ndir = "{ROOT / "rule_packs"}"\n'
+        f'[[auth.clients]]\niss = "urn:bench-ehr"\njwks_file = "{jwks}"\n'
+    )
+    body = hook_request("patient-view", "bench-1", observations=sixty_observations("bench-1"))
+    body["prefetch"]["patient"] = patient("bench-1")
+    body["prefetch"]["conditions"] = searchset([pfp_condition("bench-1")])
+    body["hookInstance"] = "HOOK_INSTANCE"
+    (tmpdir / "body.json").write_text(json.dumps(body))
+    (tmpdir / "tokens.txt").write_text("")
+    return config
+
+
+def run_levels(
+    label: str, pid: int, base: str, tmpdir: Path, signer: JwtSigner, args: argparse.Namespace
+) -> None:
+    """wrk at each concurrency on the echo and on patient-view; prints a row per run."""
+    for level in [int(x) for x in args.levels.split(",")]:
+        rows = {}
+        for name, path, auth in (
+            ("bare echo", "/bench/echo", False),
+            ("patient-view", f"/cds-services/{SERVICE}", True),
+        ):
+            if auth:
+                tokens = make_tokens(signer, base + path, int(2500 * args.seconds * 1.5))
+                (tmpdir / "tokens.txt").write_text("\n".join(tokens) + "\n")
+            cpu_before = process_cpu_s(pid)
+            r = wrk(base, path, tmpdir, level, args.seconds, auth)
+            r["cpu_ms"] = (process_cpu_s(pid) - cpu_before) * 1000 / max(r["requests"], 1)
+            rows[name] = r
+            errors = r["non2xx"] + r["socket_errors"]
+            print(
+                f"{label:<9} {level:>4} {name:<20} {r['rps']:>7.0f} {r['p50_ms']:>8.2f} "
+                f"{r['p99_ms']:>8.2f} {r['cpu_ms']:>7.2f} {errors:>6}"
+            )
+        pv, bare = rows["patient-view"], rows["bare echo"]
+        print(
+            f"{label:<9} {level:>4} {'ratio (pv / echo)':<20} {pv['rps'] / bare['rps']:>7.2f} "
+            f"{pv['p50_ms'] / bare['p50_ms']:>8.1f} {pv['p99_ms'] / bare['p99_ms']:>8.1f} "
+            f"{pv['cpu_ms'] / bare['cpu_ms']:>7.1f}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--levels", default="1,10,50")
     parser.add_argument("--workers", type=int, default=1, help="service processes")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run the service as of this git commit, first, in the same run",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
@@ -128,82 +236,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="runform-bench-") as tmp:
         tmpdir = Path(tmp)
         signer = JwtSigner(iss="urn:bench-ehr", alg="ES384", lifetime_s=900)
-        jwks = signer.write_jwks(tmpdir / "jwks.json")
-        config = tmpdir / "bench.toml"
-        config.write_text(
-            f'[server]\nbase_url = "{base}"\n[store]\nurl = "sqlite:///{tmpdir}/traces.db"\n'
-            f'[packs]\ndir = "{ROOT / "rule_packs"}"\n'
-            f'[[auth.clients]]\niss = "urn:bench-ehr"\njwks_file = "{jwks}"\n'
+        config = write_inputs(tmpdir, base, signer)
+        trees = [("current", ROOT)]
+        if args.baseline:
+            trees.insert(0, (args.baseline[:9], source_tree(args.baseline, tmpdir / "baseline")))
+        print(
+            f"payload: {(tmpdir / 'body.json').stat().st_size / 1024:.0f} KiB, 60 Observations; "
+            f"{args.seconds} s per run; {args.workers} service process(es); "
+            "SQLite traces (fsync); cpu = service CPU ms per call (wrk shares the cores)"
         )
-        body = hook_request("patient-view", "bench-1", observations=sixty_observations("bench-1"))
-        body["prefetch"]["patient"] = patient("bench-1")
-        body["prefetch"]["conditions"] = searchset([pfp_condition("bench-1")])
-        body["hookInstance"] = "HOOK_INSTANCE"
-        (tmpdir / "body.json").write_text(json.dumps(body))
-        (tmpdir / "tokens.txt").write_text("")
-        env = {**os.environ, "RUNFORM_CDS_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "benchmarks.bench_app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                "--workers",
-                str(args.workers),
-            ],
-            env=env,
-            cwd=ROOT,
+        print(
+            f"{'code':<9} {'conc':>4} {'endpoint':<20} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'cpu ms':>7} {'errors':>6}"
         )
-        try:
-            for _ in range(200):
-                try:
-                    if httpx.get(f"{base}/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            else:
-                raise RuntimeError("the service did not start")
-            print(
-                f"payload: {len(json.dumps(body)) / 1024:.0f} KiB, 60 Observations; "
-                f"{args.seconds} s per run; {args.workers} service process(es); "
-                "SQLite traces (fsync)"
-            )
-            print(
-                f"{'conc':>4} {'endpoint':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-                f"{'errors':>6}"
-            )
-            for level in [int(x) for x in args.levels.split(",")]:
-                rows = {}
-                for name, path, auth in (
-                    ("bare echo", "/bench/echo", False),
-                    ("patient-view", f"/cds-services/{SERVICE}", True),
-                ):
-                    if auth:
-                        n = int(2500 * args.seconds * 1.5)
-                        tokens = make_tokens(signer, base + path, n)
-                        (tmpdir / "tokens.txt").write_text("\n".join(tokens) + "\n")
-                    r = wrk(base, path, tmpdir, level, args.seconds, auth)
-                    rows[name] = r
-                    errors = r["non2xx"] + r["socket_errors"]
-                    print(
-                        f"{level:>4} {name:<22} {r['rps']:>8.0f} {r['p50_ms']:>8.2f} "
-                        f"{r['p99_ms']:>8.2f} {errors:>6}"
-                    )
-                pv, bare = rows["patient-view"], rows["bare echo"]
-                print(
-                    f"{level:>4} {'ratio (pv / echo)':<22} {pv['rps'] / bare['rps']:>8.2f} "
-                    f"{pv['p50_ms'] / bare['p50_ms']:>8.1f} {pv['p99_ms'] / bare['p99_ms']:>8.1f}"
-                )
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+        for label, code in trees:
+            with running_service(code, config, port, args.workers) as pid:
+                run_levels(label, pid, base, tmpdir, signer, args)
     sys.path.insert(0, str(ROOT))
     from benchmarks.stages import measure, print_table
 
