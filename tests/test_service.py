@@ -6,6 +6,7 @@ here, for the body-size limit the server enforces)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -442,3 +443,33 @@ def test_prefetch_with_patient_none_means_no_data_not_fetch(live: LiveService) -
 def test_cards_are_json_without_nulls(live: LiveService) -> None:
     r = live.post(PV, hook_request("patient-view", "p1"))
     assert "null" not in json.dumps(r.json())
+
+
+def test_small_calls_are_evaluated_on_the_event_loop_and_large_ones_on_a_thread(
+    live: LiveService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks.latency import sixty_observations
+    from cds.service import pipeline
+
+    on_loop: list[bool] = []
+    evaluate = pipeline._evaluate
+
+    def spy(*args: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:  # a worker thread runs no event loop
+            on_loop.append(False)
+        return evaluate(*args)
+
+    monkeypatch.setattr(pipeline, "_evaluate", spy)
+    many = [o for _ in range(5) for o in sixty_observations("p-many")]  # 300 > 250
+    for i, obs in enumerate(many):
+        obs["id"] = f"obs-{i}"
+    answers = [
+        live.post(PV, hook_request("patient-view", pid, observations=observations))
+        for pid, observations in (("p-few", sixty_observations("p-few")), ("p-many", many))
+    ]
+    assert [r.status_code for r in answers] == [200, 200]
+    assert on_loop == [True, False]
+    assert all(r.json()["cards"] for r in answers)

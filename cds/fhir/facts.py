@@ -84,6 +84,17 @@ class ClinicalData:
     other_draft_orders: list[str] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)
 
+    @property
+    def resource_count(self) -> int:
+        """Resources the rules will read (unreadable ones are already set aside)."""
+        return (
+            (self.patient is not None)
+            + len(self.observations)
+            + len(self.conditions)
+            + len(self.draft_orders)
+            + len(self.orders)
+        )
+
 
 @dataclass
 class FactSet:

@@ -13,6 +13,7 @@ import platform
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from typing import Any
 
@@ -216,12 +217,21 @@ async def _answer(
     trace["prefetch"] = pre.how
     trace["notes"] = pre.notes
     data = _clinical_data(req, pre)
-    # off the event loop: health checks and other calls keep being answered meanwhile
-    decisions, facts = await anyio.to_thread.run_sync(
-        _evaluate, rt, packs, svc, req, data, _trace_url(rt, trace)
-    )
+    evaluate = partial(_evaluate, rt, packs, svc, req, data, _trace_url(rt, trace))
+    if _is_quick(rt.settings, packs, data):
+        decisions, facts = evaluate()
+    else:  # off the event loop: health checks and other calls keep being answered meanwhile
+        decisions, facts = await anyio.to_thread.run_sync(evaluate)
     _record_decisions(trace, facts, decisions)
     return {"cards": [c for d in decisions for c in d.cards]}
+
+
+def _is_quick(settings: Settings, packs: list[CompiledPack], data: ClinicalData) -> bool:
+    """Whether evaluating this call takes little enough time to run on the event loop."""
+    server = settings.server
+    rules = sum(len(p.rules) + len(p.findings) for p in packs)
+    most = server.inline_evaluation_max_resources
+    return most > 0 and data.resource_count <= most and rules <= server.inline_evaluation_max_rules
 
 
 def _failed(trace: Trace, exc: Exception) -> CdsError:
