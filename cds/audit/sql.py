@@ -16,8 +16,8 @@ from cds.audit.chain import (
     Checkpoint,
     RawRecord,
     VerifyResult,
-    canonical_json,
     record_hash,
+    record_json,
     record_problem,
     verify_rows,
 )
@@ -65,7 +65,7 @@ class SqlTraceStore(ABC):
     # -- appends -------------------------------------------------------------------
     def _insert_chain(self, cur: Any, rows: list[Row]) -> list[StoredRecord]:
         """Append ``rows`` to the chain with ``cur``, inside a write transaction."""
-        encoded = [(k, tid, hi, pat, body, canonical_json(body)) for k, tid, hi, pat, body in rows]
+        encoded = [(k, tid, hi, pat, body, record_json(body)) for k, tid, hi, pat, body in rows]
         now = datetime.now(UTC).isoformat()
         out: list[StoredRecord] = []
         insert = self._q(
