@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -100,7 +101,10 @@ def wrk(url: str, path: str, bench_dir: Path, connections: int, seconds: int, au
         str(Path(__file__).with_name("wrk_cds.lua")),
         url,
     ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed: {done.stdout}\n{done.stderr}")
     out = done.stdout
@@ -113,6 +117,8 @@ def wrk(url: str, path: str, bench_dir: Path, connections: int, seconds: int, au
         "p50_ms": float(p50) / 1000,
         "p99_ms": float(p99) / 1000,
         "rps": int(reqs) / (float(dur_us) / 1e6),
+        #: cores wrk itself kept busy (it shares the machine with the service)
+        "wrk_cores": wrk_cpu_s / (float(dur_us) / 1e6),
     }
 
 
@@ -214,6 +220,13 @@ def run_levels(
             f"{label:<9} {level:>4} {'ratio (pv / echo)':<20} {pv['rps'] / bare['rps']:>7.2f} "
             f"{pv['p50_ms'] / bare['p50_ms']:>8.1f} {pv['p99_ms'] / bare['p99_ms']:>8.1f} "
             f"{pv['cpu_ms'] / bare['cpu_ms']:>7.1f}"
+        )
+        left = (os.cpu_count() or 1) - pv["wrk_cores"]
+        usable = min(float(args.workers), left)
+        print(
+            f"{label:<9} {level:>4} {'bound':<20} {usable / pv['cpu_ms'] * 1000:>7.0f}"
+            f"   (wrk used {pv['wrk_cores']:.2f} of {os.cpu_count()} cores; the service "
+            f"can use at most {usable:.2f}, at {pv['cpu_ms']:.2f} ms a call)"
         )
 
 
