@@ -18,6 +18,9 @@ durable-rules has sharp edges; this adapter files them down:
   does, it fails the evaluation rather than silently dropping a fact;
 * exceptions raised in actions are swallowed by durable-rules into the session
   state; we read the state back and fail the evaluation;
+* every fact, result and session state crosses into the C engine as JSON, written
+  and read by the standard ``json`` module; orjson writes and reads the same JSON
+  several times faster (a third of the engine's time per call);
 * the session state is deleted after each evaluation. ``delete_state`` on a
   session in which nothing matched corrupts memory in the C engine
   (``free(): invalid pointer``, then a segfault), so every session opens with
@@ -34,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from durable import engine as _durable
 
 from cds.errors import EngineError
@@ -57,6 +61,19 @@ class EngineResult:
     findings: list[Firing] = field(default_factory=list)
     unmatched: int = 0
 
+
+class _OrjsonForDurable:
+    """The two ``json`` functions durable-rules calls, done by orjson."""
+
+    @staticmethod
+    def dumps(value: Any, ensure_ascii: bool = True) -> str:
+        # durable always passes ensure_ascii=False: orjson writes UTF-8 in any case
+        return orjson.dumps(value).decode()
+
+    loads = staticmethod(orjson.loads)
+
+
+_durable.json = _OrjsonForDurable
 
 _host_lock = threading.Lock()
 _host: Any = None
