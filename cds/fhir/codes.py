@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any, Literal
 
@@ -70,10 +70,15 @@ class Metric:
     #: camera view a run-form metric needs ("posterior" or "side"); None: any view
     view: str | None = None
 
-    @property
+    @cached_property
     def field(self) -> str:
         """Name of the fact field carrying this metric's canonical value."""
         return self.code.replace("-", "_")
+
+    @cached_property
+    def dimension_fields(self) -> dict[str, str]:
+        """The fact field of each dimension the metric may be measured in."""
+        return {d: self.field_for(d) for d in self.dimensions}
 
     @property
     def lateral(self) -> bool:

@@ -220,7 +220,7 @@ def _compare_sides(sides: dict[str, dict[str, Any]], fields: set[str]) -> None:
 
 def _mark_present(fact: dict[str, Any]) -> None:
     for m in metrics().values():
-        if any(m.field_for(d) in fact for d in m.dimensions):
+        if any(f in fact for f in m.dimension_fields.values()):
             fact[present_field(m)] = 1
 
 

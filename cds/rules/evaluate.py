@@ -94,11 +94,13 @@ class Explanation:
 
     thresholds: list[str] = field(default_factory=list)
     decided: list[Decided] = field(default_factory=list)
+    _seen: set[Decided] = field(default_factory=set, repr=False, compare=False)
 
     def add(self, name: str, test: Decided | None = None) -> None:
         if name not in self.thresholds:
             self.thresholds.append(name)
-        if test is not None and test not in self.decided:
+        if test is not None and test not in self._seen:
+            self._seen.add(test)
             self.decided.append(test)
 
 
@@ -226,8 +228,10 @@ class ReferenceEvaluator:
             if hook not in hooks:
                 continue
             for i, fact in enumerate(facts):
+                if fact.get(KIND) != scope:
+                    continue
                 why = Explanation()
-                if fact.get(KIND) == scope and self.holds(cond, fact, why, memo=memos[i]):
+                if self.holds(cond, fact, why, memo=memos[i]):
                     out[(rule_id, i)] = why
         return out
 
