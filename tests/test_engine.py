@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,20 @@ def test_same_facts_twice_never_trigger_duplicate_errors(core_pack: CompiledPack
             (f.rule_id, f.index) for f in first.firings
         ]
     assert first.firings
+
+
+def test_durable_rules_runs_no_background_threads(core_pack: CompiledPack) -> None:
+    """durable's Host polled every ruleset from a new thread every 0.2 s, without a lock,
+    into the engine an evaluation was using; ours starts none."""
+    facts = _factset({"contralateral_pelvic_drop": 8.0}, {}, {"dx_patellofemoral_pain": 1})
+    assert RuleEngine().evaluate(core_pack, stamp_facts(facts, "patient-view")).firings
+    time.sleep(0.5)  # more than the dispatch cycle
+    durable_threads = [
+        t
+        for t in threading.enumerate()
+        if isinstance(t, threading.Timer) and t.function.__module__ == "durable.engine"
+    ]
+    assert durable_threads == []
 
 
 def test_session_state_is_deleted_after_each_evaluation(

@@ -2,8 +2,10 @@
 
 durable-rules has sharp edges; this adapter files them down:
 
-* one ``Host`` per process (each Host leaks two timer threads), every call
-  under one lock (the Python layer has none);
+* one ``Host`` per process, every call under one lock (the Python layer has
+  none); its background dispatch is switched off: every 0.2 s it started a new
+  thread per registered ruleset to poll queued actions and timers (we use
+  neither), without any lock, into the same C engine as a running evaluation;
 * rulesets cannot be replaced, so each compiled pack registers under a
   versioned, content-hashed name and stays registered; switching packs is a
   pointer change in our code;
@@ -82,10 +84,17 @@ _collector: list[Firing] | None = None  # set while an evaluation holds the lock
 _OPENER = "__session__"
 
 
+class _Host(_durable.Host):  # type: ignore[misc]
+    """durable-rules' Host without its dispatch threads (see the module docstring)."""
+
+    def _run(self) -> None:
+        """Start nothing: actions run inside ``assert_fact``, under our lock."""
+
+
 def _shared_host() -> Any:
     global _host
     if _host is None:
-        _host = _durable.Host()
+        _host = _Host()
     return _host
 
 
