@@ -267,6 +267,39 @@ def test_jti_claims_are_shared_and_expire(store: TraceStore) -> None:
     assert store.claim_jti("iss", "j2", time.time() + 60)  # expired entry may be reused
 
 
+def test_a_jti_claim_never_waits_for_a_trace_commit(tmp_path: Path) -> None:
+    """Claims are made on the event loop; the replay cache is a file of its own, so a
+    trace transaction holding the trace file's write lock (through its fsync) cannot
+    hold them up. A second store on the same file shares the cache (a second worker)."""
+    import sqlite3
+    import threading
+    import time
+
+    path = tmp_path / "traces.db"
+    store, worker = open_store(f"sqlite:///{path}"), open_store(f"sqlite:///{path}")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # what the trace writer holds while it commits
+    answers: list[bool] = []
+    claim = threading.Thread(
+        target=lambda: answers.extend(
+            [
+                store.claim_jti("iss", "j1", time.time() + 60),
+                worker.claim_jti("iss", "j1", time.time() + 60),
+            ]
+        )
+    )
+    claim.start()
+    claim.join(timeout=10)
+    finished_under_the_lock = not claim.is_alive()
+    writer.execute("ROLLBACK")
+    claim.join()
+    assert finished_under_the_lock
+    assert answers == [True, False]
+    assert (tmp_path / "traces.db-replay").stat().st_mode & 0o777 == 0o600
+    store.close()
+    worker.close()
+
+
 def test_exports_csv_and_a_valid_fhir_bundle_with_pseudonyms(store: TraceStore) -> None:
     t = _trace(1, "secret-patient")
     store.append_trace(t)

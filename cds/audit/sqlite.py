@@ -19,6 +19,9 @@ __all__ = ["SqliteTraceStore"]
 _SCHEMA = SCHEMA_TEMPLATE.format(int="INTEGER", real="REAL")
 _FACETS = FACETS_TEMPLATE.format(int="INTEGER")
 
+_REPLAY_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS jti_seen (key TEXT PRIMARY KEY, expires_at REAL NOT NULL)"
+)
 _CLAIM = (
     "INSERT INTO jti_seen (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
     "SET expires_at = excluded.expires_at WHERE jti_seen.expires_at < ?"
@@ -69,10 +72,8 @@ class SqliteTraceStore(SqlTraceStore):
                 self._migrate(cur)
         else:
             self._check_version(f"sqlite:///{path}")
-        # replay-cache writes need no fsync of their own: a second connection
-        # with synchronous=NORMAL keeps them off the durable trace path
-        self._jti = self._db if path == ":memory:" else _connect(path, "NORMAL")
-        self._jti_lock = threading.Lock() if self._jti is not self._db else self._lock
+        self._jti: sqlite3.Connection | None = self._db if path == ":memory:" else None
+        self._jti_lock = threading.Lock() if self._jti is None else self._lock
         self._claims = 0
 
     @contextmanager
@@ -92,15 +93,30 @@ class SqliteTraceStore(SqlTraceStore):
         with self._lock:
             yield self._db.cursor()
 
+    def _replay_cache(self) -> sqlite3.Connection:
+        """The JWT replay cache: a file of its own beside the traces (``<file>-replay``).
+
+        In the trace file, a claim waited for the write lock each trace commit holds
+        through its fsync, and claims are made on the event loop. Its writes need no
+        fsync of their own (synchronous=NORMAL); every worker opens the same file.
+        """
+        if self._jti is None:
+            replay = f"{self.path}-replay"
+            os.close(os.open(replay, os.O_CREAT | os.O_RDWR, 0o600))
+            self._jti = _connect(replay, "NORMAL")
+            self._jti.execute(_REPLAY_SCHEMA)
+        return self._jti
+
     def _claim(self, key: str, expires_at: float, now: float) -> bool:
         with self._jti_lock:
+            cache = self._replay_cache()
             self._claims += 1
             if self._claims % 1000 == 0:
-                self._jti.execute("DELETE FROM jti_seen WHERE expires_at < ?", (now,))
-            return self._jti.execute(_CLAIM, (key, expires_at, now)).rowcount == 1
+                cache.execute("DELETE FROM jti_seen WHERE expires_at < ?", (now,))
+            return cache.execute(_CLAIM, (key, expires_at, now)).rowcount == 1
 
     def close(self) -> None:
         with self._lock:
-            if self._jti is not self._db:
+            if self._jti is not None and self._jti is not self._db:
                 self._jti.close()
             self._db.close()
