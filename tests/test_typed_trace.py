@@ -1,6 +1,7 @@
-"""The trace is typed (``cds.audit.trace.Trace``): a key renamed where the type is
+"""The trace is typed (``cds.audit.trace.Trace`` and the records it holds, in
+``cds.rules.records``, ``cds.fhir.measurements`` ...): a key renamed where its type is
 defined, and not where the service writes it and the audit tools read it, fails
-``mypy --strict``. This test renames one in a copy of the package and runs mypy."""
+``mypy --strict``. These tests rename one in a copy of the package and run mypy."""
 
 from __future__ import annotations
 
@@ -10,25 +11,58 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
+RENAMES = {
+    # a trace key: written by the service, read by the terminal view, viewer and exports
+    "trace": (
+        "audit/trace.py",
+        "    rules_fired: list[FiredRuleEntry]\n",
+        "    fired_rules: list[FiredRuleEntry]\n",
+        'TypedDict "Trace" has no key "rules_fired"',
+        {
+            "cds/service/pipeline.py",
+            "cds/audit/reading.py",
+            "cds/audit/render.py",
+            "cds/audit/viewer.py",
+            "cds/audit/export.py",
+        },
+    ),
+    # a key of a nested record: made by the decision, read by the audit tools
+    "fired rule": (
+        "rules/records.py",
+        "    decided: list[DecidedEntry]\n",
+        "    deciding: list[DecidedEntry]\n",
+        'Extra key "decided" for TypedDict "FiredRuleEntry"',
+        {"cds/rules/decide.py", "cds/audit/reading.py"},
+    ),
+    "card": (
+        "rules/records.py",
+        "    indicator: str\n",
+        "    urgency: str\n",
+        'has no key "indicator"',
+        {"cds/rules/cards.py"},
+    ),
+}
 
+
+@pytest.mark.parametrize("which", list(RENAMES))
 def test_renaming_a_trace_key_fails_the_type_check_where_it_is_written_and_read(
-    tmp_path: Path,
+    which: str, tmp_path: Path
 ) -> None:
+    module, old, new, message, places = RENAMES[which]
     shutil.copytree(ROOT / "cds", tmp_path / "cds", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    trace = tmp_path / "cds" / "audit" / "trace.py"
-    text = trace.read_text()
-    assert "    rules_fired: list[dict[str, Any]]\n" in text
-    trace.write_text(text.replace("    rules_fired:", "    fired_rules:"))
+    typed = tmp_path / "cds" / module
+    text = typed.read_text()
+    assert text.count(old) == 1
+    typed.write_text(text.replace(old, new))
 
     cmd = [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / ".mypy"), "cds"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 1, done.stdout + done.stderr
-    # a write names the unknown key; a read of it yields "object", which cannot be iterated
+    assert message in done.stdout
     flagged = set(re.findall(r"^(cds/[\w/]+\.py):\d+: error:", done.stdout, re.M))
-    assert 'TypedDict "Trace" has no key "rules_fired"' in done.stdout
-    # written by the service, read by the terminal view, the viewer and the exports
-    assert {"cds/service/pipeline.py", "cds/audit/reading.py", "cds/audit/render.py",
-            "cds/audit/viewer.py", "cds/audit/export.py"} <= flagged, done.stdout  # fmt: skip
+    assert places <= flagged, done.stdout

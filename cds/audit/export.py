@@ -32,6 +32,7 @@ from cds.audit.reading import (
 )
 from cds.audit.store import StoredRecord
 from cds.audit.trace import Trace
+from cds.rules.records import FiredRuleEntry
 
 __all__ = ["CSV_COLUMNS", "to_csv", "to_fhir_bundle"]
 
@@ -102,8 +103,8 @@ def _feedback_columns(views: list[FeedbackView]) -> dict[str, str]:
 
 
 def _rule_columns(b: Trace, rule_id: str | None) -> dict[str, str]:
-    fired: dict[str, Any] = next(
-        (r for r in b.get("rules_fired", []) if r.get("rule_id") == rule_id), {}
+    fired = next(
+        (r for r in b.get("rules_fired", []) if r.get("rule_id") == rule_id), FiredRuleEntry()
     )
     return {
         "sides": ", ".join(fired.get("sides", [])),
@@ -199,7 +200,7 @@ def _string(name: str, value: Any) -> dict[str, Any]:
     return {"name": name, "valueString": str(value)}
 
 
-def _fired_part(fired: dict[str, Any], trace: Trace) -> dict[str, Any]:
+def _fired_part(fired: FiredRuleEntry, trace: Trace) -> dict[str, Any]:
     part = [
         _string("rule", fired["rule_id"]),
         _string("category", fired.get("category", "")),

@@ -11,6 +11,7 @@ from typing import Any
 
 from cds.audit.trace import Trace
 from cds.rules.pack import PROVENANCE_LABELS
+from cds.rules.records import CardShown, FiredRuleEntry
 
 __all__ = [
     "PROVENANCE_LABELS",
@@ -27,7 +28,7 @@ __all__ = [
 _OPS = {"at_least": "at least", "above": "above", "below": "below", "at_most": "at most"}
 
 
-def _cards_by_uuid(trace: Trace) -> dict[str, dict[str, Any]]:
+def _cards_by_uuid(trace: Trace) -> dict[str, CardShown]:
     return {c["uuid"]: c for c in trace.get("cards", []) if isinstance(c, dict) and "uuid" in c}
 
 
@@ -37,7 +38,7 @@ def _card_name(trace: Trace, uuid: str) -> str:
     return f"the {maker} card ({uuid})" if maker else f"card {uuid}"
 
 
-def rule_fate(r: dict[str, Any], trace: Trace | None = None) -> str:
+def rule_fate(r: FiredRuleEntry, trace: Trace | None = None) -> str:
     """What became of a fired rule: its card, attached to cards, held back, or no card."""
     trace = trace or {}
     held = f"; held back {', '.join(r['held_back'])}" if r.get("held_back") else ""
@@ -66,7 +67,7 @@ def diagnosis_lines(b: Trace) -> list[str]:
     for d in b.get("diagnoses", []):
         state = "confirmed" if d.get("confirmed") else f"possible ({d.get('doubt')})"
         onset = f"onset {d['onset_days']:g} days ago" if "onset_days" in d else "no onset recorded"
-        sides = "/".join(d["sides"]) if d.get("sides") else "side not recorded"
+        sides = "/".join(d.get("sides") or ()) or "side not recorded"
         ref = d.get("reference", "Condition/?")
         out.append(f"{d['value_set']} ({d['code']}): {state}, {onset}, {sides}  ({ref})")
     return out
@@ -97,7 +98,7 @@ def _quantity(value: Any, unit: Any) -> str:
     return _number(value) if unit in _UNITLESS else f"{_number(value)} {unit}"
 
 
-def decided_lines(r: dict[str, Any]) -> list[str]:
+def decided_lines(r: FiredRuleEntry) -> list[str]:
     """Each measured value against the threshold that decided the rule, per side:
     ``left: hip abduction strength (hip-abd) 0.21 kg/kg is below weak (0.25 kg/kg) [X]``."""
     out = []

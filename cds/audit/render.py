@@ -23,6 +23,7 @@ from cds.audit.reading import (
 )
 from cds.audit.store import StoredRecord
 from cds.audit.trace import Trace
+from cds.rules.records import CardShown
 
 __all__ = ["list_lines", "render_records", "terminal_safe"]
 
@@ -100,7 +101,7 @@ def _rules(b: Trace) -> list[str]:
     return out
 
 
-def _card(c: dict[str, Any]) -> list[str]:
+def _card(c: CardShown) -> list[str]:
     made = f"{c.get('uuid')}, rule {c.get('rule_id')}"
     out = [f"    - [{c.get('indicator')}] {c.get('summary')}  ({made})"]
     for para in str(c.get("detail") or "").splitlines():

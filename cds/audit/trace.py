@@ -4,15 +4,23 @@ JSON, and the audit tools (terminal, viewer, exports) read it.
 ``total=False``: a failed call stops filling it where it failed, and traces
 written by earlier releases may lack later keys; readers use ``.get``. A key
 renamed here and not where it is written or read fails ``mypy --strict``.
-Nested records (cards, fired rules, inputs) stay plain dicts: their shapes are
-made by :mod:`cds.rules.decide` and :mod:`cds.fhir.measurements`.
+The nested records are typed where they are made: cards and fired rules in
+:mod:`cds.rules.records`, facts in :mod:`cds.fhir.fields`, inputs in
+:mod:`cds.fhir.measurements`, diagnoses in :mod:`cds.fhir.diagnoses`, orders in
+:mod:`cds.fhir.facts`.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypedDict
 
-__all__ = ["Outcome", "PackRef", "Trace"]
+from cds.fhir.diagnoses import DiagnosisEntry
+from cds.fhir.facts import OrderEntry
+from cds.fhir.fields import Fact
+from cds.fhir.measurements import InputEntry
+from cds.rules.records import CardShown, FiredRuleEntry
+
+__all__ = ["Inputs", "Outcome", "PackRef", "Trace"]
 
 
 class PackRef(TypedDict, total=False):
@@ -36,8 +44,8 @@ class Outcome(TypedDict, total=False):
 
 
 class Inputs(TypedDict):
-    used: list[dict[str, Any]]
-    excluded: list[dict[str, Any]]
+    used: list[InputEntry]
+    excluded: list[InputEntry]
 
 
 class Trace(TypedDict, total=False):
@@ -58,9 +66,9 @@ class Trace(TypedDict, total=False):
     prefetch: dict[str, str]
     notes: list[str]
     inputs: Inputs
-    facts: list[dict[str, Any]]
-    diagnoses: list[dict[str, Any]]
-    orders: Any
-    rules_fired: list[dict[str, Any]]
-    cards: list[dict[str, Any]]
+    facts: list[Fact]
+    diagnoses: list[DiagnosisEntry]
+    orders: list[OrderEntry]
+    rules_fired: list[FiredRuleEntry]
+    cards: list[CardShown]
     outcome: Outcome

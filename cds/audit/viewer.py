@@ -47,6 +47,7 @@ from cds.audit.throttle import LoginThrottle
 from cds.audit.trace import Trace
 from cds.config import ViewerSettings
 from cds.errors import AuditQueryError
+from cds.rules.records import CardShown
 
 __all__ = ["viewer_router"]
 
@@ -238,7 +239,7 @@ def _inputs(b: Trace) -> str:
     used = "".join(
         f"<tr><td>{_e(i.get('code'))}</td><td>{_e(i.get('side', '-'))}</td>"
         f"<td>{_e(i.get('value'))} {_e(i.get('unit', ''))}</td><td>{_e(i.get('canonical'))}</td>"
-        f"<td>{_e(i.get('strides', '-'))}</td><td>{_e(i.get('effective', '')[:10])}</td>"
+        f"<td>{_e(i.get('strides', '-'))}</td><td>{_e((i.get('effective') or '')[:10])}</td>"
         f"<td><code>{_e(i.get('resource'))}</code></td></tr>"
         for i in b.get("inputs", {}).get("used", [])
     )
@@ -277,7 +278,7 @@ def _rules(b: Trace) -> str:
     return f"<ul>{''.join(items)}</ul><p class='muted legend'>threshold labels: {legend}</p>"
 
 
-def _card(c: dict[str, Any]) -> str:
+def _card(c: CardShown) -> str:
     detail = "".join(f"<p>{_e(p)}</p>" for p in str(c.get("detail") or "").split("\n\n") if p)
     suggestions = "".join(
         f"<li>suggestion: {_e(s.get('label'))} <code>{_e(s.get('uuid'))}</code></li>"

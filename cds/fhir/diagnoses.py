@@ -13,14 +13,16 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypedDict
 
+from cds._entries import drop_empty
 from cds.fhir.codes import ICD10CM_SYSTEM, LATERALITY_SIDES, SITE_SIDES, SNOMED_SYSTEM, Side
 from cds.fhir.fields import diagnosis_field
 from cds.fhir.parse import CodeableConcept, Condition
 
 __all__ = [
     "DiagnosisCode",
+    "DiagnosisEntry",
     "DiagnosisMatch",
     "ValueSet",
     "as_datetime",
@@ -75,6 +77,20 @@ class ValueSet:
     codes: tuple[DiagnosisCode, ...]
 
 
+class DiagnosisEntry(TypedDict, total=False):
+    """One Condition that matched one value set, as the trace records it."""
+
+    value_set: str
+    title: str
+    code: str
+    reference: str | None
+    confirmed: bool
+    doubt: str | None
+    onset_days: float | None
+    least_days: float
+    sides: tuple[Side, ...] | list[Side] | None
+
+
 @dataclass(frozen=True)
 class DiagnosisMatch:
     """One Condition that matched one value set: what the trace and the cards show."""
@@ -93,8 +109,14 @@ class DiagnosisMatch:
     #: sides the record names (None: no laterality recorded)
     sides: tuple[Side, ...] | None
 
-    def as_trace(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+    def as_trace(self) -> DiagnosisEntry:
+        return drop_empty(
+            DiagnosisEntry(
+                value_set=self.value_set, title=self.title, code=self.code,
+                reference=self.reference, confirmed=self.confirmed, doubt=self.doubt,
+                onset_days=self.onset_days, least_days=self.least_days, sides=self.sides,
+            )
+        )  # fmt: skip
 
 
 def as_datetime(value: datetime | date | None) -> datetime | None:

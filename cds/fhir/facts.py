@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from cds.fhir.codes import PLANS_SYSTEM, Side, metric, metrics
 from cds.fhir.diagnoses import (
@@ -33,6 +33,7 @@ from cds.fhir.fields import (
     AGE_UNKNOWN,
     KIND,
     SIDE,
+    Fact,
     OrderState,
     diagnosis_field,
     lsi_field,
@@ -54,6 +55,7 @@ __all__ = [
     "FactPolicy",
     "FactSet",
     "InputRecord",
+    "OrderEntry",
     "build_facts",
     "diagnosis_field",
     "in_care",
@@ -96,17 +98,28 @@ class ClinicalData:
         )
 
 
+class OrderEntry(TypedDict, total=False):
+    """An order that counted (for the trace): what it is, its state and the plans it names."""
+
+    reference: str
+    state: str
+    plans: list[str]
+    #: False: an order being placed that names no plan the pack knows
+    recognised: bool
+    started_days: float
+
+
 @dataclass
 class FactSet:
-    patient: dict[str, Any]
-    sides: dict[str, dict[str, Any]]
+    patient: Fact
+    sides: dict[str, Fact]
     used: list[InputRecord]
     excluded: list[InputRecord]
     diagnoses: list[DiagnosisMatch] = field(default_factory=list)
     #: the orders that named a plan: reference, state (draft, active ...), plans, age
-    orders: list[dict[str, Any]] = field(default_factory=list)
+    orders: list[OrderEntry] = field(default_factory=list)
 
-    def all_facts(self) -> list[dict[str, Any]]:
+    def all_facts(self) -> list[Fact]:
         return [self.patient, *self.sides.values()]
 
 
@@ -123,19 +136,19 @@ def _days_since(when: datetime | date | None, now: datetime) -> float | None:
     return None if moment is None else round((now - moment).total_seconds() / 86400, 2)
 
 
-def _keep(ctx: dict[str, Any], key: str, days: float | None, pick: Callable[..., float]) -> None:
+def _keep(ctx: Fact, key: str, days: float | None, pick: Callable[..., float]) -> None:
     """Set ``ctx[key]`` to ``days``, or to ``pick`` (min or max) of it and the value there."""
     if days is not None:
         ctx[key] = pick(days, ctx.get(key, days))
 
 
-def _orders(data: ClinicalData, now: datetime, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+def _orders(data: ClinicalData, now: datetime, ctx: Fact) -> list[OrderEntry]:
     """Set the order facts; return, for the trace, each order that counted, and each
     order being placed that named no plan the pack knows ("nothing applied" is then
     told apart from "nothing was read")."""
     placed = [("draft", o) for o in data.draft_orders]
     placed += [(o.status, o) for o in data.orders]
-    counted: list[dict[str, Any]] = [
+    counted: list[OrderEntry] = [
         {"reference": ref, "state": "draft", "plans": [], "recognised": False}
         for ref in data.other_draft_orders
     ]
@@ -153,8 +166,12 @@ def _orders(data: ClinicalData, now: datetime, ctx: dict[str, Any]) -> list[dict
             ctx[order_field(plan, "any")] = 1
             # the oldest order decides "older than"
             _keep(ctx, order_days_field(plan, state), days, max)
-        record = {"reference": f"{order.resourceType}/{order.id or '?'}", "state": state}
-        counted.append(record | {"plans": plans} | ({"started_days": days} if days else {}))
+        record: OrderEntry = {
+            "reference": f"{order.resourceType}/{order.id or '?'}", "state": state, "plans": plans
+        }  # fmt: skip
+        if days:
+            record["started_days"] = days
+        counted.append(record)
     return counted
 
 
@@ -176,9 +193,9 @@ def _unreadable_kind(bad: Unreadable) -> str | None:
 
 def _context(
     data: ClinicalData, now: datetime, matches: list[DiagnosisMatch]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[Fact, list[OrderEntry]]:
     """The patient-level facts, and the orders that counted."""
-    ctx: dict[str, Any] = {}
+    ctx: Fact = {}
     age = _age_years(data.patient, now.date())
     if age is None:
         ctx[AGE_UNKNOWN] = 1
@@ -195,7 +212,7 @@ def in_care(data: ClinicalData) -> bool:
     return any(o.status in _IN_CARE for o in data.orders)
 
 
-def _compare_sides(sides: dict[str, dict[str, Any]], fields: set[str]) -> None:
+def _compare_sides(sides: dict[str, Fact], fields: set[str]) -> None:
     """Left/right asymmetry per field, and one limb symmetry index per metric.
 
     The LSI uses the most preferred dimension measured on both sides.
@@ -218,16 +235,17 @@ def _compare_sides(sides: dict[str, dict[str, Any]], fields: set[str]) -> None:
                 break
 
 
-def _mark_present(fact: dict[str, Any]) -> None:
+def _mark_present(fact: Fact) -> None:
     for m in metrics().values():
         if any(f in fact for f in m.dimension_fields.values()):
             fact[present_field(m)] = 1
 
 
-def _apply_norms(fact: dict[str, Any], side: Side, readings: Readings, policy: FactPolicy) -> None:
+def _apply_norms(fact: Fact, side: Side, readings: Readings, policy: FactPolicy) -> None:
     """Each norm of the pack on this side's value, or why it does not fit."""
     sex = next((s for s in ("female", "male", "other", "unknown") if fact.get(sex_field(s))), None)
     age = fact.get(AGE)
+    age = age if isinstance(age, int) else None
     for code, norm in policy.norms.items():
         m = metrics()[code]
         found = [
@@ -276,8 +294,8 @@ def build_facts(
     ctx, orders = _context(data, now, matches)
     by_side = diagnosis_facts(matches).sides
     whole_body = _values_of(readings, None)
-    patient: dict[str, Any] = {KIND: "patient", **ctx, **whole_body}
-    sides: dict[str, dict[str, Any]] = {}
+    patient: Fact = {KIND: "patient", **ctx, **whole_body}
+    sides: dict[str, Fact] = {}
     lateral_fields: set[str] = set()
     for side in SIDES:
         own = _values_of(readings, side)
@@ -288,7 +306,8 @@ def build_facts(
         _apply_norms(sides[side], side, readings, policy)
     for fact in (patient, *sides.values()):
         _mark_present(fact)
-        _flag_unnormalised(fact, readings)
+    for side in SIDES:
+        _flag_unnormalised(sides[side], side, readings)
     _add_quality_counts(patient, sides, readings.quality)
     notes = [
         _note(rec) for rec in readings.excluded if not (rec.reason or "").startswith("superseded")
@@ -305,9 +324,9 @@ def build_facts(
     )
 
 
-def _values_of(readings: Readings, side: Side | None) -> dict[str, Any]:
+def _values_of(readings: Readings, side: Side | None) -> Fact:
     """Latest values of one side (None: whole-body), with change from the baseline."""
-    out: dict[str, Any] = {}
+    out: Fact = {}
     for (fld, s), latest in readings.latest.items():
         if s != side:
             continue
@@ -320,17 +339,15 @@ def _values_of(readings: Readings, side: Side | None) -> dict[str, Any]:
     return out
 
 
-def _flag_unnormalised(fact: dict[str, Any], readings: Readings) -> None:
+def _flag_unnormalised(fact: Fact, side: Side, readings: Readings) -> None:
     """Strength measured only as raw force or torque cannot meet a body-mass norm."""
-    if fact[KIND] != "side":
-        return
     for m in metrics().values():
         if m.group != "strength" or "torque_per_mass" not in m.dimensions:
             continue
         normalised = any(m.field_for(d) in fact for d in ("torque_per_mass", "force_per_mass"))
         raw = any(m.field_for(d) in fact for d in ("torque", "force"))
         if raw and not normalised:
-            readings.flag(fact[SIDE], "unnormalised")
+            readings.flag(side, "unnormalised")
 
 
 def _note(rec: InputRecord) -> str:
@@ -341,9 +358,7 @@ def _note(rec: InputRecord) -> str:
     return f"{what}{side}: {rec.why or 'set aside'}"
 
 
-def _add_quality_counts(
-    patient: dict[str, Any], sides: dict[str, dict[str, Any]], quality: dict[Any, Any]
-) -> None:
+def _add_quality_counts(patient: Fact, sides: dict[str, Fact], quality: dict[Any, Any]) -> None:
     for flags in quality.values():
         for key, n in flags.items():
             patient[quality_field(key)] = patient.get(quality_field(key), 0) + n

@@ -20,6 +20,8 @@ __all__ = [
     "POSITION",
     "SIDE",
     "DiagnosisPart",
+    "Fact",
+    "FactValue",
     "Measure",
     "OrderState",
     "diagnosis_field",
@@ -33,6 +35,11 @@ __all__ = [
     "quality_field",
     "sex_field",
 ]
+
+#: a fact field holds a number (a value, a flag set to 1, a count) or a word (kind, side)
+FactValue = int | float | str
+#: one fact: the patient, or one side; its field names come from the functions below
+Fact = dict[str, FactValue]
 
 KIND = "kind"
 SIDE = "side"

@@ -22,8 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from statistics import fmean
-from typing import Any
+from typing import Any, TypedDict
 
+from cds._entries import drop_empty
 from cds.fhir.codes import (
     FINDINGS_SYSTEM,
     METRICS_SYSTEM,
@@ -38,11 +39,28 @@ from cds.fhir.parse import Observation
 from cds.fhir.policy import CaptureLimits, FactPolicy
 from cds.fhir.units import UnitError, convert
 
-__all__ = ["InputRecord", "Reading", "Readings", "select_readings"]
+__all__ = ["InputEntry", "InputRecord", "Reading", "Readings", "select_readings"]
 
 #: groups whose repeat captures in one session are trials of one measurement
 _TRIAL_GROUPS = ("run-form", "strength")
 Key = tuple[str, Side | None]
+
+
+class InputEntry(TypedDict, total=False):
+    """One input as the trace records it (absent keys: not known or not applicable)."""
+
+    resource: str
+    source: str
+    code: str | None
+    side: str | None
+    value: float | str | None
+    unit: str | None
+    canonical: float | str | None
+    effective: str | None
+    strides: float | None
+    role: str | None
+    reason: str | None
+    why: str | None
 
 
 @dataclass
@@ -64,8 +82,15 @@ class InputRecord:
     #: the same in our own fixed words (for card text, which never quotes the client)
     why: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+    def as_dict(self) -> InputEntry:
+        return drop_empty(
+            InputEntry(
+                resource=self.resource, source=self.source, code=self.code, side=self.side,
+                value=self.value, unit=self.unit, canonical=self.canonical,
+                effective=self.effective, strides=self.strides, role=self.role,
+                reason=self.reason, why=self.why,
+            )
+        )  # fmt: skip
 
 
 @dataclass

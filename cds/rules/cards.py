@@ -32,6 +32,7 @@ from cds.fhir.facts import FactSet
 from cds.fhir.fields import (
     AGE,
     SIDE,
+    Fact,
     OrderState,
     diagnosis_field,
     lsi_field,
@@ -42,6 +43,7 @@ from cds.fhir.resources import PlanRequest, plan_resource
 from cds.rules.compile import CompiledPack, CompiledRule
 from cds.rules.evaluate import holds
 from cds.rules.pack import ActionTemplate, Evidence
+from cds.rules.records import Card, CardLink
 from cds.rules.template import PLACEHOLDER
 
 __all__ = ["RETRAINING_PLAN", "Attachment", "CardContext", "build_card"]
@@ -72,7 +74,7 @@ class Attachment:
     """A rule whose text is added to another rule's card."""
 
     rule: CompiledRule
-    facts: list[dict[str, Any]]
+    facts: list[Fact]
     #: False when an earlier card of the response already carries the text
     show_text: bool = True
 
@@ -81,8 +83,8 @@ def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float | int) else str(value)
 
 
-def _sides(facts: list[dict[str, Any]]) -> str:
-    names = [f[SIDE] for f in facts if SIDE in f]
+def _sides(facts: list[Fact]) -> str:
+    names = [str(f[SIDE]) for f in facts if SIDE in f]
     return " and ".join(names)
 
 
@@ -101,16 +103,16 @@ def _quantity(value: Any, unit: str) -> str:
     return f"{_fmt(value)}{'' if word == '%' else ' '}{word}"
 
 
-def _side_prefix(fact: dict[str, Any], m: Metric) -> str:
+def _side_prefix(fact: Fact, m: Metric) -> str:
     return f"{fact['side']} " if fact.get("_both") and m.lateral else ""
 
 
-def _show_value(fact: dict[str, Any], m: Metric) -> str:
+def _show_value(fact: Fact, m: Metric) -> str:
     return f"{_side_prefix(fact, m)}{_quantity(fact[m.field], m.unit)}"
 
 
 class _Renderer:
-    def __init__(self, ctx: CardContext, rule: CompiledRule, facts: list[dict[str, Any]]) -> None:
+    def __init__(self, ctx: CardContext, rule: CompiledRule, facts: list[Fact]) -> None:
         self.ctx = ctx
         self.rule = rule
         # values name their side only when the card speaks of both
@@ -142,13 +144,13 @@ class _Renderer:
         parts = [show(f, m) for f in self.facts if m.field in f or norm_note_field(m) in f]
         return ", ".join(dict.fromkeys(p for p in parts if p)) or "not measured"
 
-    def _change(self, fact: dict[str, Any], m: Metric) -> str:
+    def _change(self, fact: Fact, m: Metric) -> str:
         if m.field not in fact:
             return ""
-        delta = fact.get(f"{m.field}__increase")
-        if not isinstance(delta, int | float):
+        now, delta = fact[m.field], fact.get(f"{m.field}__increase")
+        if not isinstance(delta, int | float) or not isinstance(now, int | float):
             return f"{_show_value(fact, m)} (no earlier capture to compare)"
-        before = round(fact[m.field] - delta, 4)
+        before = round(now - delta, 4)
         sdd = self.ctx.pack.policy.smallest_detectable_difference.get(m.field)
         verdict = ""
         if sdd is not None:
@@ -160,7 +162,7 @@ class _Renderer:
         change = _quantity(f"{delta:+g}", m.unit)
         return f"{_show_value(fact, m)} (was {_fmt(before)}, change {change}{verdict})"
 
-    def _norm(self, fact: dict[str, Any], m: Metric) -> str:
+    def _norm(self, fact: Fact, m: Metric) -> str:
         """The value against its norm (or why none applies), and its symmetry."""
         note = fact.get(norm_note_field(m))
         if note is None:
@@ -203,7 +205,7 @@ class _Renderer:
         return "\n".join(lines.values()) or "- (none on record)"
 
 
-def _grades(evidence: list[Evidence], fact: dict[str, Any]) -> list[Evidence]:
+def _grades(evidence: list[Evidence], fact: Fact) -> list[Evidence]:
     """Per recommendation (``for``): the grades for the patient's confirmed diagnoses,
     or, when none is specific to them, the general grades."""
     groups: dict[str | None, list[Evidence]] = {}
@@ -219,7 +221,7 @@ def _grades(evidence: list[Evidence], fact: dict[str, Any]) -> list[Evidence]:
     return chosen
 
 
-def _evidence_line(rule: CompiledRule, fact: dict[str, Any], attachments: list[Attachment]) -> str:
+def _evidence_line(rule: CompiledRule, fact: Fact, attachments: list[Attachment]) -> str:
     lowered = any(a.rule.rule.lower_evidence for a in attachments)
     parts = []
     for ev in _grades(rule.rule.card.evidence, fact):
@@ -232,7 +234,7 @@ def _evidence_line(rule: CompiledRule, fact: dict[str, Any], attachments: list[A
 
 def _footer(
     rule: CompiledRule,
-    fact: dict[str, Any],
+    fact: Fact,
     deciding: list[str],
     attachments: list[Attachment],
 ) -> str:
@@ -254,12 +256,12 @@ def _summary(text: str) -> str:
     return text if len(text) < 140 else text[:138].rstrip() + "…"
 
 
-def _in_place(plan: str, fact: dict[str, Any]) -> str | None:
+def _in_place(plan: str, fact: Fact) -> str | None:
     """The state of an order for ``plan`` already in the chart or being placed."""
     return next((s for s in _IN_PLACE if fact.get(order_field(plan, s)) == 1), None)
 
 
-def _targets(facts: list[dict[str, Any]]) -> tuple[Side, ...]:
+def _targets(facts: list[Fact]) -> tuple[Side, ...]:
     sides = {f[SIDE] for f in facts if SIDE in f}
     return tuple(s for s in _SIDES if s in sides)
 
@@ -284,7 +286,7 @@ def _confirmed(matches: Iterable[DiagnosisMatch], value_sets: set[str]) -> list[
 
 
 def _action(
-    a: ActionTemplate, rule: CompiledRule, ctx: CardContext, facts: list[dict[str, Any]]
+    a: ActionTemplate, rule: CompiledRule, ctx: CardContext, facts: list[Fact]
 ) -> dict[str, Any]:
     plan = ctx.pack.pack.plans[a.plan]
     render = _Renderer(ctx, rule, facts)
@@ -316,7 +318,7 @@ def _action(
 
 
 def _suggestions(
-    rule: CompiledRule, ctx: CardContext, facts: list[dict[str, Any]]
+    rule: CompiledRule, ctx: CardContext, facts: list[Fact]
 ) -> tuple[list[Any], list[str]]:
     """Suggestions, leaving out plans already in place (draft, active, on hold or done)."""
     out: list[Any] = []
@@ -354,11 +356,11 @@ def _attached_text(attachments: list[Attachment], ctx: CardContext) -> str:
 
 def build_card(
     rule: CompiledRule,
-    facts: list[dict[str, Any]],
+    facts: list[Fact],
     ctx: CardContext,
     deciding: list[str],
     attachments: list[Attachment] | None = None,
-) -> dict[str, Any]:
+) -> Card:
     """One card for ``rule`` fired on ``facts`` (one fact per side, or the patient fact).
 
     ``deciding`` names the thresholds whose test decided the match; the footer
@@ -373,13 +375,15 @@ def build_card(
     detail = render(tpl.detail).rstrip() + _attached_text(attachments, ctx)
     if skipped:
         detail += f"\n\nNot suggested again, already in place: {', '.join(skipped)}."
-    card: dict[str, Any] = {
+    card: Card = {
         "uuid": str(uuid.uuid4()),
         "summary": _summary(render(tpl.summary)),
         "detail": detail + _footer(rule, facts[0], deciding, attachments),
         "indicator": tpl.indicator,
-        "source": {"label": tpl.source.label} | ({"url": tpl.source.url} if tpl.source.url else {}),
+        "source": {"label": tpl.source.label},
     }
+    if tpl.source.url:
+        card["source"]["url"] = tpl.source.url
     if suggestions:
         card["suggestions"] = suggestions
         card["selectionBehavior"] = tpl.selection
@@ -387,7 +391,9 @@ def build_card(
         card["overrideReasons"] = [
             {"system": r.system, "code": r.code, "display": r.display} for r in tpl.override_reasons
         ]
-    links = [{"label": x.label, "url": x.url, "type": "absolute"} for x in tpl.links]
+    links: list[CardLink] = [
+        {"label": x.label, "url": x.url, "type": "absolute"} for x in tpl.links
+    ]
     if ctx.station_url and RETRAINING_PLAN in {a.plan for s in tpl.suggestions for a in s.actions}:
         console = f"{ctx.station_url.rstrip('/')}/console?patient=Patient/{ctx.patient_id}"
         links.append(

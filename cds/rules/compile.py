@@ -54,6 +54,7 @@ from cds.rules.pack import (
     Threshold,
 )
 from cds.rules.problems import Loc, PackProblem, did_you_mean
+from cds.rules.records import ThresholdEntry
 from cds.rules.template import check_placeholders
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ class UsedThreshold:
     threshold: Threshold
     canonical: float
 
-    def as_trace(self) -> dict[str, Any]:
+    def as_trace(self) -> ThresholdEntry:
         t = self.threshold
         return {
             "name": self.name,

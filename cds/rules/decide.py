@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cds._entries import drop_empty
 from cds.errors import EngineDisagreementError
 from cds.fhir.facts import FactSet
-from cds.fhir.fields import HOOK, KIND, POSITION, SIDE
+from cds.fhir.fields import HOOK, KIND, POSITION, SIDE, Fact
 from cds.rules.cards import Attachment, CardContext, build_card
 from cds.rules.compile import CompiledPack, CompiledRule
 from cds.rules.engine import EngineResult, Firing, RuleEngine
 from cds.rules.evaluate import Explanation, evaluator
+from cds.rules.records import Card, DecidedEntry, FiredRuleEntry, ThresholdEntry
 
 __all__ = ["CardOutcome", "Decision", "FiredRule", "decide", "stamp_facts"]
 
@@ -21,10 +23,10 @@ class FiredRule:
     rule_id: str
     category: str
     sides: list[str]
-    matched: list[dict[str, Any]]
-    thresholds: list[dict[str, Any]]
+    matched: list[Fact]
+    thresholds: list[ThresholdEntry]
     #: each threshold test that decided the match: side, what was measured, the value
-    decided: list[dict[str, Any]] = field(default_factory=list)
+    decided: list[DecidedEntry] = field(default_factory=list)
     card_uuid: str | None = None
     suppressed_by: str | None = None
     #: for a rule that suppresses others: the rules whose cards it held back
@@ -32,14 +34,28 @@ class FiredRule:
     #: for a rule that adds its text to other cards: the uuids of those cards
     attached_to: list[str] = field(default_factory=list)
 
-    def as_trace(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None and v != []}
+    def as_trace(self) -> FiredRuleEntry:
+        entry = FiredRuleEntry(
+            rule_id=self.rule_id,
+            category=self.category,
+            sides=self.sides,
+            matched=self.matched,
+            thresholds=self.thresholds,
+            decided=self.decided,
+            held_back=self.held_back,
+            attached_to=self.attached_to,
+        )
+        if self.card_uuid is not None:
+            entry["card_uuid"] = self.card_uuid
+        if self.suppressed_by is not None:
+            entry["suppressed_by"] = self.suppressed_by
+        return drop_empty(entry)
 
 
 @dataclass
 class Decision:
     pack: CompiledPack
-    cards: list[dict[str, Any]] = field(default_factory=list)
+    cards: list[Card] = field(default_factory=list)
     fired: list[FiredRule] = field(default_factory=list)
     unmatched_facts: int = 0
 
@@ -63,18 +79,18 @@ class CardOutcome:
     attached: list[str]
 
 
-def stamp_facts(facts: FactSet, hook: str) -> list[dict[str, Any]]:
+def stamp_facts(facts: FactSet, hook: str) -> list[Fact]:
     """The facts as one evaluation sees them: each with the hook and its position."""
     return [{**f, HOOK: hook, POSITION: i} for i, f in enumerate(facts.all_facts())]
 
 
-def _matched_fields(fact: dict[str, Any], fields: set[str]) -> dict[str, Any]:
+def _matched_fields(fact: Fact, fields: set[str]) -> Fact:
     keep = {KIND, SIDE} | fields
     return {k: v for k, v in fact.items() if k in keep}
 
 
-def _group(pack: CompiledPack, firings: list[Firing]) -> dict[str, list[dict[str, Any]]]:
-    grouped: dict[str, list[dict[str, Any]]] = {}
+def _group(pack: CompiledPack, firings: list[Firing]) -> dict[str, list[Fact]]:
+    grouped: dict[str, list[Fact]] = {}
     for f in firings:
         grouped.setdefault(f.rule_id, []).append(f.fact)
     order = {r.rule.id: i for i, r in enumerate(pack.rules)}
@@ -90,7 +106,7 @@ def _disagree(what: str, expected: set[tuple[str, int]], got: set[tuple[str, int
 
 
 def _cross_check(
-    pack: CompiledPack, stamped: list[dict[str, Any]], result: EngineResult, hook: str
+    pack: CompiledPack, stamped: list[Fact], result: EngineResult, hook: str
 ) -> dict[str, Explanation]:
     """Compare the engine with the independent evaluator; any disagreement is an error."""
     reference = evaluator(pack.pack)
@@ -113,21 +129,21 @@ def _cross_check(
     return merged
 
 
-def _decided(compiled: CompiledRule, deciding: Explanation) -> list[dict[str, Any]]:
+def _decided(compiled: CompiledRule, deciding: Explanation) -> list[DecidedEntry]:
     out = []
     for test in deciding.decided:
         t = compiled.thresholds[test.threshold].threshold
-        out.append({**test.as_trace(), "limit": t.value, "limit_unit": t.unit, "label": t.label})
+        entry = test.as_trace()
+        entry["limit"], entry["limit_unit"], entry["label"] = t.value, t.unit, t.label
+        out.append(entry)
     return out
 
 
-def _fired_rule(
-    compiled: CompiledRule, matched: list[dict[str, Any]], deciding: Explanation
-) -> FiredRule:
+def _fired_rule(compiled: CompiledRule, matched: list[Fact], deciding: Explanation) -> FiredRule:
     return FiredRule(
         rule_id=compiled.rule.id,
         category=compiled.rule.category,
-        sides=[m[SIDE] for m in matched if SIDE in m],
+        sides=[str(m[SIDE]) for m in matched if SIDE in m],
         matched=[_matched_fields(m, compiled.fields) for m in matched],
         thresholds=[compiled.thresholds[n].as_trace() for n in deciding.thresholds],
         decided=_decided(compiled, deciding),

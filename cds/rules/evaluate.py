@@ -27,6 +27,7 @@ from cds.fhir.fields import (
     KIND,
     SIDE,
     DiagnosisPart,
+    Fact,
     diagnosis_field,
     lsi_field,
     measure_field,
@@ -51,6 +52,7 @@ from cds.rules.pack import (
     QualityCondition,
     SexCondition,
 )
+from cds.rules.records import DecidedEntry
 
 __all__ = [
     "Decided",
@@ -83,8 +85,16 @@ class Decided:
     #: whether the value passed ``op`` (False: the rule asked for it not to)
     crossed: bool = True
 
-    def as_trace(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+    def as_trace(self) -> DecidedEntry:
+        entry = DecidedEntry(
+            threshold=self.threshold, subject=self.subject, op=self.op, unit=self.unit,
+            crossed=self.crossed,
+        )  # fmt: skip
+        if self.value is not None:
+            entry["value"] = self.value
+        if self.side is not None:
+            entry["side"] = self.side
+        return entry
 
 
 @dataclass
@@ -104,7 +114,6 @@ class Explanation:
             self.decided.append(test)
 
 
-Fact = dict[str, Any]
 #: a compiled condition: whether it holds on a fact; deciding tests go to the run's sink
 Check = Callable[[Fact, "_Run"], bool]
 #: a compiled threshold test: whether it passed, and the value shown for it
@@ -324,7 +333,7 @@ class ReferenceEvaluator:
         passes = _TESTS[op]
 
         def compare(fact: Fact) -> tuple[bool, float | None]:
-            values = [fact[f] for f in fields if isinstance(fact.get(f), int | float)]
+            values = [v for f in fields if isinstance(v := fact.get(f), int | float)]
             for v in values:
                 if passes(v, limit):
                     return True, v
@@ -346,6 +355,7 @@ class ReferenceEvaluator:
             result, shown = compare(fact)
             if result != negated:
                 side = fact.get(SIDE) if lateral else None
+                side = side if isinstance(side, str) else None
                 run.sink.append(Decided(name, subject, op, shown, unit, side, result))
             return result
 

@@ -41,6 +41,7 @@ from cds.fhir.parse import (
 from cds.rules.compile import CompiledPack
 from cds.rules.decide import Decision, decide
 from cds.rules.engine import RuleEngine
+from cds.rules.records import Card, CardShown
 from cds.service.auth import ClientIdentity
 from cds.service.hooks import HookRequest, Service
 from cds.service.metrics import ServiceMetrics
@@ -161,12 +162,12 @@ def _record_decisions(trace: Trace, facts: FactSet, decisions: list[Decision]) -
     trace["cards"] = [_card_as_shown(d, c) for d in decisions for c in d.cards]
 
 
-def _card_as_shown(decision: Decision, card: dict[str, Any]) -> dict[str, Any]:
+def _card_as_shown(decision: Decision, card: Card) -> CardShown:
     """The card exactly as returned, with the rule that made it and the rules whose
     text was attached to it."""
     maker = next((f.rule_id for f in decision.fired if f.card_uuid == card["uuid"]), None)
     attached = [f.rule_id for f in decision.fired if card["uuid"] in (f.attached_to or [])]
-    return {**card, "rule_id": maker, "attached_rules": attached}
+    return CardShown(**card, rule_id=maker, attached_rules=attached)
 
 
 def _resource_count(req: HookRequest) -> int:
