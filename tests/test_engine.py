@@ -262,8 +262,8 @@ def test_every_engine_rule_matches_exactly_one_fact(core_pack: CompiledPack) -> 
     assert fired > 100
 
 
-# not "{strides}": the minimum stride count is a quality gate applied while facts are
-# built, which the cross-check does not see (it reads facts, not Observations)
+# not "{strides}": the minimum stride count is a gate of fact building, not a limit the
+# compiler converts (the gate is re-checked on the Observations: test_reread)
 @pytest.mark.parametrize("unit", ["deg", "%", "N.m/kg", "s", "a", "d", "{score}"])
 def test_a_bug_planted_in_the_compilers_unit_conversion_is_caught(
     unit: str, monkeypatch: pytest.MonkeyPatch

@@ -118,6 +118,9 @@ class FactSet:
     diagnoses: list[DiagnosisMatch] = field(default_factory=list)
     #: the orders that named a plan: reference, state (draft, active ...), plans, age
     orders: list[OrderEntry] = field(default_factory=list)
+    #: built from Observations (by :func:`build_facts`), which ``used`` records carry;
+    #: False for facts written by hand (tests)
+    from_observations: bool = False
 
     def all_facts(self) -> list[Fact]:
         return [self.patient, *self.sides.values()]
@@ -321,6 +324,7 @@ def build_facts(
         excluded=readings.excluded,
         diagnoses=matches,
         orders=orders,
+        from_observations=True,
     )
 
 

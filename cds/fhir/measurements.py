@@ -81,6 +81,8 @@ class InputRecord:
     reason: str | None = None
     #: the same in our own fixed words (for card text, which never quotes the client)
     why: str | None = None
+    #: the Observation as parsed (not in the trace): the reference evaluator re-reads it
+    observation: Observation | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> InputEntry:
         return drop_empty(
@@ -209,8 +211,9 @@ class _Selector:
     def add(self, obs: Observation) -> None:
         codes = obs.code.codes(METRICS_SYSTEM)
         rec = InputRecord(
-            resource=_ref(obs), source="observation", code=codes[0] if codes else None
-        )
+            resource=_ref(obs), source="observation", code=codes[0] if codes else None,
+            observation=obs,
+        )  # fmt: skip
         m = metric(codes[0]) if codes else None
         side: Side | None = None
         try:

@@ -8,8 +8,10 @@ evaluated once per fact: the cross-check costs less than the engine it checks.
 
 It shares no resolution code with the compiler: it converts threshold units with
 its own table and resolves each metric test's fact fields itself (field names
-come from :mod:`cds.fhir.fields`, the one place they are made). It reads facts,
-so what fact building decides (quality gates, latest values) is outside its view.
+come from :mod:`cds.fhir.fields`, the one place they are made). Before it reads
+the facts, :mod:`cds.rules.reread` re-derives their metric fields from the parsed
+Observations with the same table and its own metric and side resolution, so fact
+building is checked too.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ __all__ = [
     "Decided",
     "Explanation",
     "ReferenceEvaluator",
+    "canonical_value",
     "evaluator",
     "expected_firings",
     "holds",
@@ -152,8 +155,9 @@ _TO_CANONICAL: dict[str, dict[str, float]] = {
 }
 
 
-def _canonical(value: float, unit: str, dims: tuple[str, ...]) -> tuple[float, str]:
-    """``value unit`` in the canonical unit of the first of ``dims`` it belongs to."""
+def canonical_value(value: float, unit: str, dims: tuple[str, ...]) -> tuple[float, str]:
+    """``value unit`` in the canonical unit of the first of ``dims`` it belongs to, and
+    that dimension (the evaluator's own conversion; ValueError for a unit it lacks)."""
     for dim in dims:
         factor = _TO_CANONICAL.get(dim, {}).get(unit)
         if factor is not None:
@@ -167,7 +171,7 @@ def _metric_fields(m: Metric, measure: str, unit: str | None) -> list[str]:
         return [lsi_field(m)]
     if unit is None:
         return [present_field(m)]
-    return [measure_field(m, _canonical(0.0, unit, m.dimensions)[1], measure)]
+    return [measure_field(m, canonical_value(0.0, unit, m.dimensions)[1], measure)]
 
 
 _SIDE_PART: dict[str, DiagnosisPart] = {"this": "here", "other": "there", "unknown": "unsided"}
@@ -329,7 +333,7 @@ class ReferenceEvaluator:
 
     def _compare(self, fields: list[str], op: str, name: str, dims: tuple[str, ...]) -> Compare:
         t = self.pack.thresholds[name]
-        limit, _ = _canonical(t.value, t.unit, dims)
+        limit, _ = canonical_value(t.value, t.unit, dims)
         passes = _TESTS[op]
 
         def compare(fact: Fact) -> tuple[bool, float | None]:
@@ -343,7 +347,7 @@ class ReferenceEvaluator:
 
     def _unit(self, name: str, dims: tuple[str, ...]) -> str:
         t = self.pack.thresholds[name]
-        _, dim = _canonical(t.value, t.unit, dims)
+        _, dim = canonical_value(t.value, t.unit, dims)
         return _UNITS.get(dim, t.unit.strip("{}"))
 
     @staticmethod

@@ -1,0 +1,241 @@
+"""The reference evaluator's own reading of the Observations behind the facts.
+
+Fact building turns Observations into fact fields: it resolves each one's metric,
+side and unit, converts its value, averages the trials of a session and derives
+the change since the baseline, the left/right asymmetry and the limb symmetry
+index. This module does all of that again from the parsed Observations the facts
+say they used, with its own side table and the reference evaluator's own unit
+table, and checks that every metric field of every fact agrees. A mistake in
+fact building's resolution or conversion therefore fails the call
+(:class:`~cds.errors.EngineDisagreementError`) instead of deciding a card.
+
+It also checks that no Observation used breaks a gate that must never be passed:
+withdrawn, measured while walking or with real-time feedback, too few strides.
+Which session is the newest and whether it is too old are fact building's alone;
+so are the norm z-scores. Field names come from :mod:`cds.fhir.fields`, the one
+place they are made.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from functools import cache
+from statistics import fmean
+from typing import Any
+
+from cds.errors import EngineDisagreementError
+from cds.fhir.codes import FINDINGS_SYSTEM, METRICS_SYSTEM, Metric, metric, metrics
+from cds.fhir.facts import FactPolicy, FactSet
+from cds.fhir.fields import (
+    KIND,
+    MEASURE_SUFFIX,
+    SIDE,
+    Fact,
+    FactValue,
+    lsi_field,
+    measure_field,
+    present_field,
+)
+from cds.fhir.measurements import InputRecord
+from cds.fhir.parse import Observation
+from cds.rules.evaluate import canonical_value
+
+__all__ = ["check_metric_facts", "metric_fields"]
+
+#: SNOMED CT body structures -> side, written apart from ``cds.fhir.codes``
+_SIDE_OF_SITE = {
+    "287679003": "left",  # left hip region structure
+    "287579007": "right",  # right hip region structure
+    "82169009": "left",  # structure of left knee region
+    "6757004": "right",  # structure of right knee region
+}
+_WITHDRAWN = {"entered-in-error", "cancelled", "registered"}
+_SIDES = ("left", "right")
+
+
+@cache
+def metric_fields() -> frozenset[str]:
+    """Every fact field derived from a metric's values (not its norm z-score)."""
+    names = set()
+    for m in metrics().values():
+        names |= {lsi_field(m), present_field(m)}
+        for dim in m.dimensions:
+            names |= {measure_field(m, dim, k) for k in MEASURE_SUFFIX if k != "norm"}
+    return frozenset(names)
+
+
+def check_metric_facts(facts: FactSet, policy: FactPolicy) -> None:
+    """Re-derive the metric fields of ``facts`` from the Observations they used; raise
+    :class:`EngineDisagreementError` where fact building says otherwise."""
+    if not facts.from_observations:
+        return
+    latest, baseline = _values(facts.used, policy)
+    mine = _facts(latest, baseline)
+    fields = metric_fields()
+    for fact in facts.all_facts():
+        where = str(fact.get(SIDE, fact.get(KIND)))
+        theirs = {k: v for k, v in fact.items() if k in fields}
+        _compare(where, mine.get(where, {}), theirs)
+
+
+# -- reading one Observation ----------------------------------------------------------
+def _metric_of(obs: Observation) -> Metric | None:
+    codes = [c.code for c in obs.code.coding if c.system == METRICS_SYSTEM and c.code]
+    return metric(codes[0]) if codes else None
+
+
+def _side_of(obs: Observation) -> str | None:
+    for coding in obs.bodySite.coding if obs.bodySite else []:
+        if coding.system == "http://snomed.info/sct" and coding.code in _SIDE_OF_SITE:
+            return _SIDE_OF_SITE[coding.code]
+    return None
+
+
+def _component(obs: Observation, code: str) -> Any:
+    for comp in obs.component:
+        if any(c.system == METRICS_SYSTEM and c.code == code for c in comp.code.coding):
+            if comp.valueQuantity is not None:
+                return comp.valueQuantity.value
+            if comp.valueCodeableConcept is not None:
+                found = [c.code for c in comp.valueCodeableConcept.coding]
+                return found[0] if found else None
+    return None
+
+
+def _coded(obs: Observation) -> str | None:
+    if obs.valueCodeableConcept is not None:
+        for c in obs.valueCodeableConcept.coding:
+            if c.system == FINDINGS_SYSTEM and c.code:
+                return c.code
+    if obs.valueBoolean is not None:
+        return "positive" if obs.valueBoolean else "negative"
+    return None
+
+
+def _gate(obs: Observation, m: Metric, policy: FactPolicy) -> str | None:
+    """Why ``obs`` must never have been used (None: it may)."""
+    if obs.status in _WITHDRAWN:
+        return f"status {obs.status}"
+    if m.group != "run-form":
+        return None
+    if _component(obs, "real-time-feedback") == "given":
+        return "measured with real-time feedback"
+    if _component(obs, "gait-mode") == "walking":
+        return "a walking capture"
+    strides = _component(obs, "strides-analyzed")
+    if isinstance(strides, int | float) and strides < policy.min_strides:
+        return f"{strides:g} strides, fewer than {policy.min_strides:g}"
+    return None
+
+
+def _reading(rec: InputRecord, policy: FactPolicy) -> tuple[str, str | None, FactValue]:
+    """(fact field, side, value) of one used Observation, read here."""
+    obs = rec.observation
+    m = _metric_of(obs) if obs is not None else None
+    if obs is None or m is None:
+        raise _disagree(f"{rec.resource} was used but is no metric Observation")
+    problem = _gate(obs, m, policy)
+    if problem is not None:
+        raise _disagree(f"{rec.resource} was used but it is {problem}")
+    side = _side_of(obs) if m.lateral else None
+    if m.coded:
+        code = _coded(obs)
+        if code is None:
+            raise _disagree(f"{rec.resource} was used but has no coded value")
+        return m.field_for(m.dimensions[0]), side, code
+    q = obs.valueQuantity
+    unit = (q.code or q.unit) if q is not None else None
+    if q is None or q.value is None or unit is None:
+        raise _disagree(f"{rec.resource} was used but has no value with a unit")
+    try:
+        value, dim = canonical_value(q.value, unit, m.dimensions)
+    except ValueError as exc:
+        raise _disagree(f"{rec.resource} was used: {exc}") from None
+    return measure_field(m, dim), side, value
+
+
+# -- from readings to fields ----------------------------------------------------------
+Key = tuple[str, str | None]
+
+
+def _values(
+    used: Iterable[InputRecord], policy: FactPolicy
+) -> tuple[dict[Key, FactValue], dict[Key, FactValue]]:
+    """The latest and the baseline value per (field, side): the mean of a session's trials."""
+    groups: dict[bool, dict[Key, list[FactValue]]] = {False: {}, True: {}}
+    for rec in used:
+        fld, side, value = _reading(rec, policy)
+        is_baseline = (rec.role or "").startswith("baseline")
+        groups[is_baseline].setdefault((fld, side), []).append(value)
+    latest, baseline = ({k: _mean(v) for k, v in g.items()} for g in (groups[False], groups[True]))
+    return latest, baseline
+
+
+def _mean(values: list[FactValue]) -> FactValue:
+    numbers = [v for v in values if isinstance(v, float | int)]
+    if len(numbers) != len(values):  # coded: the trials agreed on one code
+        return values[0]
+    return numbers[0] if len(numbers) == 1 else round(fmean(numbers), 4)
+
+
+def _facts(latest: dict[Key, FactValue], baseline: dict[Key, FactValue]) -> dict[str, Fact]:
+    """The metric fields of the patient fact and of each side's fact."""
+    whole: Fact = {}
+    own: dict[str, Fact] = {s: {} for s in _SIDES}
+    for (fld, side), value in latest.items():
+        target = whole if side is None else own[side]
+        target[fld] = value
+        base = baseline.get((fld, side))
+        if isinstance(value, float | int) and isinstance(base, float | int):
+            delta = round(value - base, 4)
+            target[f"{fld}__increase"], target[f"{fld}__change"] = delta, abs(delta)
+    _asymmetry(own)
+    sides = {s: {**whole, **own[s]} for s in _SIDES}
+    for fact in (whole, *sides.values()):
+        _present(fact)
+    return {"patient": whole, **sides}
+
+
+def _asymmetry(own: dict[str, Fact]) -> None:
+    left, right = own["left"], own["right"]
+    plain = {f for f in (*left, *right) if not f.endswith(("__increase", "__change"))}
+    for fld in plain:
+        a, b = left.get(fld), right.get(fld)
+        if isinstance(a, float) and isinstance(b, float):
+            left[f"{fld}__asym"], right[f"{fld}__asym"] = round(a - b, 4), round(b - a, 4)
+    for m in metrics().values():
+        for dim in m.dimensions if m.lateral else ():
+            a, b = left.get(m.field_for(dim)), right.get(m.field_for(dim))
+            if isinstance(a, float) and isinstance(b, float) and a > 0 and b > 0:
+                left[lsi_field(m)] = round(100 * a / b, 2)
+                right[lsi_field(m)] = round(100 * b / a, 2)
+                break
+
+
+def _present(fact: Fact) -> None:
+    for m in metrics().values():
+        if any(m.field_for(d) in fact for d in m.dimensions):
+            fact[present_field(m)] = 1
+
+
+def _compare(where: str, mine: Fact, theirs: Fact) -> None:
+    for fld in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(fld), theirs.get(fld)
+        if a is None or b is None or not _same(a, b, 0.011 if fld.endswith("__lsi") else 2e-4):
+            raise _disagree(
+                f"the {where} fact: {fld} is {b!r} from fact building and {a!r} from the "
+                "Observations"
+            )
+
+
+def _same(a: FactValue, b: FactValue, rounding: float) -> bool:
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        # means and differences are rounded (4 decimals, an LSI 2) after unit factors
+        # that may differ in their last digits: one rounding step apart is the same
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=rounding)
+    return a == b
+
+
+def _disagree(what: str) -> EngineDisagreementError:
+    return EngineDisagreementError(f"fact building and the reference evaluator disagree: {what}")
