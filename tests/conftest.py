@@ -19,7 +19,7 @@ from cds.config import Settings
 from cds.rules.compile import CompiledPack
 from cds.rules.load import load_pack
 from cds.service.app import create_app
-from tests.servers import FhirBehaviour, fhir_app, free_port, in_process_client, serve
+from tests.servers import FhirBehaviour, fhir_app, free_port, in_process_transport, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE_PACK = ROOT / "rule_packs" / "runform-core"
@@ -50,22 +50,42 @@ def rs_signer() -> JwtSigner:
 
 
 class LiveService:
+    """The service under test: in-process (``url`` is ``IN_PROCESS_BASE``, no socket) or
+    on a real loopback port. ``client`` calls it as the ES384 EHR client."""
+
     def __init__(
         self,
         url: str,
         store: TraceStore,
         settings: Settings,
         signer: JwtSigner,
-        http: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url
         self.store = store
         self.settings = settings
-        self.client = CdsClient(url, signer, http=http)
+        self._transport = transport  # None: over the port
+        self.client = CdsClient(url, signer, http=self.fresh())
         self.app: Any = None  # the ASGI app serving (its state holds the Runtime)
 
     def post(self, service_id: str, body: Any) -> Any:
         return self.client.call(service_id, body)
+
+    def fresh(self, **kwargs: Any) -> httpx.Client:
+        """A new HTTP client to the service, with its own cookies."""
+        return httpx.Client(base_url=self.url, transport=self._transport, timeout=10, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        with self.fresh() as http:
+            return http.get(path, **kwargs)
+
+    def post_raw(self, path: str, **kwargs: Any) -> httpx.Response:
+        with self.fresh() as http:
+            return http.post(path, **kwargs)
+
+    def cds_client(self, signer: JwtSigner | None) -> CdsClient:
+        """Another EHR client of the service (another issuer or key)."""
+        return CdsClient(self.url, signer, http=self.fresh())
 
 
 def _settings(
@@ -101,35 +121,49 @@ def _settings(
 
 @pytest.fixture
 def service_factory(tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner) -> Iterator[Any]:
-    """Start the real service on a loopback port; yields a factory taking settings overrides."""
-    stack: list[Any] = []
+    """Start the real service, in-process or (``real_port=True``) on a loopback port;
+    yields a factory taking settings overrides."""
+    with contextlib.ExitStack() as stack:
 
-    def start(
-        fhir_servers: tuple[str, ...] = (),
-        client_options: dict[str, Any] | None = None,
-        **overrides: Any,
-    ) -> LiveService:
-        """``fhir_servers``: FHIR bases on loopback the test clients may have us fetch from;
-        ``client_options``: more settings for both test clients."""
-        port = free_port()
-        settings = _settings(tmp_path, es_signer, rs_signer, f"http://127.0.0.1:{port}",
-                             fhir_servers, client_options, overrides)  # fmt: skip
-        store = open_store(settings.store.url)
-        app = create_app(settings, store=store)
-        ctx = serve(app, port, settings)
-        url = ctx.__enter__()
-        stack.append(ctx)
-        live = LiveService(url, store, settings, es_signer)
+        def start(
+            fhir_servers: tuple[str, ...] = (),
+            client_options: dict[str, Any] | None = None,
+            real_port: bool = False,
+            **overrides: Any,
+        ) -> LiveService:
+            """``fhir_servers``: FHIR bases on loopback the test clients may have us fetch
+            from; ``client_options``: more settings for both test clients; ``real_port``:
+            serve over a socket (what only uvicorn does: timeouts, connection limits)."""
+            port = free_port() if real_port else None
+            base = f"http://127.0.0.1:{port}" if port else IN_PROCESS_BASE
+            settings = _settings(tmp_path, es_signer, rs_signer, base, fhir_servers,
+                                 client_options, overrides)  # fmt: skip
+            live = stack.enter_context(_service(settings, es_signer, port))
+            stack.callback(live.client.close)
+            return live
+
+        yield start
+
+
+#: the in-process service's base URL: never listened on, and on loopback, so that a
+#: test that sent to it over the network by mistake would stay on this machine
+IN_PROCESS_BASE = "http://127.0.0.1:9"
+
+
+@contextlib.contextmanager
+def _service(settings: Settings, signer: JwtSigner, port: int | None) -> Iterator[LiveService]:
+    store = open_store(settings.store.url)
+    app = create_app(settings, store=store)
+    if port is not None:
+        with serve(app, port, settings) as url:
+            live = LiveService(url, store, settings, signer)
+            live.app = app
+            yield live
+        return
+    with in_process_transport(app) as transport:
+        live = LiveService(IN_PROCESS_BASE, store, settings, signer, transport)
         live.app = app
-        clients.append(live.client)
-        return live
-
-    clients: list[CdsClient] = []
-    yield start
-    for client in clients:
-        client.close()
-    for ctx in reversed(stack):
-        ctx.__exit__(None, None, None)
+        yield live
 
 
 @contextlib.contextmanager
@@ -138,13 +172,8 @@ def in_process_service(
 ) -> Iterator[LiveService]:
     """The service's app called in-process through httpx's ASGITransport: no port, no
     server thread, its lifespan running."""
-    base = "http://cds.test"
-    settings = _settings(tmp, es_signer, rs_signer, base, (), None, overrides)
-    store = open_store(settings.store.url)
-    app = create_app(settings, store=store)
-    with in_process_client(app, base) as http:
-        live = LiveService(base, store, settings, es_signer, http=http)
-        live.app = app
+    settings = _settings(tmp, es_signer, rs_signer, IN_PROCESS_BASE, (), None, overrides)
+    with _service(settings, es_signer, None) as live:
         yield live
 
 

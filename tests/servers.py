@@ -293,13 +293,13 @@ class _InProcess(httpx.BaseTransport):
 
 
 @contextmanager
-def in_process_client(app: Any, base_url: str) -> Iterator[httpx.Client]:
-    """A sync httpx client that calls ``app`` in-process, its lifespan running."""
+def in_process_transport(app: Any) -> Iterator[httpx.BaseTransport]:
+    """A transport for sync httpx clients that calls ``app`` in-process, its lifespan
+    running while the block runs."""
     from anyio.from_thread import start_blocking_portal
 
     with (
         start_blocking_portal() as portal,
         portal.wrap_async_context_manager(app.router.lifespan_context(app)),
-        httpx.Client(transport=_InProcess(app, portal), base_url=base_url) as client,
     ):
-        yield client
+        yield _InProcess(app, portal)

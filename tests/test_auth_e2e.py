@@ -1,4 +1,5 @@
-"""JWT bearer authentication per CDS Hooks 2.0, over real HTTP."""
+"""JWT bearer authentication per CDS Hooks 2.0: in-process, and over real HTTP where
+it matters (the JWK Set fetched over TLS, the replay cache shared by two processes)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,21 @@ import httpx
 import jwt
 import pytest
 
-from cds.client import CdsClient, JwtSigner
+from cds.client import JwtSigner
 from cds.examples import hook_request
 from tests.conftest import ES_ISSUER, LiveService
 
 PV = "runform-patient-view"
 
 
-def _get(url: str, token: str | None) -> httpx.Response:
+def _get(live: LiveService, url: str, token: str | None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.get(url, headers=headers)
+    return live.get(url, headers=headers)
+
+
+def _send(url: str, token: str) -> httpx.Response:
+    """Over a new connection to a real port."""
+    return httpx.get(url, headers={"Authorization": f"Bearer {token}"})
 
 
 def _assert_bare_401(r: httpx.Response) -> None:
@@ -34,12 +40,12 @@ def _assert_bare_401(r: httpx.Response) -> None:
 
 def test_es384_and_rs384_are_accepted(live: LiveService, rs_signer: JwtSigner) -> None:
     assert live.client.discovery().status_code == 200
-    rs_client = CdsClient(live.url, rs_signer)
+    rs_client = live.cds_client(rs_signer)
     assert rs_client.call(PV, hook_request("patient-view", "p1")).status_code == 200
 
 
 def test_no_token_is_401(live: LiveService) -> None:
-    _assert_bare_401(_get(live.url + "/cds-services", None))
+    _assert_bare_401(_get(live, live.url + "/cds-services", None))
 
 
 def _b64(data: dict[str, Any]) -> str:
@@ -51,7 +57,7 @@ def test_alg_none_is_rejected(live: LiveService) -> None:
     now = int(time.time())
     header = {"alg": "none", "typ": "JWT", "kid": "k"}
     claims = {"iss": ES_ISSUER, "aud": url, "iat": now, "exp": now + 60, "jti": "n1"}
-    _assert_bare_401(_get(url, f"{_b64(header)}.{_b64(claims)}."))
+    _assert_bare_401(_get(live, url, f"{_b64(header)}.{_b64(claims)}."))
 
 
 def test_hmac_is_rejected_even_with_the_public_key_as_secret(
@@ -65,7 +71,7 @@ def test_hmac_is_rejected_even_with_the_public_key_as_secret(
     signing_input = f"{_b64(header)}.{_b64(claims)}"
     mac = hmac.new(secret, signing_input.encode(), hashlib.sha384).digest()
     signature = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
-    _assert_bare_401(_get(url, f"{signing_input}.{signature}"))
+    _assert_bare_401(_get(live, url, f"{signing_input}.{signature}"))
 
 
 @pytest.mark.parametrize(
@@ -94,12 +100,12 @@ def test_bad_claims_are_401(
             algorithm="ES384",  # type: ignore[arg-type]
             headers={"kid": es_signer.kid, "typ": "JWT"},
         )
-    _assert_bare_401(_get(url, token))
+    _assert_bare_401(_get(live, url, token))
 
 
 def test_aud_must_be_the_exact_endpoint(live: LiveService, es_signer: JwtSigner) -> None:
     token = es_signer.token(live.url + "/cds-services")
-    r = httpx.post(
+    r = live.post_raw(
         f"{live.url}/cds-services/{PV}",
         json=hook_request("patient-view", "p1"),
         headers={"Authorization": f"Bearer {token}"},
@@ -110,8 +116,8 @@ def test_aud_must_be_the_exact_endpoint(live: LiveService, es_signer: JwtSigner)
 def test_replayed_jti_is_rejected(live: LiveService, es_signer: JwtSigner) -> None:
     url = live.url + "/cds-services"
     token = es_signer.token(url)
-    assert _get(url, token).status_code == 200
-    _assert_bare_401(_get(url, token))
+    assert _get(live, url, token).status_code == 200
+    _assert_bare_401(_get(live, url, token))
 
 
 def test_signature_from_another_key_with_same_kid_is_rejected(
@@ -119,12 +125,12 @@ def test_signature_from_another_key_with_same_kid_is_rejected(
 ) -> None:
     impostor = JwtSigner(iss=ES_ISSUER, alg="ES384", kid=es_signer.kid)
     url = live.url + "/cds-services"
-    _assert_bare_401(_get(url, impostor.token(url)))
+    _assert_bare_401(_get(live, url, impostor.token(url)))
 
 
 def test_feedback_endpoint_checks_its_own_audience(live: LiveService, es_signer: JwtSigner) -> None:
     url = f"{live.url}/cds-services/{PV}"
-    r = httpx.post(
+    r = live.post_raw(
         url + "/feedback",
         json={"feedback": []},
         headers={"Authorization": f"Bearer {es_signer.token(url)}"},
@@ -149,17 +155,17 @@ def test_jku_keys_are_fetched_from_the_allowlisted_url(
             auth={"clients": [{"iss": signer.iss, "jku": f"{jwks_url}/jwks.json"}]},
             server={"ca_file": str(tls.ca)},
         )
-        client = CdsClient(live.url, signer)
+        client = live.cds_client(signer)
         assert client.discovery().status_code == 200
         wrong = JwtSigner(iss=signer.iss, alg="ES384")
-        assert CdsClient(live.url, wrong).discovery().status_code == 401
+        assert live.cds_client(wrong).discovery().status_code == 401
 
 
 def test_auth_off_needs_explicit_setting_and_warns(
     service_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     live = service_factory(auth={"required": False})
-    assert httpx.get(live.url + "/cds-services").status_code == 200
+    assert live.get("/cds-services").status_code == 200
     assert any("authentication is OFF" in r.message for r in caplog.records)
 
 
@@ -185,7 +191,7 @@ def test_tokens_never_reach_the_store_or_logs(
     }
     url = f"{live.url}/cds-services/{PV}"
     token = es_signer.token(url)
-    r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
+    r = live.post_raw(url, json=body, headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200
     assert behaviour.requests[0]["authorization"] == "Bearer SECRET-ACCESS-TOKEN-123"
     db = Path(live.settings.store.url.removeprefix("sqlite:///")).read_bytes()
@@ -205,8 +211,8 @@ def test_replay_is_refused_across_worker_processes(tmp_path: Path, es_signer: Jw
         url = f"{svc.base}/cds-services"
         for _ in range(10):  # fresh connections spread over both workers
             token = es_signer.token(url)
-            assert _get(url, token).status_code == 200
-            statuses = {_get(url, token).status_code for _ in range(4)}
+            assert _send(url, token).status_code == 200
+            statuses = {_send(url, token).status_code for _ in range(4)}
             assert statuses == {401}
     finally:
         svc.stop()

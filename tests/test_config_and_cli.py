@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from cds.config import load_settings
@@ -128,7 +127,7 @@ def test_demo_starts_the_service_and_shows_cards(tmp_path: Path) -> None:
 
 def test_cors_preflight_and_headers(service_factory: Any) -> None:
     live = service_factory(cors={"origins": ["https://sandbox.cds-hooks.org"]})
-    pre = httpx.options(
+    pre = live.fresh().options(
         f"{live.url}/cds-services/runform-patient-view",
         headers={
             "Origin": "https://sandbox.cds-hooks.org",
@@ -139,7 +138,7 @@ def test_cors_preflight_and_headers(service_factory: Any) -> None:
     assert pre.status_code == 200
     assert pre.headers["access-control-allow-origin"] == "https://sandbox.cds-hooks.org"
     assert "authorization" in pre.headers["access-control-allow-headers"].lower()
-    other = httpx.options(
+    other = live.fresh().options(
         f"{live.url}/cds-services",
         headers={"Origin": "https://evil.example.org", "Access-Control-Request-Method": "GET"},
     )
@@ -149,5 +148,5 @@ def test_cors_preflight_and_headers(service_factory: Any) -> None:
 
 
 def test_unknown_path_is_an_operation_outcome(live: Any) -> None:
-    r = httpx.get(live.url + "/nope")
+    r = live.get("/nope")
     assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome"

@@ -64,7 +64,7 @@ def test_reload_under_load_swaps_good_versions_and_keeps_serving_through_bad_one
     packs = tmp_path / "packs"
     shutil.copytree(ROOT / "rule_packs" / "runform-core", packs / "runform-core")
     pack = packs / "runform-core" / "pack.yaml"
-    live = service_factory(packs={"dir": str(packs), "watch_interval_s": 0.1})
+    live = service_factory(packs={"dir": str(packs), "watch_interval_s": 0.1}, real_port=True)
     caplog.set_level(logging.INFO, logger="cds.service.reload")
     with Load(live.url, es_signer) as load:
         time.sleep(0.5)

@@ -12,14 +12,16 @@ import pytest
 
 from cds.client import JwtSigner
 from cds.examples import hook_request
-from tests.conftest import ES_ISSUER
+from tests.conftest import ES_ISSUER, LiveService
 
 SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
 
 
-def _get(url: str, signer: JwtSigner, aud: str | None = None, **header: Any) -> httpx.Response:
+def _get(
+    live: LiveService, url: str, signer: JwtSigner, aud: str | None = None, **header: Any
+) -> httpx.Response:
     token = signer.token(aud or url, **header)
-    return httpx.get(url, headers={"Authorization": f"Bearer {token}"}, follow_redirects=False)
+    return live.get(url, headers={"Authorization": f"Bearer {token}"}, follow_redirects=False)
 
 
 def _refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -32,7 +34,7 @@ def test_a_pinned_client_sending_a_jku_header_is_accepted_and_nothing_is_fetched
     live = service_factory()
     url = f"{live.url}/cds-services"
     # the sandbox always sends its jku; this machine cannot reach it, and need not
-    assert _get(url, es_signer, jku=SANDBOX_JKU).status_code == 200
+    assert _get(live, url, es_signer, jku=SANDBOX_JKU).status_code == 200
 
 
 def test_a_pinned_client_can_require_its_jku(
@@ -43,9 +45,9 @@ def test_a_pinned_client_can_require_its_jku(
     live = service_factory(auth={"clients": [
         {"iss": ES_ISSUER, "jwks_file": str(jwks), "accepted_jku": [SANDBOX_JKU]}]})  # fmt: skip
     url = f"{live.url}/cds-services"
-    assert _get(url, es_signer, jku=SANDBOX_JKU).status_code == 200
-    assert _get(url, es_signer).status_code == 200  # no jku header: the pinned keys decide
-    refused = _get(url, es_signer, jku="https://attacker.example/jwks.json")
+    assert _get(live, url, es_signer, jku=SANDBOX_JKU).status_code == 200
+    assert _get(live, url, es_signer).status_code == 200  # no jku header: the pinned keys decide
+    refused = _get(live, url, es_signer, jku="https://attacker.example/jwks.json")
     assert (
         refused.status_code == 401 and refused.json()["issue"][0]["diagnostics"] == "unauthorized"
     )
@@ -56,7 +58,7 @@ def test_discovery_with_a_trailing_slash_answers_without_a_redirect(
     service_factory: Any, es_signer: JwtSigner
 ) -> None:
     live = service_factory()
-    answer = _get(f"{live.url}/cds-services/", es_signer)
+    answer = _get(live, f"{live.url}/cds-services/", es_signer)
     assert answer.status_code == 200 and answer.json()["services"]
 
 
@@ -68,14 +70,16 @@ def test_every_configured_base_url_is_a_valid_audience(
     internal = "https://cds.internal.example"
     plain = service_factory()
     url = f"{plain.url}/cds-services"
-    assert _get(url, es_signer, aud=f"{internal}/cds-services").status_code == 401
+    assert _get(plain, url, es_signer, aud=f"{internal}/cds-services").status_code == 401
     [why] = [m for m in _refusals(caplog) if "audience mismatch" in m]
     assert f"'{internal}/cds-services'" in why and f"'{url}'" in why  # received, expected
     aliased = service_factory(server={"base_url_aliases": [internal, "http://localhost:8080"]})
     url = f"{aliased.url}/cds-services"
-    assert _get(url, es_signer, aud=f"{internal}/cds-services").status_code == 200
-    assert _get(url, es_signer).status_code == 200  # base_url still works
-    assert _get(url, es_signer, aud="https://other.example/cds-services").status_code == 401
+    assert _get(aliased, url, es_signer, aud=f"{internal}/cds-services").status_code == 200
+    assert _get(aliased, url, es_signer).status_code == 200  # base_url still works
+    assert (
+        _get(aliased, url, es_signer, aud="https://other.example/cds-services").status_code == 401
+    )
 
 
 def test_unknown_issuers_kids_and_origins_are_logged_with_their_values(
@@ -85,11 +89,11 @@ def test_unknown_issuers_kids_and_origins_are_logged_with_their_values(
     live = service_factory(cors={"origins": ["https://sandbox.cds-hooks.org"]})
     url = f"{live.url}/cds-services"
     stranger = JwtSigner(iss="https://stranger.example", alg="ES384")
-    assert _get(url, stranger).status_code == 401
+    assert _get(live, url, stranger).status_code == 401
     rotated = JwtSigner(iss=ES_ISSUER, alg="ES384", kid="rotated-key-7")
-    assert _get(url, rotated).status_code == 401
+    assert _get(live, url, rotated).status_code == 401
     signed = {"Authorization": f"Bearer {es_signer.token(url)}"}
-    answer = httpx.get(url, headers={"Origin": "https://evil.example", **signed})
+    answer = live.get(url, headers={"Origin": "https://evil.example", **signed})
     assert "access-control-allow-origin" not in answer.headers
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "issuer 'https://stranger.example' not on the allowlist" in logged

@@ -38,12 +38,12 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_are_off_by_default_and_need_their_token(service_factory: Any) -> None:
-    assert httpx.get(f"{service_factory().url}/metrics").status_code == 404
+    assert service_factory().get("/metrics").status_code == 404
     live = service_factory(server={"metrics": "token", "metrics_token": TOKEN})
-    assert httpx.get(f"{live.url}/metrics").status_code == 401
-    wrong = httpx.get(f"{live.url}/metrics", headers={"Authorization": "Bearer nope"})
+    assert live.get("/metrics").status_code == 401
+    wrong = live.get("/metrics", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
-    ok = httpx.get(f"{live.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    ok = live.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 200 and ok.headers["content-type"].startswith("text/plain")
 
 
@@ -52,7 +52,7 @@ def test_metrics_count_requests_cards_prefetch_commits_and_the_pack(service_fact
     for _ in range(3):
         assert live.post(PV, hook_request("patient-view", "p-1")).status_code == 200
     assert live.client.discovery().status_code == 200
-    text = httpx.get(f"{live.url}/metrics").text
+    text = live.get("/metrics").text
     calls = _metric(text, "runform_http_request_duration_seconds_count",
                     route="/cds-services/{service_id}", status="200")  # fmt: skip
     assert calls == 3
@@ -78,18 +78,18 @@ def test_engine_disagreements_are_counted_apart(
     monkeypatch.setattr(pipeline, "decide", disagree)
     answer = live.post(PV, hook_request("patient-view", "p-1"))
     assert answer.status_code == 500
-    text = httpx.get(f"{live.url}/metrics").text
+    text = live.get("/metrics").text
     assert _metric(text, "runform_engine_failures_total", kind="cross-check") == 1
 
 
 def test_readiness_fails_when_the_trace_writer_is_stuck(service_factory: Any) -> None:
     live = service_factory()
-    assert httpx.get(f"{live.url}/readyz").json() == {"status": "ok", "problems": []}
+    assert live.get("/readyz").json() == {"status": "ok", "problems": []}
     runtime = _runtime(live)
     runtime.writer.close()  # the writer thread is gone: no call could commit its trace
-    answer = httpx.get(f"{live.url}/readyz")
+    answer = live.get("/readyz")
     assert answer.status_code == 503 and answer.json()["problems"] == ["trace writer stuck"]
-    assert httpx.get(f"{live.url}/livez").status_code == 200  # alive, just not ready
+    assert live.get("/livez").status_code == 200  # alive, just not ready
 
 
 def _runtime(live: Any) -> Any:
@@ -102,11 +102,11 @@ def test_the_request_id_is_in_the_answer_and_the_trace(service_factory: Any) -> 
     url = f"{live.url}/cds-services/{PV}"
     token = live.client.signer.token(url)
     headers = {"Authorization": f"Bearer {token}", "X-Request-ID": "ehr-req-0042"}
-    answer = httpx.post(url, json=body, headers=headers)
+    answer = live.post_raw(url, json=body, headers=headers)
     assert answer.headers["x-request-id"] == "ehr-req-0042"
     [trace] = live.store.records_for(body["hookInstance"])
     assert trace.body["request_id"] == "ehr-req-0042"
-    odd = httpx.get(f"{live.url}/livez", headers={"X-Request-ID": "no spaces <allowed>"})
+    odd = live.get("/livez", headers={"X-Request-ID": "no spaces <allowed>"})
     assert re.fullmatch(r"[0-9a-f]{32}", odd.headers["x-request-id"])
 
 

@@ -30,7 +30,7 @@ from fastapi.routing import APIRoute
 
 from cds.audit.passwords import hash_password
 from cds.audit.store import StoredRecord
-from cds.client import CdsClient, JwtSigner
+from cds.client import JwtSigner
 from cds.config import Settings
 from cds.errors import ConfigError
 from cds.examples import demo_observations, hook_request, patient, searchset
@@ -172,24 +172,24 @@ def test_generated_docs_are_off_by_default(tmp_path: Path) -> None:
 
 def test_openapi_when_enabled_is_behind_the_jwt(service_factory: Any, es_signer: Any) -> None:
     live = service_factory(server={"openapi": True})
-    assert httpx.get(f"{live.url}/openapi.json").status_code == 401
+    assert live.get("/openapi.json").status_code == 401
     url = f"{live.url}/openapi.json"
-    r = httpx.get(url, headers={"Authorization": f"Bearer {es_signer.token(url)}"})
+    r = live.get(url, headers={"Authorization": f"Bearer {es_signer.token(url)}"})
     assert r.status_code == 200 and r.json()["info"]["title"] == "runform-cds"
 
 
 def test_health_endpoints_reveal_no_pack(live: LiveService) -> None:
     for path in ("/livez", "/readyz", "/healthz"):
-        r = httpx.get(live.url + path)
+        r = live.get(path)
         assert r.status_code == 200, path
         assert "runform-core" not in r.text and "sha256" not in r.text
 
 
 def test_hardening_headers_and_no_server_header(service_factory: Any) -> None:
     users = [{"name": "a", "password_hash": hash_password("x", iterations=1000)}]
-    live = service_factory(viewer={"users": users})
+    live = service_factory(viewer={"users": users}, real_port=True)  # uvicorn's own headers
     for path in ("/livez", "/cds-services", "/audit/login", "/no-such-route"):
-        r = httpx.get(live.url + path)
+        r = live.get(path)
         assert r.headers["x-frame-options"] == "DENY", path
         assert r.headers["x-content-type-options"] == "nosniff", path
         assert "frame-ancestors 'none'" in r.headers["content-security-policy"], path
@@ -423,7 +423,7 @@ def test_feedback_only_from_the_client_and_service_that_produced_the_card(
     body = hook_request("patient-view", "p-own")
     card = live.post(PV, body).json()["cards"][0]
     item = _override(card)
-    other = CdsClient(live.url, rs_signer)
+    other = live.cds_client(rs_signer)
     try:
         assert other.feedback(PV, [item]).status_code == 404  # another client's card
     finally:
@@ -468,7 +468,7 @@ def _login(client: httpx.Client, user: str, password: str) -> httpx.Response:
 
 def test_viewer_logins_are_throttled_per_user_and_per_address(service_factory: Any) -> None:
     live = _viewer(service_factory, max_failures_per_user=5, max_failures_per_address=8)
-    with httpx.Client(base_url=live.url) as c:
+    with live.fresh() as c:
         for _ in range(5):
             assert _login(c, "auditor", "wrong").headers["location"].endswith("error=1")
         locked = _login(c, "auditor", PASSWORD)  # the right password, too late
@@ -493,7 +493,7 @@ def test_unknown_and_known_users_cost_the_same_hash(
 
     monkeypatch.setattr(viewer, "verify_password", spy)
     live = _viewer(service_factory)
-    with httpx.Client(base_url=live.url) as c:
+    with live.fresh() as c:
         _login(c, "nobody-by-this-name", "x")
         _login(c, "auditor", "x")
     assert len(checked) == 2
@@ -502,7 +502,7 @@ def test_unknown_and_known_users_cost_the_same_hash(
 
 def test_login_needs_the_csrf_token_and_refuses_cross_site_posts(service_factory: Any) -> None:
     live = _viewer(service_factory)
-    with httpx.Client(base_url=live.url) as c:
+    with live.fresh() as c:
         c.get("/audit/login")
         no_token = c.post("/audit/login", data={"username": "auditor", "password": PASSWORD})
         assert no_token.status_code == 403
@@ -521,17 +521,17 @@ def test_a_session_ends_at_logout_everywhere_and_when_its_user_is_removed(
     service_factory: Any, tmp_path: Path
 ) -> None:
     live = _viewer(service_factory)
-    with httpx.Client(base_url=live.url) as c:
+    with live.fresh() as c:
         assert _login(c, "auditor", PASSWORD).status_code == 303
         stolen = c.cookies.get("runform_audit")
         assert c.get("/audit/").status_code == 200
         page = c.get("/audit/")
         token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
         assert c.post("/audit/logout", data={"csrf": token}).status_code == 303
-    with httpx.Client(base_url=live.url, cookies={"runform_audit": stolen}) as thief:
+    with live.fresh(cookies={"runform_audit": stolen}) as thief:
         assert thief.get("/audit/").status_code == 303  # the copied cookie no longer works
     # a second service on the same store and secret, with the user removed from its config
-    with httpx.Client(base_url=live.url) as c:
+    with live.fresh() as c:
         _login(c, "second", PASSWORD)
         cookie = c.cookies.get("runform_audit")
     users = [{"name": "auditor", "password_hash": hash_password(PASSWORD, iterations=1000)}]
@@ -539,7 +539,7 @@ def test_a_session_ends_at_logout_everywhere_and_when_its_user_is_removed(
         store={"url": live.settings.store.url},
         viewer={"users": users, "session_secret": "s" * 40},
     )
-    with httpx.Client(base_url=other.url, cookies={"runform_audit": cookie}) as c:
+    with other.fresh(cookies={"runform_audit": cookie}) as c:
         assert c.get("/audit/").status_code == 303
 
 
@@ -553,7 +553,7 @@ def test_the_viewer_list_is_paged(service_factory: Any) -> None:
     second, _ = live.store.search_page(TraceFilter(), before=more, size=2)
     assert [r.seq for r, _ in first] == sorted((r.seq for r, _ in first), reverse=True)
     assert max(r.seq for r, _ in second) < min(r.seq for r, _ in first)
-    with httpx.Client(base_url=live.url) as c:
+    with live.fresh() as c:
         _login(c, "auditor", PASSWORD)
         assert c.get("/audit/").status_code == 200
 
@@ -579,8 +579,8 @@ def test_one_bad_key_in_a_jwk_set_is_skipped_not_a_500(
     path = tmp_path / "mixed-jwks.json"
     path.write_text(__import__("json").dumps(jwks))
     live = service_factory(auth={"clients": [{"iss": signer.iss, "jwks_file": str(path)}]})
-    client = CdsClient(live.url, signer)
-    stranger = CdsClient(live.url, JwtSigner(iss=signer.iss))  # an unknown kid
+    client = live.cds_client(signer)
+    stranger = live.cds_client(JwtSigner(iss=signer.iss))  # an unknown kid
     try:
         assert client.discovery().status_code == 200
         assert stranger.discovery().status_code == 401
@@ -626,7 +626,7 @@ def test_audit_show_strips_terminal_control_characters(live: LiveService, tmp_pa
 
 
 def test_a_slow_client_is_cut_off(service_factory: Any) -> None:
-    live = service_factory(server={"request_timeout_s": 1.0})
+    live = service_factory(server={"request_timeout_s": 1.0}, real_port=True)
     port = int(live.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as slow:
         slow.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n")

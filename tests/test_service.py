@@ -1,8 +1,11 @@
 """The service's behaviour, called in-process with signed JWTs: the app with its
-lifespan, store and packs, through Starlette's TestClient (no port, no server
-thread), one for the module. The same app over a real port is tested end to end in test_auth_e2e,
-test_prefetch_e2e, test_fhir_server, test_operations and test_scale_out (and
-here, for the body-size limit the server enforces)."""
+lifespan, store and packs, through httpx's ASGITransport (no port, no server
+thread), one for the module. Most service tests run so (``service_factory`` starts
+the app in-process unless a test asks for ``real_port=True``); what only a real
+server shows is tested over a loopback port: connection limits and uvicorn's headers
+(test_security), hot reload under load, the viewer in a browser, two worker
+processes sharing the replay cache (test_auth_e2e), SIGTERM and JSON logs
+(test_operations) and the scale-out (test_scale_out)."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ PASSWORD = "correct horse battery"
 @pytest.fixture
 def viewer(service_factory: Any) -> LiveService:
     users = [{"name": "auditor", "password_hash": hash_password(PASSWORD, iterations=1000)}]
-    live: LiveService = service_factory(viewer={"users": users})
+    live: LiveService = service_factory(viewer={"users": users}, real_port=True)  # a browser
     for i, obs in enumerate([None, demo_observations("p2", right_abduction=1.7), None]):
         body = hook_request("patient-view", f"p{i}", observations=obs)
         card = live.post(PV, body).json()["cards"][0]
