@@ -222,11 +222,10 @@ def run_levels(
             f"{pv['cpu_ms'] / bare['cpu_ms']:>7.1f}"
         )
         left = (os.cpu_count() or 1) - pv["wrk_cores"]
-        usable = min(float(args.workers), left)
         print(
-            f"{label:<9} {level:>4} {'bound':<20} {usable / pv['cpu_ms'] * 1000:>7.0f}"
-            f"   (wrk used {pv['wrk_cores']:.2f} of {os.cpu_count()} cores; the service "
-            f"can use at most {usable:.2f}, at {pv['cpu_ms']:.2f} ms a call)"
+            f"{label:<9} {level:>4} {'machine bound':<20} {left / pv['cpu_ms'] * 1000:>7.0f}"
+            f"   (wrk used {pv['wrk_cores']:.2f} of {os.cpu_count()} cores; the {left:.2f} "
+            f"left, all busy at {pv['cpu_ms']:.2f} ms a call)"
         )
 
 
