@@ -158,3 +158,18 @@ def test_facts_written_by_hand_have_no_observations_to_reread(core_pack: Compile
     said = "cadence is 171.0 from fact building and 170.0 from the Observations"
     with pytest.raises(EngineDisagreementError, match=re.escape(said)):
         check_metric_facts(built, core_pack.policy)
+
+
+def test_every_unit_fact_building_accepts_the_reference_reads_alike() -> None:
+    """Else a call with that unit would fail as a disagreement instead of being read."""
+    dims = {d for m in metrics().values() if not m.coded for d in m.dimensions}
+    checked = 0
+    for dim in sorted(dims):
+        for unit in known_units():
+            try:
+                theirs = convert(3.0, unit, (dim,))
+            except UnitError:
+                continue
+            assert canonical_value(3.0, unit, (dim,)) == pytest.approx(theirs), (dim, unit)
+            checked += 1
+    assert checked > 30
