@@ -6,7 +6,8 @@ timed in-process on the latency benchmark's payload (60 Observations).
 Stages, in the order a call runs them: JSON (orjson), JWT (verify an ES384 token,
 claim its jti), request (validate the CDS Hooks body), parse (prefetch into FHIR
 models), facts, engine (durable-rules), cross-check (the reference evaluator),
-cards, trace (append to a SQLite store and fsync). ``latency.py`` prints this
+cards (with the reference's re-reading of the used Observations), trace (append to
+a SQLite store and fsync). ``latency.py`` prints this
 table after its wrk runs.
 """
 
