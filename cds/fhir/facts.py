@@ -32,9 +32,11 @@ from cds.fhir.fields import (
     AGE,
     AGE_UNKNOWN,
     KIND,
+    MEASURE_SUFFIX,
     SIDE,
     Fact,
     OrderState,
+    derived_field,
     diagnosis_field,
     lsi_field,
     measure_field,
@@ -70,7 +72,7 @@ _ORDER_STATES: dict[str, OrderState] = {
     "completed": "completed",
 }
 _IN_CARE = {"active", "on-hold"}
-_CHANGE_SUFFIXES = ("__increase", "__change")
+_CHANGE_SUFFIXES = (MEASURE_SUFFIX["increase"], MEASURE_SUFFIX["change"])
 
 
 @dataclass
@@ -225,8 +227,8 @@ def _compare_sides(sides: dict[str, Fact], fields: set[str]) -> None:
         a, b = left.get(fld), right.get(fld)
         if not isinstance(a, float) or not isinstance(b, float):
             continue
-        left[f"{fld}__asym"] = round(a - b, 4)
-        right[f"{fld}__asym"] = round(b - a, 4)
+        left[derived_field(fld, "asymmetry")] = round(a - b, 4)
+        right[derived_field(fld, "asymmetry")] = round(b - a, 4)
     for m in metrics().values():
         if not m.lateral:
             continue
@@ -338,8 +340,8 @@ def _values_of(readings: Readings, side: Side | None) -> Fact:
         base = readings.baseline.get((fld, s))
         if base is not None:
             delta = round(latest.canonical - base.canonical, 4)
-            out[f"{fld}__increase"] = delta
-            out[f"{fld}__change"] = abs(delta)
+            out[derived_field(fld, "increase")] = delta
+            out[derived_field(fld, "change")] = abs(delta)
     return out
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "FactValue",
     "Measure",
     "OrderState",
+    "derived_field",
     "diagnosis_field",
     "finding_field",
     "lsi_field",
@@ -69,6 +70,12 @@ OrderState = Literal["any", "draft", "active", "on-hold", "completed"]
 def measure_field(m: Metric, dimension: str, measure: str = "value") -> str:
     """Field of metric ``m`` measured in ``dimension`` (value, change, asymmetry or norm)."""
     return m.field_for(dimension) + MEASURE_SUFFIX[measure]
+
+
+def derived_field(value_field: str, measure: str) -> str:
+    """The field of ``measure`` (change, increase, asymmetry, norm) of the value held in
+    ``value_field``."""
+    return value_field + MEASURE_SUFFIX[measure]
 
 
 def lsi_field(m: Metric) -> str:

@@ -34,6 +34,7 @@ from cds.fhir.fields import (
     SIDE,
     Fact,
     OrderState,
+    derived_field,
     diagnosis_field,
     lsi_field,
     norm_note_field,
@@ -147,7 +148,7 @@ class _Renderer:
     def _change(self, fact: Fact, m: Metric) -> str:
         if m.field not in fact:
             return ""
-        now, delta = fact[m.field], fact.get(f"{m.field}__increase")
+        now, delta = fact[m.field], fact.get(derived_field(m.field, "increase"))
         if not isinstance(delta, int | float) or not isinstance(now, int | float):
             return f"{_show_value(fact, m)} (no earlier capture to compare)"
         before = round(now - delta, 4)

@@ -33,6 +33,7 @@ from cds.fhir.fields import (
     SIDE,
     Fact,
     FactValue,
+    derived_field,
     lsi_field,
     measure_field,
     present_field,
@@ -63,6 +64,11 @@ def metric_fields() -> frozenset[str]:
         for dim in m.dimensions:
             names |= {measure_field(m, dim, k) for k in MEASURE_SUFFIX if k != "norm"}
     return frozenset(names)
+
+
+@cache
+def _lsi_fields() -> frozenset[str]:
+    return frozenset(lsi_field(m) for m in metrics().values())
 
 
 def check_metric_facts(facts: FactSet, policy: FactPolicy) -> None:
@@ -189,7 +195,8 @@ def _facts(latest: dict[Key, FactValue], baseline: dict[Key, FactValue]) -> dict
         base = baseline.get((fld, side))
         if isinstance(value, float | int) and isinstance(base, float | int):
             delta = round(value - base, 4)
-            target[f"{fld}__increase"], target[f"{fld}__change"] = delta, abs(delta)
+            target[derived_field(fld, "increase")] = delta
+            target[derived_field(fld, "change")] = abs(delta)
     _asymmetry(own)
     sides = {s: {**whole, **own[s]} for s in _SIDES}
     for fact in (whole, *sides.values()):
@@ -199,11 +206,13 @@ def _facts(latest: dict[Key, FactValue], baseline: dict[Key, FactValue]) -> dict
 
 def _asymmetry(own: dict[str, Fact]) -> None:
     left, right = own["left"], own["right"]
-    plain = {f for f in (*left, *right) if not f.endswith(("__increase", "__change"))}
+    changes = (MEASURE_SUFFIX["increase"], MEASURE_SUFFIX["change"])
+    plain = {f for f in (*left, *right) if not f.endswith(changes)}
     for fld in plain:
         a, b = left.get(fld), right.get(fld)
         if isinstance(a, float) and isinstance(b, float):
-            left[f"{fld}__asym"], right[f"{fld}__asym"] = round(a - b, 4), round(b - a, 4)
+            left[derived_field(fld, "asymmetry")] = round(a - b, 4)
+            right[derived_field(fld, "asymmetry")] = round(b - a, 4)
     for m in metrics().values():
         for dim in m.dimensions if m.lateral else ():
             a, b = left.get(m.field_for(dim)), right.get(m.field_for(dim))
@@ -222,7 +231,8 @@ def _present(fact: Fact) -> None:
 def _compare(where: str, mine: Fact, theirs: Fact) -> None:
     for fld in sorted(set(mine) | set(theirs)):
         a, b = mine.get(fld), theirs.get(fld)
-        if a is None or b is None or not _same(a, b, 0.011 if fld.endswith("__lsi") else 2e-4):
+        rounding = 0.011 if fld in _lsi_fields() else 2e-4  # an LSI has 2 decimals
+        if a is None or b is None or not _same(a, b, rounding):
             raise _disagree(
                 f"the {where} fact: {fld} is {b!r} from fact building and {a!r} from the "
                 "Observations"
