@@ -96,9 +96,9 @@ class SqliteTraceStore(SqlTraceStore):
     def _replay_cache(self) -> sqlite3.Connection:
         """The JWT replay cache: a file of its own beside the traces (``<file>-replay``).
 
-        In the trace file, a claim waited for the write lock each trace commit holds
-        through its fsync, and claims are made on the event loop. Its writes need no
-        fsync of their own (synchronous=NORMAL); every worker opens the same file.
+        Not the trace file: there a claim, made on the event loop, would wait for the
+        write lock each trace commit holds through its fsync. Its writes need no fsync
+        of their own (synchronous=NORMAL); every worker process opens the same file.
         """
         if self._jti is None:
             replay = f"{self.path}-replay"
