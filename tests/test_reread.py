@@ -173,3 +173,35 @@ def test_every_unit_fact_building_accepts_the_reference_reads_alike() -> None:
             assert canonical_value(3.0, unit, (dim,)) == pytest.approx(theirs), (dim, unit)
             checked += 1
     assert checked > 30
+
+
+def _capture(days_ago: float, value: float) -> dict[str, Any]:
+    obs = _case("contralateral-pelvic-drop", "deg", value)
+    obs["effectiveDateTime"] = (NOW - timedelta(days=days_ago)).isoformat()
+    return obs
+
+
+def test_a_fact_builder_that_kept_an_older_capture_is_caught(
+    core_pack: CompiledPack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    captures = [_capture(1, 8.0), _capture(20, 5.0), _capture(40, 4.0)]
+    check_metric_facts(_facts(captures, core_pack), core_pack.policy)  # agrees unplanted
+    oldest_first = lambda self, readings: [[r] for r in readings]  # noqa: E731
+    monkeypatch.setattr(measurements._Selector, "_sessions", oldest_first)
+    facts = _facts(captures, core_pack)
+    assert facts.sides["right"]["contralateral_pelvic_drop"] == 4.0  # the planted bug took effect
+    with pytest.raises(EngineDisagreementError, match="superseded, but it is newer"):
+        check_metric_facts(facts, core_pack.policy)
+
+
+def test_a_fact_builder_that_used_a_stale_capture_is_caught(
+    core_pack: CompiledPack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stale = [_capture(400, 8.0)]
+    assert not _facts(stale, core_pack).used  # the gate holds: too old to use
+    real = measurements._Selector._latest
+    monkeypatch.setattr(
+        measurements._Selector, "_latest", lambda self, key, s, age: real(self, key, s, 1e9)
+    )
+    with pytest.raises(EngineDisagreementError, match="older than"):
+        check_metric_facts(_facts(stale, core_pack), core_pack.policy)

@@ -123,6 +123,8 @@ class FactSet:
     #: built from Observations (by :func:`build_facts`), which ``used`` records carry;
     #: False for facts written by hand (tests)
     from_observations: bool = False
+    #: the moment ages were counted from (None: facts written by hand)
+    as_of: datetime | None = None
 
     def all_facts(self) -> list[Fact]:
         return [self.patient, *self.sides.values()]
@@ -327,6 +329,7 @@ def build_facts(
         diagnoses=matches,
         orders=orders,
         from_observations=True,
+        as_of=now,
     )
 
 

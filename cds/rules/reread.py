@@ -9,17 +9,19 @@ table, and checks that every metric field of every fact agrees. A mistake in
 fact building's resolution or conversion therefore fails the call
 (:class:`~cds.errors.EngineDisagreementError`) instead of deciding a card.
 
-It also checks that no Observation used breaks a gate that must never be passed:
-withdrawn, measured while walking or with real-time feedback, too few strides.
-Which session is the newest and whether it is too old are fact building's alone;
-so are the norm z-scores. Field names come from :mod:`cds.fhir.fields`, the one
-place they are made.
+It also checks that no Observation used breaks a gate that must never be passed
+(withdrawn, measured while walking or with real-time feedback, too few strides, older
+than the pack allows), and that none set aside as superseded is newer than the
+reading used in its place. How captures are grouped into sessions and the norm
+z-scores are fact building's alone. Field names come from :mod:`cds.fhir.fields`,
+the one place they are made.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from datetime import datetime
 from functools import cache
 from statistics import fmean
 from typing import Any
@@ -77,6 +79,7 @@ def check_metric_facts(facts: FactSet, policy: FactPolicy) -> None:
     if not facts.from_observations:
         return
     latest, baseline = _values(facts.used, policy)
+    _check_newest(facts, policy)
     mine = _facts(latest, baseline)
     fields = metric_fields()
     for fact in facts.all_facts():
@@ -159,6 +162,50 @@ def _reading(rec: InputRecord, policy: FactPolicy) -> tuple[str, str | None, Fac
     except ValueError as exc:
         raise _disagree(f"{rec.resource} was used: {exc}") from None
     return measure_field(m, dim), side, value
+
+
+def _field_of(obs: Observation, m: Metric) -> str | None:
+    """The fact field ``obs`` fills (by its unit's dimension); None if it has none."""
+    if m.coded:
+        return m.field_for(m.dimensions[0])
+    q = obs.valueQuantity
+    unit = (q.code or q.unit) if q is not None else None
+    try:
+        return measure_field(m, canonical_value(1.0, unit, m.dimensions)[1]) if unit else None
+    except ValueError:
+        return None
+
+
+def _check_newest(facts: FactSet, policy: FactPolicy) -> None:
+    """The reading used for a field and side is the newest, and not too old."""
+    oldest_of_latest: dict[Key, tuple[datetime, str]] = {}
+    for rec in facts.used:
+        obs = rec.observation
+        m = _metric_of(obs) if obs is not None else None
+        if obs is None or m is None or obs.effective is None:
+            raise _disagree(f"{rec.resource} was used but has no measurement time")
+        if (rec.role or "").startswith("baseline"):
+            continue
+        key = (str(_field_of(obs, m)), _side_of(obs) if m.lateral else None)
+        when = obs.effective
+        oldest_of_latest[key] = min(oldest_of_latest.get(key, (when, "")), (when, rec.resource))
+        allowed = max(policy.max_age_days, policy.max_age_in_care_days or 0)
+        if facts.as_of is not None and (facts.as_of - when).days > allowed:
+            raise _disagree(f"{rec.resource} was used but is older than {allowed:g} days")
+    for rec in facts.excluded:
+        obs = rec.observation
+        m = _metric_of(obs) if obs is not None else None
+        if obs is None or m is None or obs.effective is None:
+            continue
+        if not (rec.reason or "").startswith("superseded"):
+            continue
+        key = (str(_field_of(obs, m)), _side_of(obs) if m.lateral else None)
+        used = oldest_of_latest.get(key)
+        if used is not None and obs.effective > used[0]:
+            raise _disagree(
+                f"{rec.resource} was set aside as superseded, but it is newer than "
+                f"{used[1]}, which was used"
+            )
 
 
 # -- from readings to fields ----------------------------------------------------------
