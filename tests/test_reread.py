@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from cds.errors import EngineDisagreementError
+from cds.examples import patient
 from cds.fhir import measurements
 from cds.fhir.codes import SITE_SIDES, metrics
 from cds.fhir.facts import ClinicalData, FactSet, build_facts
 from cds.fhir.observations import metric_observation
-from cds.fhir.parse import Observation, parse_entries
+from cds.fhir.parse import Observation, Patient, parse_entries, parse_resource
 from cds.fhir.units import UnitError, convert, known_units
 from cds.rules.compile import CompiledPack
 from cds.rules.decide import decide
@@ -205,3 +206,48 @@ def test_a_fact_builder_that_used_a_stale_capture_is_caught(
     )
     with pytest.raises(EngineDisagreementError, match="older than"):
         check_metric_facts(_facts(stale, core_pack), core_pack.policy)
+
+
+def _with_patient(raw: dict[str, Any], pack: CompiledPack) -> FactSet:
+    parsed = parse_resource(raw, "prefetch.patient")
+    assert isinstance(parsed, Patient)
+    data = ClinicalData(
+        patient=parsed, observations=parse_entries([CASES["deg"]], "t", Observation)[0]
+    )
+    return build_facts(data, pack.policy, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "birth", [None, "2001", "2001-05", "2008-%m-%d", "2008-01-01", "1990-12-31"]
+)
+def test_age_and_sex_are_re_read_from_the_patient(
+    core_pack: CompiledPack, birth: str | None
+) -> None:
+    raw: dict[str, Any] = {"resourceType": "Patient", "id": "p", "gender": "other"}
+    if birth is not None:
+        raw["birthDate"] = NOW.strftime(birth)  # "%m-%d": the 18th birthday is today
+    check_metric_facts(_with_patient(raw, core_pack), core_pack.policy)
+
+
+def test_a_wrong_age_from_fact_building_is_caught(
+    core_pack: CompiledPack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cds.fhir import facts as fact_building
+
+    real = fact_building._age_years
+    monkeypatch.setattr(fact_building, "_age_years", lambda p, today: (real(p, today) or 0) + 1)
+    facts = _with_patient(patient("p", age_years=17), core_pack)
+    assert facts.patient["age_years"] == 18  # the planted bug took effect
+    with pytest.raises(EngineDisagreementError, match="age_years is 18 from fact building and 17"):
+        check_metric_facts(facts, core_pack.policy)
+
+
+def test_a_partial_birth_date_read_as_an_age_is_caught(
+    core_pack: CompiledPack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cds.fhir import facts as fact_building
+
+    monkeypatch.setattr(fact_building, "_age_years", lambda p, today: 25)
+    facts = _with_patient({"resourceType": "Patient", "id": "p", "birthDate": "2001"}, core_pack)
+    with pytest.raises(EngineDisagreementError, match="age_unknown"):
+        check_metric_facts(facts, core_pack.policy)

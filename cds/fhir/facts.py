@@ -120,9 +120,9 @@ class FactSet:
     diagnoses: list[DiagnosisMatch] = field(default_factory=list)
     #: the orders that named a plan: reference, state (draft, active ...), plans, age
     orders: list[OrderEntry] = field(default_factory=list)
-    #: built from Observations (by :func:`build_facts`), which ``used`` records carry;
-    #: False for facts written by hand (tests)
-    from_observations: bool = False
+    #: the parsed resources the facts were built from (by :func:`build_facts`), for the
+    #: reference evaluator to re-read; None for facts written by hand (tests)
+    source: ClinicalData | None = field(default=None, repr=False)
     #: the moment ages were counted from (None: facts written by hand)
     as_of: datetime | None = None
 
@@ -328,7 +328,7 @@ def build_facts(
         excluded=readings.excluded,
         diagnoses=matches,
         orders=orders,
-        from_observations=True,
+        source=data,
         as_of=now,
     )
 

@@ -12,8 +12,9 @@ fact building's resolution or conversion therefore fails the call
 It also checks that no Observation used breaks a gate that must never be passed
 (withdrawn, measured while walking or with real-time feedback, too few strides, older
 than the pack allows), and that none set aside as superseded is newer than the
-reading used in its place. How captures are grouped into sessions and the norm
-z-scores are fact building's alone. Field names come from :mod:`cds.fhir.fields`,
+reading used in its place. It reads the Patient too: age in completed years
+(unknown without a full birth date) and recorded sex. How captures are grouped
+into sessions, the norm z-scores, diagnoses and orders are fact building's alone. Field names come from :mod:`cds.fhir.fields`,
 the one place they are made.
 """
 
@@ -30,6 +31,8 @@ from cds.errors import EngineDisagreementError
 from cds.fhir.codes import FINDINGS_SYSTEM, METRICS_SYSTEM, Metric, metric, metrics
 from cds.fhir.facts import FactPolicy, FactSet
 from cds.fhir.fields import (
+    AGE,
+    AGE_UNKNOWN,
     KIND,
     MEASURE_SUFFIX,
     SIDE,
@@ -39,9 +42,10 @@ from cds.fhir.fields import (
     lsi_field,
     measure_field,
     present_field,
+    sex_field,
 )
 from cds.fhir.measurements import InputRecord
-from cds.fhir.parse import Observation
+from cds.fhir.parse import Observation, Patient
 from cds.rules.evaluate import canonical_value
 
 __all__ = ["check_metric_facts", "metric_fields"]
@@ -55,6 +59,8 @@ _SIDE_OF_SITE = {
 }
 _WITHDRAWN = {"entered-in-error", "cancelled", "registered"}
 _SIDES = ("left", "right")
+#: FHIR AdministrativeGender
+_SEXES = ("male", "female", "other", "unknown")
 
 
 @cache
@@ -76,8 +82,9 @@ def _lsi_fields() -> frozenset[str]:
 def check_metric_facts(facts: FactSet, policy: FactPolicy) -> None:
     """Re-derive the metric fields of ``facts`` from the Observations they used; raise
     :class:`EngineDisagreementError` where fact building says otherwise."""
-    if not facts.from_observations:
+    if facts.source is None:
         return
+    _check_patient(facts, facts.source.patient)
     latest, baseline = _values(facts.used, policy)
     _check_newest(facts, policy)
     mine = _facts(latest, baseline)
@@ -86,6 +93,25 @@ def check_metric_facts(facts: FactSet, policy: FactPolicy) -> None:
         where = str(fact.get(SIDE, fact.get(KIND)))
         theirs = {k: v for k, v in fact.items() if k in fields}
         _compare(where, mine.get(where, {}), theirs)
+
+
+def _check_patient(facts: FactSet, patient: Patient | None) -> None:
+    """Age in completed years (unknown without a full birth date) and recorded sex, as
+    every fact carries them."""
+    birth = patient.birth_date if patient is not None else None
+    expected: Fact = {}
+    if birth is None or facts.as_of is None:
+        expected[AGE_UNKNOWN] = 1
+    else:
+        today = facts.as_of.date()
+        before_birthday = (today.month, today.day) < (birth.month, birth.day)
+        expected[AGE] = today.year - birth.year - before_birthday
+    if patient is not None and patient.gender:
+        expected[sex_field(patient.gender)] = 1
+    watched = {AGE, AGE_UNKNOWN, *(sex_field(s) for s in _SEXES), *expected}
+    for fact in facts.all_facts():
+        theirs = {k: v for k, v in fact.items() if k in watched}
+        _compare(str(fact.get(SIDE, fact.get(KIND))), expected, theirs)
 
 
 # -- reading one Observation ----------------------------------------------------------
