@@ -24,7 +24,7 @@ from cds.rules.compile import CompiledPack
 from cds.rules.decide import decide
 from cds.rules.engine import RuleEngine
 from cds.rules.evaluate import canonical_value
-from cds.rules.reread import check_metric_facts, metric_fields
+from cds.rules.reread import check_facts, metric_fields
 
 NOW = datetime.now(UTC)
 #: units fact building and the reference evaluator both know, per dimension
@@ -86,7 +86,7 @@ def test_fact_building_and_the_reference_agree_on_random_observations(
     fields = metric_fields()
     for _ in range(400):
         facts = _facts(_random_observations(rng), core_pack)
-        check_metric_facts(facts, core_pack.policy)  # raises on any disagreement
+        check_facts(facts, core_pack.policy)  # raises on any disagreement
         compared += sum(1 for f in facts.all_facts() for k in f if k in fields)
     assert compared > 2000
 
@@ -120,7 +120,7 @@ def test_a_bug_planted_in_fact_buildings_unit_conversion_is_caught(
         converted, dim = real(value, given, dims)
         return (converted * 1.01 if given == unit else converted), dim
 
-    check_metric_facts(_facts([CASES[unit]], core_pack), core_pack.policy)  # agrees unplanted
+    check_facts(_facts([CASES[unit]], core_pack), core_pack.policy)  # agrees unplanted
     monkeypatch.setattr(measurements, "convert", off)
     facts = _facts([CASES[unit]], core_pack)
     with pytest.raises(EngineDisagreementError, match="fact building and the reference"):
@@ -136,7 +136,7 @@ def test_a_bug_planted_in_fact_buildings_side_table_is_caught(
     facts = _facts([CASES["deg"]], core_pack)
     assert "contralateral_pelvic_drop" in facts.sides["left"]  # the planted bug took effect
     with pytest.raises(EngineDisagreementError, match="contralateral_pelvic_drop"):
-        check_metric_facts(facts, core_pack.policy)
+        check_facts(facts, core_pack.policy)
 
 
 def test_a_capture_with_too_few_strides_let_through_is_caught(
@@ -147,18 +147,18 @@ def test_a_capture_with_too_few_strides_let_through_is_caught(
     assert not _facts([few], core_pack).used  # the gate holds: the capture is set aside
     monkeypatch.setattr(measurements._Selector, "_too_few_strides", lambda self, r: False)
     with pytest.raises(EngineDisagreementError, match="fewer than"):
-        check_metric_facts(_facts([few], core_pack), core_pack.policy)
+        check_facts(_facts([few], core_pack), core_pack.policy)
 
 
 def test_facts_written_by_hand_have_no_observations_to_reread(core_pack: CompiledPack) -> None:
     by_hand = FactSet(patient={"kind": "patient", "cadence": 170.0}, sides={}, used=[], excluded=[])
-    check_metric_facts(by_hand, core_pack.policy)  # nothing to re-read: no error
+    check_facts(by_hand, core_pack.policy)  # nothing to re-read: no error
     built = _facts([_case("cadence", "/min", 170.0, side=None)], core_pack)
     assert built.patient["cadence"] == 170.0
     built.patient["cadence"] = 171.0
     said = "cadence is 171.0 from fact building and 170.0 from the Observations"
     with pytest.raises(EngineDisagreementError, match=re.escape(said)):
-        check_metric_facts(built, core_pack.policy)
+        check_facts(built, core_pack.policy)
 
 
 def test_every_unit_fact_building_accepts_the_reference_reads_alike() -> None:
@@ -186,13 +186,13 @@ def test_a_fact_builder_that_kept_an_older_capture_is_caught(
     core_pack: CompiledPack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     captures = [_capture(1, 8.0), _capture(20, 5.0), _capture(40, 4.0)]
-    check_metric_facts(_facts(captures, core_pack), core_pack.policy)  # agrees unplanted
+    check_facts(_facts(captures, core_pack), core_pack.policy)  # agrees unplanted
     oldest_first = lambda self, readings: [[r] for r in readings]  # noqa: E731
     monkeypatch.setattr(measurements._Selector, "_sessions", oldest_first)
     facts = _facts(captures, core_pack)
     assert facts.sides["right"]["contralateral_pelvic_drop"] == 4.0  # the planted bug took effect
     with pytest.raises(EngineDisagreementError, match="superseded, but it is newer"):
-        check_metric_facts(facts, core_pack.policy)
+        check_facts(facts, core_pack.policy)
 
 
 def test_a_fact_builder_that_used_a_stale_capture_is_caught(
@@ -205,7 +205,7 @@ def test_a_fact_builder_that_used_a_stale_capture_is_caught(
         measurements._Selector, "_latest", lambda self, key, s, age: real(self, key, s, 1e9)
     )
     with pytest.raises(EngineDisagreementError, match="older than"):
-        check_metric_facts(_facts(stale, core_pack), core_pack.policy)
+        check_facts(_facts(stale, core_pack), core_pack.policy)
 
 
 def _with_patient(raw: dict[str, Any], pack: CompiledPack) -> FactSet:
@@ -226,7 +226,7 @@ def test_age_and_sex_are_re_read_from_the_patient(
     raw: dict[str, Any] = {"resourceType": "Patient", "id": "p", "gender": "other"}
     if birth is not None:
         raw["birthDate"] = NOW.strftime(birth)  # "%m-%d": the 18th birthday is today
-    check_metric_facts(_with_patient(raw, core_pack), core_pack.policy)
+    check_facts(_with_patient(raw, core_pack), core_pack.policy)
 
 
 def test_a_wrong_age_from_fact_building_is_caught(
@@ -239,7 +239,7 @@ def test_a_wrong_age_from_fact_building_is_caught(
     facts = _with_patient(patient("p", age_years=17), core_pack)
     assert facts.patient["age_years"] == 18  # the planted bug took effect
     with pytest.raises(EngineDisagreementError, match="age_years is 18 from fact building and 17"):
-        check_metric_facts(facts, core_pack.policy)
+        check_facts(facts, core_pack.policy)
 
 
 def test_a_partial_birth_date_read_as_an_age_is_caught(
@@ -250,4 +250,4 @@ def test_a_partial_birth_date_read_as_an_age_is_caught(
     monkeypatch.setattr(fact_building, "_age_years", lambda p, today: 25)
     facts = _with_patient({"resourceType": "Patient", "id": "p", "birthDate": "2001"}, core_pack)
     with pytest.raises(EngineDisagreementError, match="age_unknown"):
-        check_metric_facts(facts, core_pack.policy)
+        check_facts(facts, core_pack.policy)

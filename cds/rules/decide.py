@@ -14,7 +14,7 @@ from cds.rules.compile import CompiledPack, CompiledRule
 from cds.rules.engine import EngineResult, Firing, RuleEngine
 from cds.rules.evaluate import Explanation, evaluator
 from cds.rules.records import Card, DecidedEntry, FiredRuleEntry, ThresholdEntry
-from cds.rules.reread import check_metric_facts
+from cds.rules.reread import check_facts
 
 __all__ = ["CardOutcome", "Decision", "FiredRule", "decide", "stamp_facts"]
 
@@ -179,7 +179,7 @@ def decide(
     station_url: str | None = None,
 ) -> Decision:
     """Evaluate ``pack`` on ``facts`` for ``hook`` and build the cards."""
-    check_metric_facts(facts, pack.policy)
+    check_facts(facts, pack.policy)
     stamped = stamp_facts(facts, hook)
     result = engine.evaluate(pack, stamped)
     decision = Decision(pack=pack, unmatched_facts=result.unmatched)

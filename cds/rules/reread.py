@@ -14,8 +14,8 @@ It also checks that no Observation used breaks a gate that must never be passed
 than the pack allows), and that none set aside as superseded is newer than the
 reading used in its place. It reads the Patient too: age in completed years
 (unknown without a full birth date) and recorded sex. How captures are grouped
-into sessions, the norm z-scores, diagnoses and orders are fact building's alone. Field names come from :mod:`cds.fhir.fields`,
-the one place they are made.
+into sessions, the norm z-scores, diagnoses and orders are fact building's alone.
+Field names come from :mod:`cds.fhir.fields`, the one place they are made.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from cds.fhir.measurements import InputRecord
 from cds.fhir.parse import Observation, Patient
 from cds.rules.evaluate import canonical_value
 
-__all__ = ["check_metric_facts", "metric_fields"]
+__all__ = ["check_facts", "metric_fields"]
 
 #: SNOMED CT body structures -> side, written apart from ``cds.fhir.codes``
 _SIDE_OF_SITE = {
@@ -79,9 +79,10 @@ def _lsi_fields() -> frozenset[str]:
     return frozenset(lsi_field(m) for m in metrics().values())
 
 
-def check_metric_facts(facts: FactSet, policy: FactPolicy) -> None:
-    """Re-derive the metric fields of ``facts`` from the Observations they used; raise
-    :class:`EngineDisagreementError` where fact building says otherwise."""
+def check_facts(facts: FactSet, policy: FactPolicy) -> None:
+    """Re-derive the metric and patient fields of ``facts`` from the resources they were
+    built from; raise :class:`EngineDisagreementError` where fact building says
+    otherwise (facts written by hand, with no source, are taken as they are)."""
     if facts.source is None:
         return
     _check_patient(facts, facts.source.patient)
