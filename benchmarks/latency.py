@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -175,58 +175,61 @@ def running_service(code: Path, config: Path, port: int, workers: int) -> Iterat
         server.wait(timeout=10)
 
 
-def write_inputs(tmpdir: Path, base: str, signer: JwtSigner) -> Path:
-    """The service config and the request body wrk sends; returns the config."""
-    jwks = signer.write_jwks(tmpdir / "jwks.json")
-    config = tmpdir / "bench.toml"
-    config.write_text(
-        f'[server]\nbase_url = "{base}"\n[store]\nurl = "sqlite:///{tmpdir}/traces.db"\n'
-        f'[packs]\ndir = "{ROOT / "rule_packs"}"\n'
-        f'[[auth.clients]]\niss = "urn:bench-ehr"\njwks_file = "{jwks}"\n'
-    )
+def write_inputs(tmpdir: Path, signer: JwtSigner) -> None:
+    """The request body wrk sends, and the key set the services trust."""
+    signer.write_jwks(tmpdir / "jwks.json")
     body = hook_request("patient-view", "bench-1", observations=sixty_observations("bench-1"))
     body["prefetch"]["patient"] = patient("bench-1")
     body["prefetch"]["conditions"] = searchset([pfp_condition("bench-1")])
     body["hookInstance"] = "HOOK_INSTANCE"
     (tmpdir / "body.json").write_text(json.dumps(body))
     (tmpdir / "tokens.txt").write_text("")
+
+
+def write_config(tmpdir: Path, name: str, base: str) -> Path:
+    """One service's config: its address, its own trace store, the packs."""
+    config = tmpdir / f"bench-{name}.toml"
+    config.write_text(
+        f'[server]\nbase_url = "{base}"\n[store]\nurl = "sqlite:///{tmpdir}/traces-{name}.db"\n'
+        f'[packs]\ndir = "{ROOT / "rule_packs"}"\n'
+        f'[[auth.clients]]\niss = "urn:bench-ehr"\njwks_file = "{tmpdir / "jwks.json"}"\n'
+    )
     return config
 
 
-def run_levels(
-    label: str, pid: int, base: str, tmpdir: Path, signer: JwtSigner, args: argparse.Namespace
+def run_level(
+    label: str, pid: int, base: str, level: int, tmpdir: Path, signer: JwtSigner, seconds: int
 ) -> None:
-    """wrk at each concurrency on the echo and on patient-view; prints a row per run."""
-    for level in [int(x) for x in args.levels.split(",")]:
-        rows = {}
-        for name, path, auth in (
-            ("bare echo", "/bench/echo", False),
-            ("patient-view", f"/cds-services/{SERVICE}", True),
-        ):
-            if auth:
-                tokens = make_tokens(signer, base + path, int(2500 * args.seconds * 1.5))
-                (tmpdir / "tokens.txt").write_text("\n".join(tokens) + "\n")
-            cpu_before = process_cpu_s(pid)
-            r = wrk(base, path, tmpdir, level, args.seconds, auth)
-            r["cpu_ms"] = (process_cpu_s(pid) - cpu_before) * 1000 / max(r["requests"], 1)
-            rows[name] = r
-            errors = r["non2xx"] + r["socket_errors"]
-            print(
-                f"{label:<9} {level:>4} {name:<20} {r['rps']:>7.0f} {r['p50_ms']:>8.2f} "
-                f"{r['p99_ms']:>8.2f} {r['cpu_ms']:>7.2f} {errors:>6}"
-            )
-        pv, bare = rows["patient-view"], rows["bare echo"]
+    """wrk at one concurrency on the echo and on patient-view; prints a row per run."""
+    rows = {}
+    for name, path, auth in (
+        ("bare echo", "/bench/echo", False),
+        ("patient-view", f"/cds-services/{SERVICE}", True),
+    ):
+        if auth:
+            tokens = make_tokens(signer, base + path, int(2500 * seconds * 1.5))
+            (tmpdir / "tokens.txt").write_text("\n".join(tokens) + "\n")
+        cpu_before = process_cpu_s(pid)
+        r = wrk(base, path, tmpdir, level, seconds, auth)
+        r["cpu_ms"] = (process_cpu_s(pid) - cpu_before) * 1000 / max(r["requests"], 1)
+        rows[name] = r
+        errors = r["non2xx"] + r["socket_errors"]
         print(
-            f"{label:<9} {level:>4} {'ratio (pv / echo)':<20} {pv['rps'] / bare['rps']:>7.2f} "
-            f"{pv['p50_ms'] / bare['p50_ms']:>8.1f} {pv['p99_ms'] / bare['p99_ms']:>8.1f} "
-            f"{pv['cpu_ms'] / bare['cpu_ms']:>7.1f}"
+            f"{label:<9} {level:>4} {name:<20} {r['rps']:>7.0f} {r['p50_ms']:>8.2f} "
+            f"{r['p99_ms']:>8.2f} {r['cpu_ms']:>7.2f} {errors:>6}"
         )
-        left = (os.cpu_count() or 1) - pv["wrk_cores"]
-        print(
-            f"{label:<9} {level:>4} {'machine bound':<20} {left / pv['cpu_ms'] * 1000:>7.0f}"
-            f"   (wrk used {pv['wrk_cores']:.2f} of {os.cpu_count()} cores; the {left:.2f} "
-            f"left, all busy at {pv['cpu_ms']:.2f} ms a call)"
-        )
+    pv, bare = rows["patient-view"], rows["bare echo"]
+    print(
+        f"{label:<9} {level:>4} {'ratio (pv / echo)':<20} {pv['rps'] / bare['rps']:>7.2f} "
+        f"{pv['p50_ms'] / bare['p50_ms']:>8.1f} {pv['p99_ms'] / bare['p99_ms']:>8.1f} "
+        f"{pv['cpu_ms'] / bare['cpu_ms']:>7.1f}"
+    )
+    left = (os.cpu_count() or 1) - pv["wrk_cores"]
+    print(
+        f"{label:<9} {level:>4} {'machine bound':<20} {left / pv['cpu_ms'] * 1000:>7.0f}"
+        f"   (wrk used {pv['wrk_cores']:.2f} of {os.cpu_count()} cores; the {left:.2f} "
+        f"left, all busy at {pv['cpu_ms']:.2f} ms a call)"
+    )
 
 
 def main() -> int:
@@ -237,33 +240,41 @@ def main() -> int:
     parser.add_argument(
         "--baseline",
         metavar="REF",
-        help="also run the service as of this git commit, first, in the same run",
+        help="also run the service as of this git commit, in the same run, in turn with"
+        " the current one at each concurrency",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
         return 2
-    port = 18000 + os.getpid() % 1000
-    base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="runform-bench-") as tmp:
+    first_port = 18000 + os.getpid() % 1000 * 2
+    with tempfile.TemporaryDirectory(prefix="runform-bench-") as tmp, ExitStack() as running:
         tmpdir = Path(tmp)
         signer = JwtSigner(iss="urn:bench-ehr", alg="ES384", lifetime_s=900)
-        config = write_inputs(tmpdir, base, signer)
+        write_inputs(tmpdir, signer)
         trees = [("current", ROOT)]
         if args.baseline:
             trees.insert(0, (args.baseline[:9], source_tree(args.baseline, tmpdir / "baseline")))
+        services = []  # (label, pid, base): all started first, then measured in turn
+        for i, (label, code) in enumerate(trees):
+            base = f"http://127.0.0.1:{first_port + i}"
+            config = write_config(tmpdir, f"s{i}", base)
+            pid = running.enter_context(running_service(code, config, first_port + i, args.workers))
+            services.append((label, pid, base))
         print(
             f"payload: {(tmpdir / 'body.json').stat().st_size / 1024:.0f} KiB, 60 Observations; "
             f"{args.seconds} s per run; {args.workers} service process(es); "
             "SQLite traces (fsync); cpu = service CPU ms per call (wrk shares the cores)"
         )
+        if len(services) > 1:
+            print("each concurrency is run on every service in turn, so drift hits them alike")
         print(
             f"{'code':<9} {'conc':>4} {'endpoint':<20} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'cpu ms':>7} {'errors':>6}"
         )
-        for label, code in trees:
-            with running_service(code, config, port, args.workers) as pid:
-                run_levels(label, pid, base, tmpdir, signer, args)
+        for level in [int(x) for x in args.levels.split(",")]:
+            for label, pid, base in services:
+                run_level(label, pid, base, level, tmpdir, signer, args.seconds)
     sys.path.insert(0, str(ROOT))
     from benchmarks.stages import measure, print_table
 
