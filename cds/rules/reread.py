@@ -21,11 +21,10 @@ Field names come from :mod:`cds.fhir.fields`, the one place they are made.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from datetime import datetime
 from functools import cache
 from statistics import fmean
-from typing import Any
+from typing import Any, NamedTuple
 
 from cds.errors import EngineDisagreementError
 from cds.fhir.codes import FINDINGS_SYSTEM, METRICS_SYSTEM, Metric, metric, metrics
@@ -58,6 +57,8 @@ _SIDE_OF_SITE = {
     "6757004": "right",  # structure of right knee region
 }
 _WITHDRAWN = {"entered-in-error", "cancelled", "registered"}
+#: (fact field, side): None for a whole-body metric
+Key = tuple[str, str | None]
 _SIDES = ("left", "right")
 #: FHIR AdministrativeGender
 _SEXES = ("male", "female", "other", "unknown")
@@ -86,9 +87,9 @@ def check_facts(facts: FactSet, policy: FactPolicy) -> None:
     if facts.source is None:
         return
     _check_patient(facts, facts.source.patient)
-    latest, baseline = _values(facts.used, policy)
-    _check_newest(facts, policy)
-    mine = _facts(latest, baseline)
+    used = [_reading(rec, policy) for rec in facts.used]
+    _check_newest(used, facts, policy)
+    mine = _facts(*_values(used))
     fields = metric_fields()
     for fact in facts.all_facts():
         where = str(fact.get(SIDE, fact.get(KIND)))
@@ -165,8 +166,21 @@ def _gate(obs: Observation, m: Metric, policy: FactPolicy) -> str | None:
     return None
 
 
-def _reading(rec: InputRecord, policy: FactPolicy) -> tuple[str, str | None, FactValue]:
-    """(fact field, side, value) of one used Observation, read here."""
+class _Read(NamedTuple):
+    """One used Observation as read here: the field and side it fills, and its value."""
+
+    rec: InputRecord
+    obs: Observation
+    key: Key
+    value: FactValue
+
+    @property
+    def baseline(self) -> bool:
+        return (self.rec.role or "").startswith("baseline")
+
+
+def _reading(rec: InputRecord, policy: FactPolicy) -> _Read:
+    """One used Observation, read here (raises if it should not have been used)."""
     obs = rec.observation
     m = _metric_of(obs) if obs is not None else None
     if obs is None or m is None:
@@ -179,7 +193,7 @@ def _reading(rec: InputRecord, policy: FactPolicy) -> tuple[str, str | None, Fac
         code = _coded(obs)
         if code is None:
             raise _disagree(f"{rec.resource} was used but has no coded value")
-        return m.field_for(m.dimensions[0]), side, code
+        return _Read(rec, obs, (m.field_for(m.dimensions[0]), side), code)
     q = obs.valueQuantity
     unit = (q.code or q.unit) if q is not None else None
     if q is None or q.value is None or unit is None:
@@ -188,7 +202,7 @@ def _reading(rec: InputRecord, policy: FactPolicy) -> tuple[str, str | None, Fac
         value, dim = canonical_value(q.value, unit, m.dimensions)
     except ValueError as exc:
         raise _disagree(f"{rec.resource} was used: {exc}") from None
-    return measure_field(m, dim), side, value
+    return _Read(rec, obs, (measure_field(m, dim), side), value)
 
 
 def _field_of(obs: Observation, m: Metric) -> str | None:
@@ -203,22 +217,20 @@ def _field_of(obs: Observation, m: Metric) -> str | None:
         return None
 
 
-def _check_newest(facts: FactSet, policy: FactPolicy) -> None:
+def _check_newest(used: list[_Read], facts: FactSet, policy: FactPolicy) -> None:
     """The reading used for a field and side is the newest, and not too old."""
+    allowed = max(policy.max_age_days, policy.max_age_in_care_days or 0)
     oldest_of_latest: dict[Key, tuple[datetime, str]] = {}
-    for rec in facts.used:
-        obs = rec.observation
-        m = _metric_of(obs) if obs is not None else None
-        if obs is None or m is None or obs.effective is None:
-            raise _disagree(f"{rec.resource} was used but has no measurement time")
-        if (rec.role or "").startswith("baseline"):
+    for read in used:
+        when = read.obs.effective
+        if when is None:
+            raise _disagree(f"{read.rec.resource} was used but has no measurement time")
+        if read.baseline:
             continue
-        key = (str(_field_of(obs, m)), _side_of(obs) if m.lateral else None)
-        when = obs.effective
-        oldest_of_latest[key] = min(oldest_of_latest.get(key, (when, "")), (when, rec.resource))
-        allowed = max(policy.max_age_days, policy.max_age_in_care_days or 0)
+        earliest = oldest_of_latest.get(read.key, (when, ""))
+        oldest_of_latest[read.key] = min(earliest, (when, read.rec.resource))
         if facts.as_of is not None and (facts.as_of - when).days > allowed:
-            raise _disagree(f"{rec.resource} was used but is older than {allowed:g} days")
+            raise _disagree(f"{read.rec.resource} was used but is older than {allowed:g} days")
     for rec in facts.excluded:
         obs = rec.observation
         m = _metric_of(obs) if obs is not None else None
@@ -226,28 +238,22 @@ def _check_newest(facts: FactSet, policy: FactPolicy) -> None:
             continue
         if not (rec.reason or "").startswith("superseded"):
             continue
-        key = (str(_field_of(obs, m)), _side_of(obs) if m.lateral else None)
-        used = oldest_of_latest.get(key)
-        if used is not None and obs.effective > used[0]:
+        newest = oldest_of_latest.get(
+            (str(_field_of(obs, m)), _side_of(obs) if m.lateral else None)
+        )
+        if newest is not None and obs.effective > newest[0]:
             raise _disagree(
                 f"{rec.resource} was set aside as superseded, but it is newer than "
-                f"{used[1]}, which was used"
+                f"{newest[1]}, which was used"
             )
 
 
 # -- from readings to fields ----------------------------------------------------------
-Key = tuple[str, str | None]
-
-
-def _values(
-    used: Iterable[InputRecord], policy: FactPolicy
-) -> tuple[dict[Key, FactValue], dict[Key, FactValue]]:
+def _values(used: list[_Read]) -> tuple[dict[Key, FactValue], dict[Key, FactValue]]:
     """The latest and the baseline value per (field, side): the mean of a session's trials."""
     groups: dict[bool, dict[Key, list[FactValue]]] = {False: {}, True: {}}
-    for rec in used:
-        fld, side, value = _reading(rec, policy)
-        is_baseline = (rec.role or "").startswith("baseline")
-        groups[is_baseline].setdefault((fld, side), []).append(value)
+    for read in used:
+        groups[read.baseline].setdefault(read.key, []).append(read.value)
     latest, baseline = ({k: _mean(v) for k, v in g.items()} for g in (groups[False], groups[True]))
     return latest, baseline
 
