@@ -62,7 +62,6 @@ __all__ = [
     "ReferenceEvaluator",
     "canonical_value",
     "evaluator",
-    "expected_firings",
     "holds",
 ]
 
@@ -487,16 +486,3 @@ def evaluator(pack: Pack) -> ReferenceEvaluator:
 def holds(pack: Pack, cond: Condition, fact: Fact, why: Explanation | None = None) -> bool:
     """Whether ``cond`` holds on ``fact``; ``why`` collects the deciding thresholds."""
     return evaluator(pack).holds(cond, fact, why)
-
-
-def expected_firings(
-    pack: Pack,
-    rules: Sequence[tuple[str, str, Sequence[str], Condition]],
-    facts: list[Fact],
-    hook: str,
-) -> dict[tuple[str, int], Explanation]:
-    """Which (rule id, fact index) pairs should fire, with why.
-
-    ``rules`` lists ``(rule id, scope, hooks, condition)``.
-    """
-    return evaluator(pack).expected_firings(rules, facts, hook)

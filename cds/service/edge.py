@@ -23,7 +23,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from cds.service.metrics import ServiceMetrics
 from cds.service.operations import GOOD_REQUEST_ID, request_id_scope
 
-__all__ = ["API_POLICY", "SECURITY_HEADERS", "EdgeMiddleware"]
+__all__ = ["EdgeMiddleware"]
 
 log = logging.getLogger("cds.service")
 
@@ -33,14 +33,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-SECURITY_HEADERS = {
+_SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "Cache-Control": "no-store",
 }
-API_POLICY = SECURITY_HEADERS["Content-Security-Policy"]
 
 
 class EdgeMiddleware:
@@ -67,7 +66,7 @@ class EdgeMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 out = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
+                for name, value in _SECURITY_HEADERS.items():
                     out.setdefault(name, value)
                 out["X-Request-ID"] = rid
             await send(message)
