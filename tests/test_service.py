@@ -31,6 +31,15 @@ def live(in_process_live: LiveService) -> LiveService:
     return in_process_live
 
 
+def _plans(card: dict[str, Any]) -> set[str]:
+    """The plan codes a card's suggestions would order."""
+    return {
+        a["resource"]["code"]["coding"][0]["code"]
+        for s in card["suggestions"]
+        for a in s["actions"]
+    }
+
+
 def _rules(live: LiveService, hook_instance: str) -> list[str]:
     records = live.store.records_for(hook_instance)
     return [r["rule_id"] for r in records[0].body["rules_fired"] if not r.get("suppressed_by")]
@@ -58,12 +67,7 @@ def test_patient_view_recommends_strength_and_gait_retraining(live: LiveService)
     [card] = payload["cards"]
     assert card["indicator"] == "warning"
     assert "right" in card["summary"]
-    plans = {
-        a["resource"]["code"]["coding"][0]["code"]
-        for s in card["suggestions"]
-        for a in s["actions"]
-    }
-    assert plans == {"hip-strengthening-program", "gait-retraining-video-feedback"}
+    assert _plans(card) == {"hip-strengthening-program", "gait-retraining-video-feedback"}
     assert card["source"]["url"] == "https://doi.org/10.2519/jospt.2011.3470"
     # evidence per recommendation and diagnosis (this runner has patellofemoral pain)
     assert "gait retraining: C" in card["detail"]
@@ -119,12 +123,7 @@ def test_run_form_impairment_without_weakness_targets_gait_retraining(live: Live
     [card] = r.json()["cards"]
     assert card["indicator"] == "info"
     assert "gait retraining" in card["summary"]
-    plans = {
-        a["resource"]["code"]["coding"][0]["code"]
-        for s in card["suggestions"]
-        for a in s["actions"]
-    }
-    assert plans == {"gait-retraining-video-feedback"}
+    assert _plans(card) == {"gait-retraining-video-feedback"}
 
 
 def test_weakness_without_impairment_gives_a_strengthening_plan_to_file(live: LiveService) -> None:
