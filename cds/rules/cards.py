@@ -105,7 +105,7 @@ def _quantity(value: Any, unit: str) -> str:
 
 
 def _side_prefix(fact: Fact, m: Metric) -> str:
-    return f"{fact['side']} " if fact.get("_both") and m.lateral else ""
+    return f"{fact[SIDE]} " if fact.get("_both") and m.lateral else ""
 
 
 def _show_value(fact: Fact, m: Metric) -> str:
