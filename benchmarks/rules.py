@@ -31,7 +31,7 @@ from cds.examples import demo_observations, patient, pfp_condition  # noqa: E402
 from cds.fhir.codes import SITE_SIDES  # noqa: E402
 from cds.fhir.facts import ClinicalData, FactSet, build_facts  # noqa: E402
 from cds.fhir.observations import metric_observation  # noqa: E402
-from cds.fhir.parse import Condition, Observation, Patient, parse_entries  # noqa: E402
+from cds.fhir.parse import Condition, Observation, Patient, parse_entries, validate  # noqa: E402
 from cds.rules.compile import CompiledPack  # noqa: E402
 from cds.rules.decide import decide  # noqa: E402
 from cds.rules.engine import RuleEngine  # noqa: E402
@@ -138,7 +138,7 @@ def _data(n_obs: int) -> ClinicalData:
     observations, _ = parse_entries(raw[:n_obs], "bench", Observation)
     conditions, _ = parse_entries([pfp_condition(PATIENT)], "bench", Condition)
     return ClinicalData(
-        patient=Patient.model_validate(patient(PATIENT)),
+        patient=validate(Patient, patient(PATIENT)),
         observations=observations,
         conditions=conditions,
     )

@@ -19,7 +19,7 @@ from cds.fhir.codes import ICD10CM_SYSTEM, SNOMED_SYSTEM
 from cds.fhir.diagnoses import DiagnosisCode, ValueSet, match_conditions
 from cds.fhir.facts import ClinicalData, FactPolicy, build_facts
 from cds.fhir.observations import coded_component, metric_observation, quantity_component
-from cds.fhir.parse import Condition, Observation, Patient, parse_entries
+from cds.fhir.parse import Condition, Observation, Patient, parse_entries, validate
 from cds.measures.settings import MeasureSettings
 from cds.rules.compile import CompiledPack
 from cds.rules.decide import Decision
@@ -68,7 +68,7 @@ def test_h01_paediatric_cards_cite_paediatric_sources(core_pack: CompiledPack) -
 
 
 def _age_on(birth: date) -> Any:
-    person = Patient.model_validate({"resourceType": "Patient", "birthDate": birth.isoformat()})
+    person = validate(Patient, {"resourceType": "Patient", "birthDate": birth.isoformat()})
     return build_facts(ClinicalData(patient=person), FactPolicy(), now=NOW).patient
 
 
@@ -87,7 +87,7 @@ def test_h03_age_is_exact_on_the_birth_date(birth: date, age: int) -> None:
 
 @pytest.mark.parametrize("birth_date", ["2008", "2008-11"])
 def test_h02_a_partial_birth_date_is_no_age(birth_date: str) -> None:
-    person = Patient.model_validate({"resourceType": "Patient", "birthDate": birth_date})
+    person = validate(Patient, {"resourceType": "Patient", "birthDate": birth_date})
     facts = build_facts(ClinicalData(patient=person), FactPolicy(), now=NOW).patient
     assert facts["age_unknown"] == 1 and "age_years" not in facts
 
@@ -211,7 +211,7 @@ def _condition(code: str, **extra: Any) -> Condition:
         "code": {"coding": [{"system": ICD10CM_SYSTEM, "code": code}]},
         **extra,
     }
-    return Condition.model_validate(raw)
+    return validate(Condition, raw)
 
 
 SURGERY = ValueSet("surgery", "Surgery", (DiagnosisCode(ICD10CM_SYSTEM, "Z47.8", prefix=True),))
@@ -439,7 +439,7 @@ def test_h39_every_suggestion_is_complete_and_valid_r4(core_pack: CompiledPack) 
             for s in card.get("suggestions", []):
                 for a in s["actions"]:
                     request = a["resource"]
-                    ServiceRequest.model_validate(request)
+                    validate(ServiceRequest, request)
                     plan = request["code"]["coding"][0]["code"]
                     seen.add(plan)
                     assert request["patientInstruction"] and request["note"]

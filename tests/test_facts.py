@@ -7,7 +7,14 @@ from cds.fhir.codes import PLANS_SYSTEM
 from cds.fhir.diagnoses import DiagnosisCode, ValueSet
 from cds.fhir.facts import ClinicalData, FactPolicy, build_facts
 from cds.fhir.observations import metric_observation
-from cds.fhir.parse import Condition, Observation, Patient, ServiceRequest, parse_entries
+from cds.fhir.parse import (
+    Condition,
+    Observation,
+    Patient,
+    ServiceRequest,
+    parse_entries,
+    validate,
+)
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 PFP = DiagnosisCode("http://hl7.org/fhir/sid/icd-10-cm", "M22.2", prefix=True, laterality=6)
@@ -86,14 +93,15 @@ def test_an_active_order_shortens_the_freshness_window() -> None:
     parsed, _ = parse_entries(
         [obs("contralateral-pelvic-drop", 6.0, "deg", "left", days=45, strides=9)], "t", Observation
     )
-    order = ServiceRequest.model_validate(
+    order = validate(
+        ServiceRequest,
         {
             "resourceType": "ServiceRequest",
             "status": "active",
             "intent": "order",
             "authoredOn": (NOW - timedelta(days=50)).date().isoformat(),
             "code": {"coding": [{"system": PLANS_SYSTEM, "code": "hip-strengthening-program"}]},
-        }
+        },
     )
     out_of_care = build_facts(ClinicalData(observations=parsed), policy, now=NOW)
     in_care = build_facts(ClinicalData(observations=parsed, orders=[order]), policy, now=NOW)
@@ -155,24 +163,26 @@ def test_unreadable_observation_counts_and_is_listed() -> None:
 
 
 def test_context_age_diagnoses_and_orders() -> None:
-    patient = Patient.model_validate({"resourceType": "Patient", "birthDate": "2000-11-24"})
-    cond = Condition.model_validate(
+    patient = validate(Patient, {"resourceType": "Patient", "birthDate": "2000-11-24"})
+    cond = validate(
+        Condition,
         {
             "resourceType": "Condition",
             "clinicalStatus": {"coding": [{"code": "active"}]},
             "code": {
                 "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "M22.2X1"}]
             },
-        }
+        },
     )
-    resolved = Condition.model_validate(
+    resolved = validate(
+        Condition,
         {
             "resourceType": "Condition",
             "clinicalStatus": {"coding": [{"code": "resolved"}]},
             "code": {
                 "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "M22.2X2"}]
             },
-        }
+        },
     )
     f = build_facts(ClinicalData(patient=patient, conditions=[resolved]), POLICY, now=NOW)
     assert "dx_pfp" not in f.patient
@@ -202,7 +212,7 @@ def test_whole_body_metrics_reach_every_fact() -> None:
 def test_fhir_partial_and_full_datetimes_are_read(text: str, expected: datetime) -> None:
     raw = obs("cadence", 170, "/min")
     raw["effectiveDateTime"] = text
-    parsed = Observation.model_validate(raw)
+    parsed = validate(Observation, raw)
     assert parsed.effective == expected
 
 

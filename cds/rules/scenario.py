@@ -29,6 +29,7 @@ from cds.fhir.parse import (
     ServiceRequest,
     Unreadable,
     parse_entries,
+    validate,
 )
 from cds.rules.compile import CompiledPack
 from cds.rules.decide import CardOutcome, Decision, decide
@@ -466,7 +467,7 @@ class _Builder:
             raw["birthDate"] = birthday.replace(year=birthday.year - g.age - 1).isoformat()
         if g.birth_date is not None:
             raw["birthDate"] = g.birth_date
-        return Patient.model_validate(raw)
+        return validate(Patient, raw)
 
     def data(self) -> ClinicalData:
         for code, value in self.given.measures.items():
