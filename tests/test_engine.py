@@ -94,13 +94,11 @@ def test_an_exception_in_a_rule_action_fails_the_evaluation(
     data["version"] = "9.9.9-action-failure"
     pack = load_pack(write_pack(tmp_path, data))
 
-    def broken(rule_id: str) -> Any:
-        def run(c: Any) -> None:
+    def broken(rule_id: str, matched: dict[str, Any]) -> None:
+        if rule_id != "__session__":
             raise RuntimeError(f"boom in {rule_id}")
 
-        return run
-
-    monkeypatch.setattr(engine_mod, "_action", broken)
+    monkeypatch.setattr(engine_mod, "_run_action", broken)
     with pytest.raises(EngineError, match=r"a rule action failed.*boom in "):
         RuleEngine().evaluate(
             pack, [{"kind": "patient", "hook": "patient-view", "q_stale": 1, "n": 0}]

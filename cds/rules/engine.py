@@ -18,11 +18,12 @@ durable-rules has sharp edges; this adapter files them down:
 * every fact gets a unique ``id`` and every evaluation its own session id, so
   a spurious "already observed" error cannot happen by construction; if one
   does, it fails the evaluation rather than silently dropping a fact;
-* exceptions raised in actions are swallowed by durable-rules into the session
-  state; we read the state back and fail the evaluation;
-* every fact, result and session state crosses into the C engine as JSON, written
-  and read by the standard ``json`` module; orjson writes and reads the same JSON
-  several times faster (a third of the engine's time per call);
+* facts are asserted and the actions they fire are run by :func:`_assert`, which
+  drives the C engine the way durable's Python layer does, minus that layer: it
+  swallowed exceptions raised in actions into the session state, and built a
+  closure, a state copy and two JSON round trips per firing (half the engine's
+  time per call). Here an action that raises fails the evaluation at once, and
+  the facts and fired actions cross into C as JSON written and read by orjson;
 * the session state is deleted after each evaluation. ``delete_state`` on a
   session in which nothing matched corrupts memory in the C engine
   (``free(): invalid pointer``, then a segfault), so every session opens with
@@ -35,10 +36,10 @@ import copy
 import itertools
 import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import durable_rules_engine as _c
 import orjson
 from durable import engine as _durable
 
@@ -64,23 +65,20 @@ class EngineResult:
     unmatched: int = 0
 
 
-class _OrjsonForDurable:
-    """The two ``json`` functions durable-rules calls, done by orjson."""
-
-    @staticmethod
-    def dumps(value: Any, ensure_ascii: bool = True) -> str:
-        # durable always passes ensure_ascii=False: orjson writes UTF-8 in any case
-        return orjson.dumps(value).decode()
-
-    loads = staticmethod(orjson.loads)
-
-
-_durable.json = _OrjsonForDurable
-
 _host_lock = threading.Lock()
 _host: Any = None
 _registered: dict[str, list[list[str]]] = {}
-_collector: list[Firing] | None = None  # set while an evaluation holds the lock
+
+
+@dataclass
+class _Collecting:
+    """Where the actions of one evaluation stage record their firings."""
+
+    firings: list[Firing]
+    seen: set[tuple[str, int]] = field(default_factory=set)
+
+
+_collector: _Collecting | None = None  # set while an evaluation holds the lock
 _OPENER = "__session__"
 
 
@@ -144,7 +142,7 @@ class RuleEngine:
     def _run_stage(self, names: list[str], facts: list[dict[str, Any]], out: EngineResult) -> None:
         global _collector
         host = _shared_host()
-        _collector = out.firings
+        _collector = _Collecting(out.firings)
         try:
             for name in names:
                 self._run_ruleset(host, name, facts, out)
@@ -154,28 +152,63 @@ class RuleEngine:
     def _run_ruleset(
         self, host: Any, name: str, facts: list[dict[str, Any]], result: EngineResult
     ) -> None:
+        handle = host.get_ruleset(name)._handle
         sid = uuid.uuid4().hex
         # the session opener matches a rule of its own, so the session state
         # always exists and delete_state is safe (see the module docstring)
-        host.assert_fact(name, {"kind": _OPENER, "sid": sid, "id": f"{sid}-open"})
+        if not _assert(handle, name, {"kind": _OPENER, "sid": sid, "id": f"{sid}-open"}):
+            raise EngineError(f"the session opener of {name} matched no rule")
         try:
             for index, fact in enumerate(facts):
-                message = {**fact, "sid": sid, "id": f"{sid}-{index}"}
-                try:
-                    state = host.assert_fact(name, message)
-                except _durable.MessageNotHandledException:
+                if not _assert(handle, name, {**fact, "sid": sid, "id": f"{sid}-{index}"}):
                     result.unmatched += 1
-                    continue
-                except _durable.MessageObservedException as exc:
-                    raise EngineError(
-                        f"engine rejected a unique fact as a duplicate: {exc}"
-                    ) from exc
-                except Exception as exc:
-                    raise EngineError(f"engine error in {name}: {exc}") from exc
-                if isinstance(state, dict) and "exception" in state:
-                    raise EngineError(f"a rule action failed in {name}: {state['exception']}")
         finally:
-            host.delete_state(name, sid)
+            _c.delete_state(handle, sid)
+
+
+#: durable-rules' result codes for an asserted fact
+_NOT_HANDLED, _OBSERVED, _NO_STATE = 1, 2, 3
+
+
+def _assert(handle: int, name: str, message: dict[str, Any]) -> bool:
+    """Assert one fact into ruleset ``handle`` and run the actions it fires, in order;
+    whether any rule matched it."""
+    try:
+        code, state = _c.assert_fact(handle, orjson.dumps(message).decode())
+    except Exception as exc:  # durable raises bare Exceptions with codes
+        raise EngineError(f"engine error in {name}: {exc}") from exc
+    if code == _NOT_HANDLED:
+        return False
+    if code == _OBSERVED:
+        raise EngineError(f"engine rejected a unique fact as a duplicate: {message['id']}")
+    if code == _NO_STATE:
+        return True
+    started = _c.start_action_for_state(handle, state)
+    pending = orjson.loads(started[1]) if started else None
+    while pending:
+        ((rule_id, matched),) = pending.items()
+        try:
+            _run_action(rule_id, matched["m"])
+        except Exception as exc:
+            _c.abandon_action(handle, state)
+            raise EngineError(f"a rule action failed in {name}: {exc}") from exc
+        following = _c.complete_and_start_action(handle, state)
+        pending = orjson.loads(following) if following else None
+    return True
+
+
+def _run_action(rule_id: str, matched: dict[str, Any]) -> None:
+    """What a fired rule does: record the firing, once per fact (durable-rules fires
+    once per matching alternative of an ``$or``)."""
+    if rule_id == _OPENER:
+        return
+    if _collector is None:
+        raise RuntimeError(f"rule {rule_id} fired outside an evaluation")
+    index = int(str(matched["id"]).rsplit("-", 1)[1])
+    if (rule_id, index) not in _collector.seen:
+        _collector.seen.add((rule_id, index))
+        fact = {k: v for k, v in matched.items() if k not in ("sid", "id")}
+        _collector.firings.append(Firing(rule_id, index, fact))
 
 
 def _ruleset(chunk: list[Compiled]) -> dict[str, Any]:
@@ -186,31 +219,19 @@ def _ruleset(chunk: list[Compiled]) -> dict[str, Any]:
     """
     not_opener = {"$neq": {"kind": _OPENER}}
     return {
-        _OPENER: {"all": [{"m": {"kind": _OPENER}}], "pri": 0, "run": _open},
+        _OPENER: {"all": [{"m": {"kind": _OPENER}}], "pri": 0, "run": _never},
         **{
             item.engine_id: {
                 "all": [{"m": {"$and": [not_opener, copy.deepcopy(item.pattern)]}}],
                 "pri": item.priority,
-                "run": _action(item.engine_id),
+                "run": _never,
             }
             for item in chunk
         },
     }
 
 
-def _open(c: Any) -> None:
-    """Action of the session-opener rule: nothing to do."""
-
-
-def _action(rule_id: str) -> Callable[[Any], None]:
-    def run(c: Any) -> None:
-        if _collector is None:
-            raise RuntimeError(f"rule {rule_id} fired outside an evaluation")
-        fact = {k: v for k, v in c.m.items() if k not in ("sid", "id")}
-        fact_id = str(c.m["id"])
-        index = int(fact_id.rsplit("-", 1)[1])
-        # durable-rules fires once per matching alternative of an $or: keep one
-        if not any(f.rule_id == rule_id and f.index == index for f in _collector):
-            _collector.append(Firing(rule_id, index, fact))
-
-    return run
+def _never(c: Any) -> None:
+    """The action durable-rules is given for every rule: it never dispatches actions
+    itself (:func:`_assert` runs them), so being called here is a bug."""
+    raise RuntimeError("durable-rules dispatched an action itself")
