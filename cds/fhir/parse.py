@@ -80,7 +80,7 @@ class CodeableConcept:
         return [c.code for c in self.coding if c.system == system and c.code]
 
     def has(self, system: str, code: str) -> bool:
-        return code in self.codes(system)
+        return bool(code) and any(c.code == code and c.system == system for c in self.coding)
 
 
 @_element

@@ -335,6 +335,17 @@ class ReferenceEvaluator:
         limit, _ = canonical_value(t.value, t.unit, dims)
         passes = _TESTS[op]
 
+        if len(fields) == 1:  # nearly every test: one field, no list to build
+            (only,) = fields
+
+            def compare_one(fact: Fact) -> tuple[bool, float | None]:
+                v = fact.get(only)
+                if isinstance(v, int | float):
+                    return passes(v, limit), v
+                return False, None
+
+            return compare_one
+
         def compare(fact: Fact) -> tuple[bool, float | None]:
             values = [v for f in fields if isinstance(v := fact.get(f), int | float)]
             for v in values:
