@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -68,27 +69,33 @@ class SqlTraceStore(ABC):
         encoded = [(k, tid, hi, pat, body, record_json(body)) for k, tid, hi, pat, body in rows]
         now = datetime.now(UTC).isoformat()
         out: list[StoredRecord] = []
-        insert = self._q(
-            f"INSERT INTO records ({_COLUMNS}, patient) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
+        values: list[tuple[Any, ...]] = []
         cur.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1")
         last = cur.fetchone()
         seq, prev = (int(last[0]), str(last[1])) if last else (0, GENESIS)
         for kind, tid, hi, patient, body, body_json in encoded:
             seq += 1
             digest = record_hash(prev, seq, kind, now, body_json)
-            cur.execute(insert, (seq, kind, tid, hi, now, body_json, prev, digest, patient))
+            values.append((seq, kind, tid, hi, now, body_json, prev, digest, patient))
             out.append(StoredRecord(seq, kind, tid, hi, now, body, prev, digest))
             prev = digest
+        self._insert_all(cur, f"INSERT INTO records ({_COLUMNS}, patient) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)  # fmt: skip
         return out
+
+    def _insert_all(self, cur: Any, sql: str, values: list[tuple[Any, ...]]) -> None:
+        """One statement for many rows: under load the writer thread runs while calls
+        hold the GIL, and each statement is a wait of up to the switch interval."""
+        if values:
+            cur.executemany(self._q(sql), values)
 
     def _append_many(
         self, rows: list[Row], extra: list[tuple[str, tuple[Any, ...]]]
     ) -> list[StoredRecord]:
         with self._write() as cur:
             out = self._insert_chain(cur, rows)
-            for sql, params in extra:
-                cur.execute(self._q(sql), params)
+            for sql, group in itertools.groupby(extra, key=lambda e: e[0]):
+                self._insert_all(cur, sql, [params for _, params in group])
             self._index(cur, out)
         return out
 
@@ -96,6 +103,7 @@ class SqlTraceStore(ABC):
 
     def _index(self, cur: Any, records: list[StoredRecord]) -> None:
         """Record what the new traces and feedback are searched by (same transaction)."""
+        values: list[tuple[Any, ...]] = []
         for rec in records:
             if rec.kind == "trace":
                 target, facets = rec.seq, trace_facets(rec.body)
@@ -106,8 +114,8 @@ class SqlTraceStore(ABC):
                 )
                 row = cur.fetchone()
                 target, facets = (int(row[0]) if row else -1), [feedback_facet(rec.body)]
-            for facet, value in facets:
-                cur.execute(self._q(self._FACET), (target, rec.trace_id, facet, value))
+            values += [(target, rec.trace_id, facet, value) for facet, value in facets]
+        self._insert_all(cur, self._FACET, values)
 
     # -- the schema version ---------------------------------------------------------------
     def _version(self, cur: Any) -> int | None:
