@@ -35,7 +35,7 @@ from cds.fhir.codes import (
     metric,
 )
 from cds.fhir.diagnoses import as_datetime
-from cds.fhir.parse import Observation
+from cds.fhir.parse import Observation, ObservationComponent
 from cds.fhir.policy import CaptureLimits, FactPolicy
 from cds.fhir.units import UnitError, convert
 
@@ -133,16 +133,29 @@ def _side_of(obs: Observation) -> Side | None:
     return None
 
 
-def _component(obs: Observation, code: str) -> float | None:
+#: an Observation's components by each code of ours they carry, in their order
+Parts = dict[str, list[ObservationComponent]]
+
+
+def _parts(obs: Observation) -> Parts:
+    """Index the components once: a capture is checked for up to six of them."""
+    parts: Parts = {}
     for comp in obs.component:
-        if comp.code.has(METRICS_SYSTEM, code) and comp.valueQuantity is not None:
+        for code in dict.fromkeys(comp.code.codes(METRICS_SYSTEM)):
+            parts.setdefault(code, []).append(comp)
+    return parts
+
+
+def _component(parts: Parts, code: str) -> float | None:
+    for comp in parts.get(code, ()):
+        if comp.valueQuantity is not None:
             return comp.valueQuantity.value
     return None
 
 
-def _coded_component(obs: Observation, code: str) -> str | None:
-    for comp in obs.component:
-        if comp.code.has(METRICS_SYSTEM, code) and comp.valueCodeableConcept is not None:
+def _coded_component(parts: Parts, code: str) -> str | None:
+    for comp in parts.get(code, ()):
+        if comp.valueCodeableConcept is not None:
             found = comp.valueCodeableConcept.codes(FINDINGS_SYSTEM)
             return found[0] if found else None
     return None
@@ -254,21 +267,22 @@ class _Selector:
         else:
             rec.value, rec.unit, canonical, fld = _quantity_value(obs, m)
             rec.canonical = round(canonical, 4)
-        rec.strides = _component(obs, "strides-analyzed")
+        parts = _parts(obs)
+        rec.strides = _component(parts, "strides-analyzed")
         if m.group == "run-form":  # after the value, so a value set aside still shows in the trace
-            self._check_capture(obs, m)
-        test = _coded_component(obs, "contraction-type") if m.group == "strength" else None
+            self._check_capture(parts, m)
+        test = _coded_component(parts, "contraction-type") if m.group == "strength" else None
         return Reading(m, eff, canonical, [rec], numeric=not m.coded, test=test), fld
 
-    def _check_capture(self, obs: Observation, m: Metric) -> None:
-        if _coded_component(obs, "real-time-feedback") == "given":
+    def _check_capture(self, parts: Parts, m: Metric) -> None:
+        if _coded_component(parts, "real-time-feedback") == "given":
             raise _Reject(
                 "measured while the runner saw real-time feedback (a retraining block): "
                 "it shows what they do when cued, not how they run",
                 "measured with real-time feedback",
                 None,  # expected, not a data problem: no card asks about it
             )
-        mode = _coded_component(obs, "gait-mode")
+        mode = _coded_component(parts, "gait-mode")
         if mode == "walking":
             raise _Reject(
                 "walking capture: not used for running recommendations",
@@ -278,18 +292,18 @@ class _Selector:
         if mode != "running" and self.policy.gait_mode_missing == "ask":
             raise _Reject("gait mode not recorded: cannot tell walking from running",
                           "gait mode not recorded", "gait_mode_unknown")  # fmt: skip
-        view = _coded_component(obs, "capture-view")
+        view = _coded_component(parts, "capture-view")
         if m.view is not None and view is not None and view != m.view:
             raise _Reject(
                 f"measured from the {view} view; this metric needs the {m.view} view",
                 f"needs the {m.view} view",
             )
-        fps = _component(obs, "frame-rate")
+        fps = _component(parts, "frame-rate")
         needed = self.limits.required_fps(m.code, running=True)
         if fps is not None and fps < needed:
             why = f"filmed at {fps:g} fps; this metric needs at least {needed:g} fps"
             raise _Reject(why, why)
-        visible = _component(obs, "visible-fraction")
+        visible = _component(parts, "visible-fraction")
         least = 100 * self.limits.min_visible_fraction
         if visible is not None and visible < least:
             why = f"landmarks visible in {visible:g}% of frames (needs {least:g}%)"

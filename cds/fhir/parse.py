@@ -29,6 +29,7 @@ __all__ = [
     "Coding",
     "Condition",
     "Observation",
+    "ObservationComponent",
     "Patient",
     "Quantity",
     "ServiceRequest",
