@@ -69,13 +69,11 @@ FhirDate = Annotated[str, Field(pattern=r"^\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\
 class Coding:
     system: str | None = None
     code: str | None = None
-    display: str | None = None
 
 
 @_element
 class CodeableConcept:
     coding: list[Coding] = field(default_factory=list)
-    text: str | None = None
 
     def codes(self, system: str) -> list[str]:
         return [c.code for c in self.coding if c.system == system and c.code]
@@ -93,14 +91,8 @@ class Quantity:
 
 
 @_element
-class Reference:
-    reference: str | None = None
-
-
-@_element
 class Meta:
     versionId: str | None = None
-    lastUpdated: FhirDateTime | None = None
 
 
 @_element
@@ -140,7 +132,6 @@ class Observation(_Resource):
         "unknown",
     ]
     code: CodeableConcept
-    subject: Reference | None = None
     effectiveDateTime: FhirDateTime | None = None
     effectivePeriod: Period | None = None
     effectiveInstant: FhirDateTime | None = None
