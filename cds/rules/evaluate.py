@@ -191,6 +191,29 @@ def _always(result: bool) -> Check:
     return lambda fact, run: result
 
 
+# Every part is evaluated, with no short cut: each may name a deciding test.
+def _all_of(parts: list[Check]) -> Check:
+    def all_of(fact: Fact, run: _Run) -> bool:
+        held = True
+        for part in parts:
+            if not part(fact, run):
+                held = False
+        return held
+
+    return all_of
+
+
+def _any_of(parts: list[Check]) -> Check:
+    def any_of(fact: Fact, run: _Run) -> bool:
+        held = False
+        for part in parts:
+            if part(fact, run):
+                held = True
+        return held
+
+    return any_of
+
+
 class ReferenceEvaluator:
     """The pack's conditions compiled once into plain Python checks.
 
@@ -268,10 +291,7 @@ class ReferenceEvaluator:
             case AllOf() | AnyOf():
                 items = cond.all if isinstance(cond, AllOf) else cond.any
                 parts = [self.compile(c, negated) for c in items]
-                # every part is evaluated (no short cut): each may name a deciding test
-                if isinstance(cond, AllOf):
-                    return lambda fact, run: all([p(fact, run) for p in parts])
-                return lambda fact, run: any([p(fact, run) for p in parts])
+                return _all_of(parts) if isinstance(cond, AllOf) else _any_of(parts)
             case _:
                 return self._atom(cond, negated)
 
