@@ -6,12 +6,13 @@ endpoint of the same app that parses and returns the same payload, and prints
 p50/p99 latency, throughput and the ratio between the two; then the cost of
 each stage of one call (``stages.py``).
 
-    ./benchmarks/run latency [--seconds 12] [--rounds 3] [--workers N] [--baseline REF]
+    ./benchmarks/run latency [--seconds 12] [--rounds 3] [--workers N[,M]] [--baseline REF]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -237,21 +238,36 @@ def combine(rounds: list[Row]) -> Row:
 def print_level(label: str, level: int, rows: dict[str, Row]) -> None:
     for name, r in rows.items():
         print(
-            f"{label:<9} {level:>4} {name:<20} {r['rps']:>7.0f} {r['p50_ms']:>8.2f} "
+            f"{label:<11} {level:>4} {name:<20} {r['rps']:>7.0f} {r['p50_ms']:>8.2f} "
             f"{r['p99_ms']:>8.2f} {r['cpu_ms']:>7.2f} {r['errors']:>6.0f}"
         )
     pv, bare = rows["patient-view"], rows["bare echo"]
     print(
-        f"{label:<9} {level:>4} {'ratio (pv / echo)':<20} {pv['rps'] / bare['rps']:>7.2f} "
+        f"{label:<11} {level:>4} {'ratio (pv / echo)':<20} {pv['rps'] / bare['rps']:>7.2f} "
         f"{pv['p50_ms'] / bare['p50_ms']:>8.1f} {pv['p99_ms'] / bare['p99_ms']:>8.1f} "
         f"{pv['cpu_ms'] / bare['cpu_ms']:>7.1f}"
     )
     left = (os.cpu_count() or 1) - pv["wrk_cores"]
     print(
-        f"{label:<9} {level:>4} {'machine bound':<20} {left / pv['cpu_ms'] * 1000:>7.0f}"
+        f"{label:<11} {level:>4} {'machine bound':<20} {left / pv['cpu_ms'] * 1000:>7.0f}"
         f"   (wrk used {pv['wrk_cores']:.2f} of {os.cpu_count()} cores; the {left:.2f} "
         f"left, all busy at {pv['cpu_ms']:.2f} ms a call)"
     )
+
+
+def print_scaling(tree: str, level: int, rows: list[Row], sizes: list[int]) -> None:
+    """Calls/s of each service size against the first, with the bound the machine sets:
+    the cores wrk leaves over the cores the first size kept busy."""
+    first, cores = rows[0], os.cpu_count() or 1
+    used = first["rps"] * first["cpu_ms"] / 1000
+    for size, row in zip(sizes[1:], rows[1:], strict=True):
+        bound = (cores - row["wrk_cores"]) / used
+        print(
+            f"{tree:<11} {level:>4} {f'calls/s x{size} / x{sizes[0]}':<20} "
+            f"{row['rps'] / first['rps']:>7.2f}"
+            f"   (bound {bound:.2f}: the {cores - row['wrk_cores']:.2f} cores wrk leaves over"
+            f" the {used:.2f} that x{sizes[0]} kept busy)"
+        )
 
 
 def main() -> int:
@@ -265,7 +281,11 @@ def main() -> int:
         " the machine's drift in speed hits them alike",
     )
     parser.add_argument("--levels", default="1,10,50")
-    parser.add_argument("--workers", type=int, default=1, help="service processes")
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help="service processes; a list (1,2) runs a service of each size side by side",
+    )
     parser.add_argument(
         "--baseline",
         metavar="REF",
@@ -276,7 +296,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
         return 2
-    first_port = 18000 + os.getpid() % 1000 * 2
+    first_port = 18000 + os.getpid() % 1000 * 4
     with tempfile.TemporaryDirectory(prefix="runform-bench-") as tmp, ExitStack() as running:
         tmpdir = Path(tmp)
         signer = JwtSigner(iss="urn:bench-ehr", alg="ES384", lifetime_s=900)
@@ -284,12 +304,13 @@ def main() -> int:
         trees = [("current", ROOT)]
         if args.baseline:
             trees.insert(0, (args.baseline[:9], source_tree(args.baseline, tmpdir / "baseline")))
+        sizes = [int(x) for x in args.workers.split(",")]
         services = []  # (label, pid, base): all started first, then measured in turn
-        for i, (label, code) in enumerate(trees):
+        for i, ((label, code), workers) in enumerate(itertools.product(trees, sizes)):
             base = f"http://127.0.0.1:{first_port + i}"
             config = write_config(tmpdir, f"s{i}", base)
-            pid = running.enter_context(running_service(code, config, first_port + i, args.workers))
-            services.append((label, pid, base))
+            pid = running.enter_context(running_service(code, config, first_port + i, workers))
+            services.append((f"{label} x{workers}" if len(sizes) > 1 else label, pid, base))
         print(
             f"payload: {(tmpdir / 'body.json').stat().st_size / 1024:.0f} KiB, 60 Observations; "
             f"{args.seconds} s per run, in {args.rounds} rounds; {args.workers} process(es); "
@@ -301,7 +322,7 @@ def main() -> int:
                 " hits them alike; latency percentiles are the mean of the rounds'"
             )
         print(
-            f"{'code':<9} {'conc':>4} {'endpoint':<20} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'code':<11} {'conc':>4} {'endpoint':<20} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'cpu ms':>7} {'errors':>6}"
         )
         share = max(1, args.seconds // args.rounds)
@@ -310,9 +331,15 @@ def main() -> int:
             for _ in range(args.rounds):
                 for label, pid, base in services:
                     taken[label].append(measure_level(pid, base, level, tmpdir, signer, share))
+            combined = {}
             for label, rounds in taken.items():
                 names = rounds[0].keys()
-                print_level(label, level, {n: combine([r[n] for r in rounds]) for n in names})
+                combined[label] = {n: combine([r[n] for r in rounds]) for n in names}
+                print_level(label, level, combined[label])
+            if len(sizes) > 1:
+                for tree, _ in trees:
+                    runs = [combined[f"{tree} x{w}"]["patient-view"] for w in sizes]
+                    print_scaling(tree, level, runs, sizes)
     sys.path.insert(0, str(ROOT))
     from benchmarks.stages import measure, print_table
 
