@@ -76,9 +76,10 @@ def freeze_startup_objects() -> int:
 #: allocates thousands of short-lived containers, so at 700 the young generation was
 #: collected about 4 times a call, promoting each in-flight call's objects, and a full
 #: collection ran every ~30 calls: 0.3 ms a call at concurrency 1, 0.8 ms at 50. With a
-#: larger young generation most of them are freed before any collection: 0.1 and 0.35 ms
-#: (``benchmarks/latency.py``). Cycles are still collected, only in fewer passes.
-CALL_GC_THRESHOLDS = (10_000, 20, 100)
+#: young generation of 10,000 most of them are freed before any pass: 0.1 and 0.4 ms
+#: (``benchmarks/latency.py``). The older generations keep CPython's ratios: raising
+#: those too made a call with a 1,000-rule pack slower (``benchmarks/rules.py``).
+CALL_GC_THRESHOLDS = (10_000, 10, 10)
 
 
 def current_request_id() -> str | None:
