@@ -41,8 +41,13 @@ def medplum(medplum_running: Medplum) -> Medplum:
 
 @pytest.fixture
 def service(service_factory: Any, medplum: Medplum) -> LiveService:
+    # These tests are about what is fetched, not how fast: the default budget (3 s for
+    # all of a call's fetches) was at times too short for paging through the Node test
+    # server on this VM in a slow spell, and the call then rightly answered 412.
     live: LiveService = service_factory(
-        fhir_servers=(medplum.base,), client_options={"patient_search": "reference"}
+        fhir_servers=(medplum.base,),
+        client_options={"patient_search": "reference"},
+        fhir={"timeout_s": 30},
     )
     return live
 
