@@ -84,8 +84,7 @@ class SqlTraceStore(ABC):
         return out
 
     def _insert_all(self, cur: Any, sql: str, values: list[tuple[Any, ...]]) -> None:
-        """One statement for many rows: under load the writer thread runs while calls
-        hold the GIL, and each statement is a wait of up to the switch interval."""
+        """Insert ``values`` with one statement (a batch's traces share a transaction)."""
         if values:
             cur.executemany(self._q(sql), values)
 

@@ -194,25 +194,30 @@ def _reading(rec: InputRecord, policy: FactPolicy) -> _Read:
         if code is None:
             raise _disagree(f"{rec.resource} was used but has no coded value")
         return _Read(rec, obs, (m.field_for(m.dimensions[0]), side), code)
-    q = obs.valueQuantity
-    unit = (q.code or q.unit) if q is not None else None
-    if q is None or q.value is None or unit is None:
+    quantity = _quantity(obs)
+    if quantity is None:
         raise _disagree(f"{rec.resource} was used but has no value with a unit")
     try:
-        value, dim = canonical_value(q.value, unit, m.dimensions)
+        value, dim = canonical_value(*quantity, m.dimensions)
     except ValueError as exc:
         raise _disagree(f"{rec.resource} was used: {exc}") from None
     return _Read(rec, obs, (measure_field(m, dim), side), value)
+
+
+def _quantity(obs: Observation) -> tuple[float, str] | None:
+    """The value and unit of ``obs`` (None without both)."""
+    q = obs.valueQuantity
+    unit = (q.code or q.unit) if q is not None else None
+    return (q.value, unit) if q is not None and q.value is not None and unit else None
 
 
 def _field_of(obs: Observation, m: Metric) -> str | None:
     """The fact field ``obs`` fills (by its unit's dimension); None if it has none."""
     if m.coded:
         return m.field_for(m.dimensions[0])
-    q = obs.valueQuantity
-    unit = (q.code or q.unit) if q is not None else None
+    quantity = _quantity(obs)
     try:
-        return measure_field(m, canonical_value(1.0, unit, m.dimensions)[1]) if unit else None
+        return measure_field(m, canonical_value(*quantity, m.dimensions)[1]) if quantity else None
     except ValueError:
         return None
 
@@ -233,14 +238,13 @@ def _check_newest(used: list[_Read], facts: FactSet, policy: FactPolicy) -> None
             raise _disagree(f"{read.rec.resource} was used but is older than {allowed:g} days")
     for rec in facts.excluded:
         obs = rec.observation
-        m = _metric_of(obs) if obs is not None else None
-        if obs is None or m is None or obs.effective is None:
+        if obs is None or obs.effective is None or not (rec.reason or "").startswith("superseded"):
             continue
-        if not (rec.reason or "").startswith("superseded"):
+        m = _metric_of(obs)
+        fld = _field_of(obs, m) if m is not None else None
+        if m is None or fld is None:
             continue
-        newest = oldest_of_latest.get(
-            (str(_field_of(obs, m)), _side_of(obs) if m.lateral else None)
-        )
+        newest = oldest_of_latest.get((fld, _side_of(obs) if m.lateral else None))
         if newest is not None and obs.effective > newest[0]:
             raise _disagree(
                 f"{rec.resource} was set aside as superseded, but it is newer than "
