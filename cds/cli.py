@@ -32,12 +32,12 @@ def _settings(path: str | None):  # type: ignore[no-untyped-def]
 def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     from cds.config import CONFIG_ENV_VAR
     from cds.service.app import create_app
     from cds.service.operations import configure_logging
     from cds.service.server import server_config
+    from cds.service.workers import Workers
 
     settings = _settings(args.config)
     configure_logging(settings.server.log_format)
@@ -58,7 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=host,
         port=port,
     )
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    Workers(config, workers).run()
     return 0
 
 
