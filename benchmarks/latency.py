@@ -79,6 +79,13 @@ def make_tokens(signer: JwtSigner, audience: str, n: int) -> list[str]:
         return [t for chunk in pool.map(_sign, parts) for t in chunk]
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(idle, all) clock ticks of every core so far, from /proc/stat (idle counts
+    I/O wait; all counts steal and interrupts)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields[:8])
+
+
 def wrk(url: str, path: str, bench_dir: Path, connections: int, seconds: int, auth: bool) -> dict:
     threads = min(connections, 2)
     env = {
@@ -102,9 +109,10 @@ def wrk(url: str, path: str, bench_dir: Path, connections: int, seconds: int, au
         str(Path(__file__).with_name("wrk_cds.lua")),
         url,
     ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, ticks_before = resource.getrusage(resource.RUSAGE_CHILDREN), machine_ticks()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after, ticks_after = resource.getrusage(resource.RUSAGE_CHILDREN), machine_ticks()
+    idle = (ticks_after[0] - ticks_before[0]) / max(ticks_after[1] - ticks_before[1], 1)
     wrk_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed: {done.stdout}\n{done.stderr}")
@@ -120,6 +128,8 @@ def wrk(url: str, path: str, bench_dir: Path, connections: int, seconds: int, au
         "rps": int(reqs) / (float(dur_us) / 1e6),
         #: cores wrk itself kept busy (it shares the machine with the service)
         "wrk_cores": wrk_cpu_s / (float(dur_us) / 1e6),
+        #: cores nothing used meanwhile
+        "idle_cores": idle * (os.cpu_count() or 1),
     }
 
 
@@ -156,11 +166,12 @@ def source_tree(ref: str, into: Path) -> Path:
 
 @contextmanager
 def running_service(code: Path, config: Path, port: int, workers: int) -> Iterator[int]:
-    """uvicorn serving ``benchmarks.bench_app`` from the source tree ``code``; yields its pid."""
+    """``benchmarks.bench_app`` from the source tree ``code``, served as ``runform-cds
+    serve`` serves the service (``serve_bench.py``); yields its pid."""
     env = {**os.environ, "RUNFORM_CDS_CONFIG": str(config), "PYTHONPATH": str(code)}
-    cmd = [sys.executable, "-m", "uvicorn", "benchmarks.bench_app:app", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
-    server = subprocess.Popen([*cmd, "--workers", str(workers)], env=env, cwd=code)
+    launcher = Path(__file__).with_name("serve_bench.py")
+    cmd = [sys.executable, str(launcher), str(port), str(workers)]
+    server = subprocess.Popen(cmd, env=env, cwd=code)
     try:
         for _ in range(300):
             try:
@@ -232,6 +243,7 @@ def combine(rounds: list[Row]) -> Row:
         "cpu_ms": sum(r["cpu_ms"] * r["requests"] for r in rounds) / max(calls, 1),
         "errors": sum(r["non2xx"] + r["socket_errors"] for r in rounds),
         "wrk_cores": sum(r["wrk_cores"] for r in rounds) / len(rounds),
+        "idle_cores": sum(r["idle_cores"] for r in rounds) / len(rounds),
     }
 
 
@@ -251,7 +263,7 @@ def print_level(label: str, level: int, rows: dict[str, Row]) -> None:
     print(
         f"{label:<11} {level:>4} {'machine bound':<20} {left / pv['cpu_ms'] * 1000:>7.0f}"
         f"   (wrk used {pv['wrk_cores']:.2f} of {os.cpu_count()} cores; the {left:.2f} "
-        f"left, all busy at {pv['cpu_ms']:.2f} ms a call)"
+        f"left, all busy at {pv['cpu_ms']:.2f} ms a call; {pv['idle_cores']:.2f} idle)"
     )
 
 

@@ -30,35 +30,22 @@ def _settings(path: str | None):  # type: ignore[no-untyped-def]
 
 
 def _serve(args: argparse.Namespace) -> int:
-
-    import uvicorn
-
     from cds.config import CONFIG_ENV_VAR
     from cds.service.app import create_app
     from cds.service.operations import configure_logging
-    from cds.service.server import server_config
-    from cds.service.workers import Workers
+    from cds.service.server import serve
 
     settings = _settings(args.config)
     configure_logging(settings.server.log_format)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     workers = args.workers or settings.server.workers
-    if workers == 1:
-        uvicorn.Server(server_config(create_app(settings), settings, host=host, port=port)).run()
-        return 0
-    create_app(settings)  # fail fast, in this process, on a bad pack or store
-    if args.config:
-        os.environ[CONFIG_ENV_VAR] = str(Path(args.config).resolve())
-    config = server_config(
-        "cds.service.app:app_from_env",
-        settings,
-        factory=True,
-        workers=workers,
-        host=host,
-        port=port,
-    )
-    Workers(config, workers).run()
+    app: object = create_app(settings)  # with several workers: fail fast, here, on a bad pack
+    if workers > 1:
+        if args.config:
+            os.environ[CONFIG_ENV_VAR] = str(Path(args.config).resolve())
+        app = "cds.service.app:app_from_env"
+    serve(app, settings, workers=workers, factory=workers > 1, host=host, port=port)
     return 0
 
 

@@ -21,7 +21,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cds.config import Settings
 
-__all__ = ["DeadlineProtocol", "server_config"]
+__all__ = ["DeadlineProtocol", "serve", "server_config"]
 
 _RECEIVED = {h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR, h11.SWITCHED_PROTOCOL}
 
@@ -86,3 +86,16 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
     config = uvicorn.Config(app, **options)
     config.request_timeout_s = settings.server.request_timeout_s  # type: ignore[attr-defined]
     return config
+
+
+def serve(app: Any, settings: Settings, *, workers: int = 1, **overrides: Any) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM: in this process, or in ``workers``
+    processes each accepting on a socket of its own (``app`` is then an import string,
+    imported by every worker)."""
+    from cds.service.workers import Workers
+
+    config = server_config(app, settings, workers=workers, **overrides)
+    if workers == 1:
+        uvicorn.Server(config).run()
+    else:
+        Workers(config, workers).run()
