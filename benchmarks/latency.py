@@ -15,12 +15,14 @@ import argparse
 import itertools
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -86,6 +88,19 @@ def machine_ticks() -> tuple[int, int]:
     return fields[3] + fields[4], sum(fields[:8])
 
 
+def connections_by_process(port: int) -> list[int]:
+    """How many established connections to ``port`` each service process holds, most
+    first (from ``ss``; empty if it is missing)."""
+    try:
+        listing = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return sorted(Counter(re.findall(r"pid=(\d+)", listing)).values(), reverse=True)
+
+
 def wrk(url: str, path: str, bench_dir: Path, connections: int, seconds: int, auth: bool) -> dict:
     threads = min(connections, 2)
     env = {
@@ -110,7 +125,13 @@ def wrk(url: str, path: str, bench_dir: Path, connections: int, seconds: int, au
         url,
     ]
     before, ticks_before = resource.getrusage(resource.RUSAGE_CHILDREN), machine_ticks()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    running = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(min(1.0, seconds / 2))
+    held = connections_by_process(int(url.rsplit(":", 1)[1]))
+    stdout, stderr = running.communicate()
+    done = subprocess.CompletedProcess(cmd, running.returncode, stdout, stderr)
     after, ticks_after = resource.getrusage(resource.RUSAGE_CHILDREN), machine_ticks()
     idle = (ticks_after[0] - ticks_before[0]) / max(ticks_after[1] - ticks_before[1], 1)
     wrk_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -130,6 +151,8 @@ def wrk(url: str, path: str, bench_dir: Path, connections: int, seconds: int, au
         "wrk_cores": wrk_cpu_s / (float(dur_us) / 1e6),
         #: cores nothing used meanwhile
         "idle_cores": idle * (os.cpu_count() or 1),
+        #: the share of wrk's connections held by the busiest service process
+        "busiest_share": held[0] / sum(held) if held else 1.0,
     }
 
 
@@ -244,6 +267,7 @@ def combine(rounds: list[Row]) -> Row:
         "errors": sum(r["non2xx"] + r["socket_errors"] for r in rounds),
         "wrk_cores": sum(r["wrk_cores"] for r in rounds) / len(rounds),
         "idle_cores": sum(r["idle_cores"] for r in rounds) / len(rounds),
+        "busiest_share": max(r["busiest_share"] for r in rounds),
     }
 
 
@@ -265,6 +289,11 @@ def print_level(label: str, level: int, rows: dict[str, Row]) -> None:
         f"   (wrk used {pv['wrk_cores']:.2f} of {os.cpu_count()} cores; the {left:.2f} "
         f"left, all busy at {pv['cpu_ms']:.2f} ms a call; {pv['idle_cores']:.2f} idle)"
     )
+    if pv["busiest_share"] < 1:
+        print(
+            f"{label:<11} {level:>4} {'connections':<20} {pv['busiest_share']:>7.0%}"
+            "   (the most of wrk's connections one worker held, in any round)"
+        )
 
 
 def print_scaling(tree: str, level: int, rows: list[Row], sizes: list[int]) -> None:
