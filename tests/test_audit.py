@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -388,3 +389,42 @@ def test_record_json_writes_what_canonical_json_writes() -> None:
     assert record_json(odd) == canonical_json(odd)
     del odd["n"]
     assert record_json(odd) == canonical_json(odd)
+
+
+class _CommitFailsOnce:
+    """A SQLite connection whose next COMMIT fails as a busy database's would."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    def cursor(self) -> Any:
+        outer, cur = self, self._db.cursor()
+
+        class Cursor:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(cur, name)
+
+            def execute(self, sql: str, *params: Any) -> Any:
+                if sql == "COMMIT" and not outer.failed:
+                    outer.failed = True
+                    raise sqlite3.OperationalError("database is locked")
+                return cur.execute(sql, *params)
+
+        return Cursor()
+
+
+def test_a_failed_commit_is_rolled_back_and_the_store_keeps_working(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/t.db")
+    store.append_trace(_trace(0))
+    failing = _CommitFailsOnce(store._db)  # type: ignore[attr-defined]
+    store._db = failing  # type: ignore[attr-defined]
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.append_trace(_trace(1))
+    assert failing.failed and not failing.in_transaction
+    store.append_trace(_trace(2))  # not "cannot start a transaction within a transaction"
+    assert store.count() == 2 and verify_store(store).ok
+    store.close()

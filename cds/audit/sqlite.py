@@ -83,10 +83,13 @@ class SqliteTraceStore(SqlTraceStore):
             cur.execute("BEGIN IMMEDIATE")
             try:
                 yield cur
+                # a COMMIT that fails (SQLITE_BUSY) leaves the transaction open, and
+                # every later BEGIN would then fail too: roll it back as well
+                cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    cur.execute("ROLLBACK")
                 raise
-            cur.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[Any]:
