@@ -47,6 +47,31 @@ def test_the_kernel_spreads_connections_over_every_socket() -> None:
             sock.close()
 
 
+def test_connections_accepted_on_the_sockets_have_nagle_off() -> None:
+    """Else each response waits for the client's delayed ACK (about 40 ms a call)."""
+    import asyncio
+
+    async def accept_one(sock: socket.socket) -> int:
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                raw = transport.get_extra_info("socket")
+                accepted.set_result(raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname())
+        try:
+            return await asyncio.wait_for(accepted, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    sockets = listening_sockets("127.0.0.1", 0, 1, backlog=16)
+    assert asyncio.run(accept_one(sockets[0])) == 1
+
+
 def test_a_port_in_use_is_a_clear_config_error() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -94,6 +119,12 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
+def _held(workers: set[int], listening: set[str]) -> list[int]:
+    """How many of the listening sockets each worker holds (a worker being spawned
+    receives its socket as it starts)."""
+    return [len(_socket_inodes(w) & listening) for w in sorted(workers)]
+
+
 def _wait_for(check, what: str, timeout: float = 60):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not (found := check()):
@@ -113,7 +144,7 @@ def test_each_worker_has_its_own_socket_and_a_dead_worker_is_replaced(
         workers = _wait_for(lambda: _two_workers(svc.proc.pid), "two workers")
         listening = _listening_inodes(svc.port)
         assert len(listening) == 2
-        assert [len(_socket_inodes(w) & listening) for w in sorted(workers)] == [1, 1]
+        _wait_for(lambda: _held(workers, listening) == [1, 1], "each worker's socket")
         assert _socket_inodes(svc.proc.pid) >= listening  # the supervisor keeps them
 
         victim = min(workers)
