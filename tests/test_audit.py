@@ -391,12 +391,12 @@ def test_record_json_writes_what_canonical_json_writes() -> None:
     assert record_json(odd) == canonical_json(odd)
 
 
-class _CommitFailsOnce:
-    """A SQLite connection whose next COMMIT fails as a busy database's would."""
+class _CommitFails:
+    """A SQLite connection whose next ``times`` COMMITs fail as a busy database's may."""
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, times: int) -> None:
         self._db = db
-        self.failed = False
+        self.left = times
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db, name)
@@ -409,22 +409,43 @@ class _CommitFailsOnce:
                 return getattr(cur, name)
 
             def execute(self, sql: str, *params: Any) -> Any:
-                if sql == "COMMIT" and not outer.failed:
-                    outer.failed = True
+                if sql == "COMMIT" and outer.left:
+                    outer.left -= 1
                     raise sqlite3.OperationalError("database is locked")
                 return cur.execute(sql, *params)
 
         return Cursor()
 
 
-def test_a_failed_commit_is_rolled_back_and_the_store_keeps_working(tmp_path: Path) -> None:
+def _failing_commits(tmp_path: Path, times: int) -> tuple[TraceStore, _CommitFails]:
     store = open_store(f"sqlite:///{tmp_path}/t.db")
     store.append_trace(_trace(0))
-    failing = _CommitFailsOnce(store._db)  # type: ignore[attr-defined]
+    failing = _CommitFails(store._db, times)  # type: ignore[attr-defined]
     store._db = failing  # type: ignore[attr-defined]
+    return store, failing
+
+
+def test_a_write_refused_as_busy_is_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cds.audit.sqlite import BUSY_TRIES
+
+    store, failing = _failing_commits(tmp_path, BUSY_TRIES - 1)
+    store.append_trace(_trace(1))
+    assert failing.left == 0 and "refused a write as busy" in caplog.text
+    assert store.count() == 2 and verify_store(store).ok  # stored once, chain intact
+    store.close()
+
+
+def test_a_commit_refused_every_time_is_rolled_back_and_the_store_keeps_working(
+    tmp_path: Path,
+) -> None:
+    from cds.audit.sqlite import BUSY_TRIES
+
+    store, failing = _failing_commits(tmp_path, BUSY_TRIES)
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         store.append_trace(_trace(1))
-    assert failing.failed and not failing.in_transaction
+    assert failing.left == 0 and not failing.in_transaction
     store.append_trace(_trace(2))  # not "cannot start a transaction within a transaction"
     assert store.count() == 2 and verify_store(store).ok
     store.close()

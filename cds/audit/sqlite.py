@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cds.audit.schema import FACETS_TEMPLATE, SCHEMA_TEMPLATE
-from cds.audit.sql import SqlTraceStore
-from cds.audit.store import missing_store
+from cds.audit.sql import Row, SqlTraceStore
+from cds.audit.store import StoredRecord, missing_store
 
 __all__ = ["SqliteTraceStore"]
+
+log = logging.getLogger("cds.audit")
+T = TypeVar("T")
+#: tries of a write that SQLite refused as busy (see :func:`_again_if_busy`)
+BUSY_TRIES = 3
 
 _SCHEMA = SCHEMA_TEMPLATE.format(int="INTEGER", real="REAL")
 _FACETS = FACETS_TEMPLATE.format(int="INTEGER")
@@ -33,6 +40,23 @@ def _connect(path: str, synchronous: str) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
     return db
+
+
+def _again_if_busy(write: Callable[[], T]) -> T:
+    """Run ``write``, and run it again (up to :data:`BUSY_TRIES` in all) when SQLite
+    refuses it as busy without waiting out its busy timeout, as it rarely did with
+    several worker processes. Nothing was written: a refused BEGIN starts nothing,
+    and a refused COMMIT is rolled back."""
+    attempt = 1
+    while True:
+        try:
+            return write()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == BUSY_TRIES:
+                raise
+            log.warning("SQLite refused a write as busy (%s); trying again", exc)
+            time.sleep(0.005 * attempt)
+            attempt += 1
 
 
 def _require_existing(path: str) -> None:
@@ -110,7 +134,15 @@ class SqliteTraceStore(SqlTraceStore):
             self._jti.execute(_REPLAY_SCHEMA)
         return self._jti
 
+    def _append_many(
+        self, rows: list[Row], extra: list[tuple[str, tuple[Any, ...]]]
+    ) -> list[StoredRecord]:
+        return _again_if_busy(lambda: super(SqliteTraceStore, self)._append_many(rows, extra))
+
     def _claim(self, key: str, expires_at: float, now: float) -> bool:
+        return _again_if_busy(lambda: self._claim_once(key, expires_at, now))
+
+    def _claim_once(self, key: str, expires_at: float, now: float) -> bool:
         with self._jti_lock:
             cache = self._replay_cache()
             self._claims += 1
