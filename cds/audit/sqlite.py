@@ -44,9 +44,9 @@ def _connect(path: str, synchronous: str) -> sqlite3.Connection:
 
 def _again_if_busy(write: Callable[[], T]) -> T:
     """Run ``write``, and run it again (up to :data:`BUSY_TRIES` in all) when SQLite
-    refuses it as busy without waiting out its busy timeout, as it rarely did with
-    several worker processes. Nothing was written: a refused BEGIN starts nothing,
-    and a refused COMMIT is rolled back."""
+    refuses it as busy, as it rarely did with several worker processes (cause not
+    found). Nothing was written: a refused BEGIN starts nothing, and a refused
+    COMMIT is rolled back."""
     attempt = 1
     while True:
         try:
