@@ -17,16 +17,16 @@ APP = "benchmarks.bench_app:app"
 QUIET = {"host": "127.0.0.1", "log_level": "warning", "access_log": False}
 
 
-def main(port: int, workers: int) -> None:
+def main(port: int, workers: int) -> int:
     try:
         from cds.service.server import serve
     except ImportError:
         import uvicorn
 
         uvicorn.run(APP, port=port, workers=workers, **QUIET)  # type: ignore[arg-type]
-        return
-    serve(APP, load_settings(), workers=workers, port=port, **QUIET)
+        return 0
+    return serve(APP, load_settings(), workers=workers, port=port, **QUIET)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    sys.exit(main(int(sys.argv[1]), int(sys.argv[2])))

@@ -45,8 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.config:
             os.environ[CONFIG_ENV_VAR] = str(Path(args.config).resolve())
         app = "cds.service.app:app_from_env"
-    serve(app, settings, workers=workers, factory=workers > 1, host=host, port=port)
-    return 0
+    return serve(app, settings, workers=workers, factory=workers > 1, host=host, port=port)
 
 
 def _demo(args: argparse.Namespace) -> int:

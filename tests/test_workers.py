@@ -6,6 +6,8 @@ import os
 import selectors
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -158,3 +160,19 @@ def test_each_worker_has_its_own_socket_and_a_dead_worker_is_replaced(
     finally:
         svc.stop()
     assert svc.proc.returncode == 0
+
+
+def test_a_worker_that_fails_to_start_stops_the_service_with_an_error_status(
+    tmp_path: Path,
+) -> None:
+    """The app cannot be imported in the workers: the supervisor stops, status 3."""
+    program = (
+        "import sys\n"
+        "from cds.config import Settings\n"
+        "from cds.service.server import serve\n"
+        "sys.exit(serve('no_such_module:app', Settings(), workers=2, host='127.0.0.1', port=0))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "failed to start" in done.stderr

@@ -17,6 +17,7 @@ from typing import Any
 
 import h11
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cds.config import Settings
@@ -88,14 +89,16 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
     return config
 
 
-def serve(app: Any, settings: Settings, *, workers: int = 1, **overrides: Any) -> None:
+def serve(app: Any, settings: Settings, *, workers: int = 1, **overrides: Any) -> int:
     """Serve ``app`` until SIGINT or SIGTERM: in this process, or in ``workers``
     processes each accepting on a socket of its own (``app`` is then an import string,
-    imported by every worker)."""
+    imported by every worker). Returns the exit status: 0, or uvicorn's
+    ``STARTUP_FAILURE`` if the service never started."""
     from cds.service.workers import Workers
 
     config = server_config(app, settings, workers=workers, **overrides)
-    if workers == 1:
-        uvicorn.Server(config).run()
-    else:
-        Workers(config, workers).run()
+    if workers > 1:
+        return Workers(config, workers).run()
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else STARTUP_FAILURE

@@ -62,19 +62,22 @@ def listening_sockets(host: str, port: int, count: int, backlog: int) -> list[so
 class Workers:
     """Run ``count`` uvicorn workers of ``config``, each on its own socket; replace a
     worker that dies or stops answering; on SIGINT or SIGTERM stop them all, each
-    finishing its calls in flight."""
+    finishing its calls in flight. A worker that fails to start stops them all."""
 
     def __init__(self, config: uvicorn.Config, count: int) -> None:
         self.config = config
         self.sockets = listening_sockets(config.host, config.port, count, config.backlog)
         self.processes: list[Process] = []
         self.should_exit = threading.Event()
+        #: the exit status for the command: 0, or uvicorn's for a failed start
+        self.exit_code = 0
 
     @property
     def port(self) -> int:
         return int(self.sockets[0].getsockname()[1])
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Serve until told to stop; the exit status (see :attr:`exit_code`)."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.should_exit.set())
         logger.info(
@@ -92,6 +95,7 @@ class Workers:
                 process.join()
             for sock in self.sockets:
                 sock.close()
+        return self.exit_code
 
     def _start(self, sock: socket.socket) -> Process:
         process = Process(self.config, [sock])
@@ -107,6 +111,7 @@ class Workers:
             if process.exitcode == STARTUP_FAILURE:
                 # the app or its store is broken: every replacement would fail alike
                 logger.error("Worker %s failed to start; stopping.", process.pid)
+                self.exit_code = STARTUP_FAILURE
                 self.should_exit.set()
                 return
             logger.info("Worker %s died; starting another on its socket", process.pid)
