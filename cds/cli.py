@@ -40,12 +40,14 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     workers = args.workers or settings.server.workers
-    app: object = create_app(settings)  # with several workers: fail fast, here, on a bad pack
-    if workers > 1:
-        if args.config:
-            os.environ[CONFIG_ENV_VAR] = str(Path(args.config).resolve())
-        app = "cds.service.app:app_from_env"
-    return serve(app, settings, workers=workers, factory=workers > 1, host=host, port=port)
+    app = create_app(settings)
+    if workers == 1:
+        return serve(app, settings, host=host, port=port)
+    # the app above failed fast, here, on a bad pack or store; each worker makes its own
+    if args.config:
+        os.environ[CONFIG_ENV_VAR] = str(Path(args.config).resolve())
+    app_factory = "cds.service.app:app_from_env"
+    return serve(app_factory, settings, workers=workers, factory=True, host=host, port=port)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -437,6 +437,19 @@ def test_a_write_refused_as_busy_is_tried_again(
     store.close()
 
 
+def test_feedback_refused_as_busy_is_tried_again(tmp_path: Path) -> None:
+    from cds.audit.sqlite import BUSY_TRIES
+
+    store, failing = _failing_commits(tmp_path, BUSY_TRIES - 1)
+    t = _trace(0)  # not stored: the feedback's trace context is then empty
+    fb = {"card": t["cards"][0]["uuid"], "outcome": "accepted"}
+    assert store.append_feedback(t["trace_id"], "k1", fb) is True
+    assert failing.left == 0
+    assert store.append_feedback(t["trace_id"], "k1", fb) is False  # the key stored once
+    assert store.count() == 2 and verify_store(store).ok
+    store.close()
+
+
 def test_a_commit_refused_every_time_is_rolled_back_and_the_store_keeps_working(
     tmp_path: Path,
 ) -> None:

@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -17,6 +19,8 @@ import pytest
 from cds.client import JwtSigner
 from cds.errors import ConfigError
 from cds.service.workers import listening_sockets
+
+T = TypeVar("T")
 
 
 def _accepted_per_socket(sockets: list[socket.socket], connections: int) -> list[int]:
@@ -127,7 +131,8 @@ def _held(workers: set[int], listening: set[str]) -> list[int]:
     return [len(_socket_inodes(w) & listening) for w in sorted(workers)]
 
 
-def _wait_for(check, what: str, timeout: float = 60):  # type: ignore[no-untyped-def]
+def _wait_for(check: Callable[[], T], what: str, timeout: float = 60) -> T:
+    """The first truthy answer of ``check``, asked every 0.2 s."""
     deadline = time.monotonic() + timeout
     while not (found := check()):
         if time.monotonic() > deadline:

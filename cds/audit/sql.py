@@ -7,10 +7,10 @@ import json
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from cds.audit.chain import (
     GENESIS,
@@ -26,6 +26,8 @@ from cds.audit.schema import SCHEMA_VERSION, backfill_facets, feedback_facet, tr
 from cds.audit.store import CardOrigin, StoredRecord, TraceFilter
 from cds.audit.trace import Trace
 from cds.errors import ConfigError
+
+T = TypeVar("T")
 
 __all__ = ["SqlTraceStore"]
 
@@ -59,6 +61,11 @@ class SqlTraceStore(ABC):
 
     @abstractmethod
     def _claim(self, key: str, expires_at: float, now: float) -> bool: ...
+
+    def _retrying(self, transaction: Callable[[], T]) -> T:
+        """Run the whole write ``transaction``: a dialect may run it again when the
+        database refused it for a passing reason (nothing of it was then written)."""
+        return transaction()
 
     def _q(self, sql: str) -> str:
         return sql.replace("?", self.P)
@@ -182,7 +189,7 @@ class SqlTraceStore(ABC):
             for t in traces
             for c in t.get("cards", [])
         ]
-        return self._append_many(rows, extra)
+        return self._retrying(lambda: self._append_many(rows, extra))
 
     def append_trace(self, trace: Trace) -> StoredRecord:
         return self.append_traces([trace])[0]
@@ -198,6 +205,13 @@ class SqlTraceStore(ABC):
         duplicates cannot both be recorded.
         """
         context = self._trace_context({tid for tid, _, _ in items})
+        return self._retrying(lambda: self._record_feedback(items, context))
+
+    def _record_feedback(
+        self,
+        items: list[tuple[str, str, dict[str, Any]]],
+        context: dict[str, tuple[str | None, str | None]],
+    ) -> int:
         with self._write() as cur:
             keys = list(dict.fromkeys(key for _, key, _ in items))
             marks = ", ".join("?" for _ in keys)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cds.audit.schema import FACETS_TEMPLATE, SCHEMA_TEMPLATE
-from cds.audit.sql import Row, SqlTraceStore
-from cds.audit.store import StoredRecord, missing_store
+from cds.audit.sql import SqlTraceStore
+from cds.audit.store import missing_store
 
 __all__ = ["SqliteTraceStore"]
 
@@ -134,10 +134,8 @@ class SqliteTraceStore(SqlTraceStore):
             self._jti.execute(_REPLAY_SCHEMA)
         return self._jti
 
-    def _append_many(
-        self, rows: list[Row], extra: list[tuple[str, tuple[Any, ...]]]
-    ) -> list[StoredRecord]:
-        return _again_if_busy(lambda: super(SqliteTraceStore, self)._append_many(rows, extra))
+    def _retrying(self, transaction: Callable[[], T]) -> T:
+        return _again_if_busy(transaction)
 
     def _claim(self, key: str, expires_at: float, now: float) -> bool:
         return _again_if_busy(lambda: self._claim_once(key, expires_at, now))

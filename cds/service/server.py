@@ -21,6 +21,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cds.config import Settings
+from cds.service.workers import Workers
 
 __all__ = ["DeadlineProtocol", "serve", "server_config"]
 
@@ -94,8 +95,6 @@ def serve(app: Any, settings: Settings, *, workers: int = 1, **overrides: Any) -
     processes each accepting on a socket of its own (``app`` is then an import string,
     imported by every worker). Returns the exit status: 0, or uvicorn's
     ``STARTUP_FAILURE`` if the service never started."""
-    from cds.service.workers import Workers
-
     config = server_config(app, settings, workers=workers, **overrides)
     if workers > 1:
         return Workers(config, workers).run()
