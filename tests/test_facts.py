@@ -222,3 +222,40 @@ def test_an_unparseable_date_makes_the_observation_unreadable() -> None:
     f = facts(raw)
     assert f.patient["q_unreadable"] == 1
     assert "effectiveDateTime" in f.excluded[0].reason
+
+
+@pytest.mark.parametrize(
+    ("path", "bad", "element"),
+    [
+        (("code",), "pelvic drop", "CodeableConcept"),
+        (("bodySite", "coding", 0), "right hip", "Coding"),
+        (("component", 0), 12, "ObservationComponent"),
+        (("valueQuantity",), [7.5], "Quantity"),
+        (("effectivePeriod",), "last week", "Period"),
+    ],
+)
+def test_an_element_of_the_wrong_shape_is_named_by_its_fhir_type(
+    path: tuple[str | int, ...], bad: Any, element: str
+) -> None:
+    raw = obs("contralateral-pelvic-drop", 7.5, "deg", side="right", strides=10)
+    raw.pop("effectiveDateTime")
+    raw["effectivePeriod"] = {}
+    *parents, last = path
+    target: Any = raw
+    for step in parents:
+        target = target[step]
+    target[last] = bad
+    f = facts(raw)
+    where = ".".join(map(str, path))
+    assert f"{where}: Input should be a valid dictionary or instance of {element}" in (
+        f.excluded[0].reason or ""
+    )
+
+
+def test_a_period_gives_the_measurement_time_of_an_observation() -> None:
+    raw = obs("cadence", 170, "/min")
+    raw.pop("effectiveDateTime")
+    raw["effectivePeriod"] = {"start": "2026-11-20T10:00:00Z", "end": "2026-11-20T10:05:00Z"}
+    assert validate(Observation, raw).effective == datetime(2026, 11, 20, 10, 5, tzinfo=UTC)
+    raw["effectivePeriod"] = {"start": "2026-11-20T10:00:00Z"}
+    assert validate(Observation, raw).effective == datetime(2026, 11, 20, 10, tzinfo=UTC)

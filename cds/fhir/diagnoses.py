@@ -18,7 +18,7 @@ from typing import Any, TypedDict
 from cds._entries import drop_empty
 from cds.fhir.codes import ICD10CM_SYSTEM, LATERALITY_SIDES, SITE_SIDES, SNOMED_SYSTEM, Side
 from cds.fhir.fields import diagnosis_field
-from cds.fhir.parse import CodeableConcept, Condition
+from cds.fhir.parse import CodeableConcept, Condition, codes
 
 __all__ = [
     "DiagnosisCode",
@@ -134,7 +134,8 @@ def _days(when: datetime | None, now: datetime) -> float | None:
 
 
 def _status(concept: CodeableConcept | None) -> set[str]:
-    return {c.code for c in concept.coding if c.code} if concept is not None else set()
+    coding = concept.get("coding", ()) if concept is not None else ()
+    return {code for c in coding if (code := c.get("code"))}
 
 
 def _doubt(cond: Condition) -> str | bool | None:
@@ -155,12 +156,10 @@ def _doubt(cond: Condition) -> str | bool | None:
 def _site_sides(cond: Condition) -> tuple[Side, ...] | None:
     sides: set[Side] = set()
     for site in cond.bodySite:
-        for coding in site.coding:
-            if coding.system != SNOMED_SYSTEM or not coding.code:
-                continue
-            if coding.code in SITE_SIDES:
-                sides.add(SITE_SIDES[coding.code][0])
-            sides.update(LATERALITY_SIDES.get(coding.code, ()))
+        for code in codes(site, SNOMED_SYSTEM):
+            if code in SITE_SIDES:
+                sides.add(SITE_SIDES[code][0])
+            sides.update(LATERALITY_SIDES.get(code, ()))
     return tuple(s for s in SIDES if s in sides) or None
 
 
@@ -192,8 +191,8 @@ def match_conditions(
         least = onset if onset is not None else (recorded or 0.0)
         for vs in sets:
             hit = next(
-                ((dc, c.code) for c in cond.code.coding for dc in vs.codes
-                 if c.code and dc.matches(c.system, c.code)),
+                ((dc, code) for c in cond.code.get("coding", ()) for dc in vs.codes
+                 if (code := c.get("code")) and dc.matches(c.get("system"), code)),
                 None,
             )  # fmt: skip
             if hit is None:

@@ -48,7 +48,15 @@ from cds.fhir.fields import (
     sex_field,
 )
 from cds.fhir.measurements import InputRecord, Readings, select_readings
-from cds.fhir.parse import CarePlan, Condition, Observation, Patient, ServiceRequest, Unreadable
+from cds.fhir.parse import (
+    CarePlan,
+    Condition,
+    Observation,
+    Patient,
+    ServiceRequest,
+    Unreadable,
+    codes,
+)
 from cds.fhir.policy import CaptureLimits, FactPolicy
 
 __all__ = [
@@ -184,11 +192,12 @@ def _orders(data: ClinicalData, now: datetime, ctx: Fact) -> list[OrderEntry]:
 
 def _plans_of(order: ServiceRequest | CarePlan) -> list[str]:
     if isinstance(order, ServiceRequest):
-        return order.code.codes(PLANS_SYSTEM) if order.code else []
-    plans = [p for cat in order.category for p in cat.codes(PLANS_SYSTEM)]
+        return codes(order.code, PLANS_SYSTEM)
+    plans = [p for cat in order.category for p in codes(cat, PLANS_SYSTEM)]
     for act in order.activity:
-        if act.detail and act.detail.code:
-            plans.extend(act.detail.code.codes(PLANS_SYSTEM))
+        detail = act.get("detail")
+        if detail:
+            plans.extend(codes(detail.get("code"), PLANS_SYSTEM))
     return plans
 
 

@@ -35,7 +35,7 @@ from cds.fhir.codes import (
     metric,
 )
 from cds.fhir.diagnoses import as_datetime
-from cds.fhir.parse import Observation, ObservationComponent
+from cds.fhir.parse import Observation, ObservationComponent, codes
 from cds.fhir.policy import CaptureLimits, FactPolicy
 from cds.fhir.units import UnitError, convert
 
@@ -125,11 +125,9 @@ def _ref(obs: Observation) -> str:
 
 
 def _side_of(obs: Observation) -> Side | None:
-    if obs.bodySite is None:
-        return None
-    for coding in obs.bodySite.coding:
-        if coding.system == "http://snomed.info/sct" and coding.code in SITE_SIDES:
-            return SITE_SIDES[coding.code][0]
+    for code in codes(obs.bodySite, "http://snomed.info/sct"):
+        if code in SITE_SIDES:
+            return SITE_SIDES[code][0]
     return None
 
 
@@ -141,34 +139,36 @@ def _parts(obs: Observation) -> Parts:
     """Index the components once: a capture is checked for up to six of them."""
     parts: Parts = {}
     for comp in obs.component:
-        for code in dict.fromkeys(comp.code.codes(METRICS_SYSTEM)):
+        for code in dict.fromkeys(codes(comp["code"], METRICS_SYSTEM)):
             parts.setdefault(code, []).append(comp)
     return parts
 
 
 def _component(parts: Parts, code: str) -> float | None:
     for comp in parts.get(code, ()):
-        if comp.valueQuantity is not None:
-            return comp.valueQuantity.value
+        quantity = comp.get("valueQuantity")
+        if quantity is not None:
+            return quantity.get("value")
     return None
 
 
 def _coded_component(parts: Parts, code: str) -> str | None:
     for comp in parts.get(code, ()):
-        if comp.valueCodeableConcept is not None:
-            found = comp.valueCodeableConcept.codes(FINDINGS_SYSTEM)
+        concept = comp.get("valueCodeableConcept")
+        if concept is not None:
+            found = codes(concept, FINDINGS_SYSTEM)
             return found[0] if found else None
     return None
 
 
 def _coded_value(obs: Observation) -> str:
     if obs.valueCodeableConcept is not None:
-        codes = obs.valueCodeableConcept.codes(FINDINGS_SYSTEM)
-        known = [c for c in codes if c in finding_codes()]
+        coded = codes(obs.valueCodeableConcept, FINDINGS_SYSTEM)
+        known = [c for c in coded if c in finding_codes()]
         if known:
             return known[0]
-        if codes:
-            raise _Reject(f"code {codes[0]!r} is not in {FINDINGS_SYSTEM}", "unknown coded value")
+        if coded:
+            raise _Reject(f"code {coded[0]!r} is not in {FINDINGS_SYSTEM}", "unknown coded value")
     if obs.valueBoolean is not None:
         return "positive" if obs.valueBoolean else "negative"
     raise _Reject(f"expected valueCodeableConcept from {FINDINGS_SYSTEM}", "no coded value")
@@ -176,18 +176,20 @@ def _coded_value(obs: Observation) -> str:
 
 def _quantity_value(obs: Observation, m: Metric) -> tuple[float, str, float, str]:
     q = obs.valueQuantity
-    if q is None or q.value is None:
+    value = q.get("value") if q is not None else None
+    if q is None or value is None:
         raise _Reject("no valueQuantity.value", "no value")
-    unit = q.code or q.unit
+    unit = q.get("code") or q.get("unit")
     if not unit:
         raise _Reject("valueQuantity has no unit", "no unit")
-    if q.system not in (None, "http://unitsofmeasure.org"):
-        raise _Reject(f"unit system {q.system!r} is not UCUM", "unit is not UCUM")
+    system = q.get("system")
+    if system not in (None, "http://unitsofmeasure.org"):
+        raise _Reject(f"unit system {system!r} is not UCUM", "unit is not UCUM")
     try:
-        canonical, dim = convert(q.value, unit, m.dimensions)
+        canonical, dim = convert(value, unit, m.dimensions)
     except UnitError as exc:
         raise _Reject(str(exc), "unit does not fit the metric") from exc
-    return q.value, unit, canonical, m.field_for(dim)
+    return value, unit, canonical, m.field_for(dim)
 
 
 @dataclass
@@ -222,12 +224,12 @@ class _Selector:
 
     # -- one Observation ------------------------------------------------------------
     def add(self, obs: Observation) -> None:
-        codes = obs.code.codes(METRICS_SYSTEM)
+        coded = codes(obs.code, METRICS_SYSTEM)
         rec = InputRecord(
-            resource=_ref(obs), source="observation", code=codes[0] if codes else None,
+            resource=_ref(obs), source="observation", code=coded[0] if coded else None,
             observation=obs,
         )  # fmt: skip
-        m = metric(codes[0]) if codes else None
+        m = metric(coded[0]) if coded else None
         side: Side | None = None
         try:
             if m is None or m.group == "quality":

@@ -193,6 +193,12 @@ class CompiledPack:
     def _by_id(self) -> dict[str, CompiledRule]:
         return {r.engine_id: r for r in self.rules}
 
+    @cached_property
+    def rule_conditions(self) -> list[tuple[str, str, list[str], Condition]]:
+        """(id, scope, hooks, condition) of each rule, in order: what the reference
+        evaluator checks the engine's firings against."""
+        return [(r.rule.id, r.scope, list(r.rule.hooks), r.rule.when) for r in self.rules]
+
     def stages(self) -> list[list[list[Compiled]]]:
         """Findings first, then rules; each split into rulesets of bounded size."""
         return [_chunked(list(self.findings)), _chunked(list(self.rules))]

@@ -119,8 +119,7 @@ def _cross_check(
         if reference.finding_holds(f.name, fact, memos[i])
     }
     _disagree("findings", findings, {(f.rule_id, f.index) for f in result.findings})
-    rules = [(r.rule.id, r.scope, list(r.rule.hooks), r.rule.when) for r in pack.rules]
-    expected = reference.expected_firings(rules, stamped, hook, memos)
+    expected = reference.expected_firings(pack.rule_conditions, stamped, hook, memos)
     _disagree("rules", set(expected), {(f.rule_id, f.index) for f in result.firings})
     merged: dict[str, Explanation] = {}
     for (rule_id, _), why in expected.items():

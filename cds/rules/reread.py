@@ -44,7 +44,7 @@ from cds.fhir.fields import (
     sex_field,
 )
 from cds.fhir.measurements import InputRecord
-from cds.fhir.parse import Observation, Patient
+from cds.fhir.parse import Coding, Observation, Patient
 from cds.rules.evaluate import canonical_value
 
 __all__ = ["check_facts", "metric_fields"]
@@ -117,34 +117,41 @@ def _check_patient(facts: FactSet, patient: Patient | None) -> None:
 
 
 # -- reading one Observation ----------------------------------------------------------
+def _code(coding: Coding, system: str) -> str | None:
+    """The code of ``coding`` if it is one (not empty) of ``system``."""
+    return coding.get("code") or None if coding.get("system") == system else None
+
+
 def _metric_of(obs: Observation) -> Metric | None:
-    codes = [c.code for c in obs.code.coding if c.system == METRICS_SYSTEM and c.code]
-    return metric(codes[0]) if codes else None
+    coded = [code for c in obs.code.get("coding", ()) if (code := _code(c, METRICS_SYSTEM))]
+    return metric(coded[0]) if coded else None
 
 
 def _side_of(obs: Observation) -> str | None:
-    for coding in obs.bodySite.coding if obs.bodySite else []:
-        if coding.system == "http://snomed.info/sct" and coding.code in _SIDE_OF_SITE:
-            return _SIDE_OF_SITE[coding.code]
+    for coding in obs.bodySite.get("coding", ()) if obs.bodySite else ():
+        side = _SIDE_OF_SITE.get(_code(coding, "http://snomed.info/sct") or "")
+        if side is not None:
+            return side
     return None
 
 
 def _component(obs: Observation, code: str) -> Any:
     for comp in obs.component:
-        if any(c.system == METRICS_SYSTEM and c.code == code for c in comp.code.coding):
-            if comp.valueQuantity is not None:
-                return comp.valueQuantity.value
-            if comp.valueCodeableConcept is not None:
-                found = [c.code for c in comp.valueCodeableConcept.coding]
+        coding = comp["code"].get("coding", ())
+        if any(_code(c, METRICS_SYSTEM) == code for c in coding):
+            if (quantity := comp.get("valueQuantity")) is not None:
+                return quantity.get("value")
+            if (concept := comp.get("valueCodeableConcept")) is not None:
+                found = [c.get("code") for c in concept.get("coding", ())]
                 return found[0] if found else None
     return None
 
 
 def _coded(obs: Observation) -> str | None:
     if obs.valueCodeableConcept is not None:
-        for c in obs.valueCodeableConcept.coding:
-            if c.system == FINDINGS_SYSTEM and c.code:
-                return c.code
+        for c in obs.valueCodeableConcept.get("coding", ()):
+            if code := _code(c, FINDINGS_SYSTEM):
+                return code
     if obs.valueBoolean is not None:
         return "positive" if obs.valueBoolean else "negative"
     return None
@@ -206,9 +213,9 @@ def _reading(rec: InputRecord, policy: FactPolicy) -> _Read:
 
 def _quantity(obs: Observation) -> tuple[float, str] | None:
     """The value and unit of ``obs`` (None without both)."""
-    q = obs.valueQuantity
-    unit = (q.code or q.unit) if q is not None else None
-    return (q.value, unit) if q is not None and q.value is not None and unit else None
+    q = obs.valueQuantity or {}
+    value, unit = q.get("value"), q.get("code") or q.get("unit")
+    return (value, unit) if value is not None and unit else None
 
 
 def _field_of(obs: Observation, m: Metric) -> str | None:
