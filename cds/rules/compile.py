@@ -194,6 +194,12 @@ class CompiledPack:
         return {r.engine_id: r for r in self.rules}
 
     @cached_property
+    def finding_names(self) -> list[tuple[str, str]]:
+        """(engine id, name) of each finding: what the reference evaluator checks the
+        engine's findings against."""
+        return [(f.engine_id, f.name) for f in self.findings]
+
+    @cached_property
     def rule_conditions(self) -> list[tuple[str, str, list[str], Condition]]:
         """(id, scope, hooks, condition) of each rule, in order: what the reference
         evaluator checks the engine's firings against."""

@@ -112,12 +112,7 @@ def _cross_check(
     """Compare the engine with the independent evaluator; any disagreement is an error."""
     reference = evaluator(pack.pack)
     memos: list[dict[Any, Any]] = [{} for _ in stamped]  # per fact: findings evaluated
-    findings = {
-        (f.engine_id, i)
-        for f in pack.findings
-        for i, fact in enumerate(stamped)
-        if reference.finding_holds(f.name, fact, memos[i])
-    }
+    findings = reference.holding_findings(pack.finding_names, stamped, memos)
     _disagree("findings", findings, {(f.rule_id, f.index) for f in result.findings})
     expected = reference.expected_firings(pack.rule_conditions, stamped, hook, memos)
     _disagree("rules", set(expected), {(f.rule_id, f.index) for f in result.firings})

@@ -247,8 +247,19 @@ class ReferenceEvaluator:
                 why.add(test.threshold, test)
         return result
 
-    def finding_holds(self, name: str, fact: Fact, memo: dict[Any, Any] | None = None) -> bool:
-        return self._finding(name, False)(fact, _Run({} if memo is None else memo))
+    def holding_findings(
+        self, findings: Sequence[tuple[str, str]], facts: list[Fact], memos: list[dict[Any, Any]]
+    ) -> set[tuple[str, int]]:
+        """Which (finding id, fact index) pairs hold; ``findings`` lists (id, name).
+        ``memos``: per fact, where the findings' outcomes are kept for the rules."""
+        checks = [(finding_id, self._finding(name, False)) for finding_id, name in findings]
+        out = set()
+        for i, fact in enumerate(facts):
+            run = _Run(memos[i])  # its deciding tests are not wanted: a rule collects its own
+            for finding_id, check in checks:
+                if check(fact, run):
+                    out.add((finding_id, i))
+        return out
 
     def expected_firings(
         self,
