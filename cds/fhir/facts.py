@@ -253,7 +253,7 @@ def _compare_sides(sides: dict[str, Fact], fields: set[str]) -> None:
 
 def _mark_present(fact: Fact) -> None:
     for m in metrics().values():
-        if any(f in fact for f in m.dimension_fields.values()):
+        if not fact.keys().isdisjoint(m.dimension_fields.values()):
             fact[present_field(m)] = 1
 
 

@@ -22,9 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from statistics import fmean
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
-from cds._entries import drop_empty
 from cds.fhir.codes import (
     FINDINGS_SYSTEM,
     METRICS_SYSTEM,
@@ -35,7 +34,7 @@ from cds.fhir.codes import (
     metric,
 )
 from cds.fhir.diagnoses import as_datetime
-from cds.fhir.parse import Observation, ObservationComponent, codes
+from cds.fhir.parse import Observation, codes
 from cds.fhir.policy import CaptureLimits, FactPolicy
 from cds.fhir.units import UnitError, convert
 
@@ -63,6 +62,12 @@ class InputEntry(TypedDict, total=False):
     why: str | None
 
 
+#: the keys of an input entry that are left out when not known
+_OPTIONAL_KEYS = (
+    "code", "side", "value", "unit", "canonical", "effective", "strides", "role", "reason", "why",
+)  # fmt: skip
+
+
 @dataclass
 class InputRecord:
     """One input as the trace shows it."""
@@ -85,14 +90,13 @@ class InputRecord:
     observation: Observation | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> InputEntry:
-        return drop_empty(
-            InputEntry(
-                resource=self.resource, source=self.source, code=self.code, side=self.side,
-                value=self.value, unit=self.unit, canonical=self.canonical,
-                effective=self.effective, strides=self.strides, role=self.role,
-                reason=self.reason, why=self.why,
-            )
-        )  # fmt: skip
+        """The record as the trace holds it: fields not known are left out."""
+        entry = InputEntry(resource=self.resource, source=self.source)
+        for key in _OPTIONAL_KEYS:  # one trace holds an entry per Observation: kept lean
+            value = getattr(self, key)
+            if value is not None:
+                entry[key] = value  # type: ignore[literal-required]
+        return entry
 
 
 @dataclass
@@ -120,8 +124,12 @@ class _Reject(Exception):
 
 
 def _ref(obs: Observation) -> str:
-    ver = f"/_history/{obs.version_id}" if obs.version_id else ""
-    return f"Observation/{obs.id or '?'}{ver}"
+    version = obs.version_id
+    return (
+        f"Observation/{obs.id or '?'}/_history/{version}"
+        if version
+        else f"Observation/{obs.id or '?'}"
+    )
 
 
 def _side_of(obs: Observation) -> Side | None:
@@ -131,34 +139,26 @@ def _side_of(obs: Observation) -> Side | None:
     return None
 
 
-#: an Observation's components by each code of ours they carry, in their order
-Parts = dict[str, list[ObservationComponent]]
+class Parts(NamedTuple):
+    """An Observation's components by each code of ours they carry: the value of the
+    first with a quantity, and the finding code of the first with a coded value."""
+
+    quantities: dict[str, float | None]
+    coded: dict[str, str | None]
 
 
 def _parts(obs: Observation) -> Parts:
     """Index the components once: a capture is checked for up to six of them."""
-    parts: Parts = {}
+    parts = Parts({}, {})
     for comp in obs.component:
-        for code in dict.fromkeys(codes(comp["code"], METRICS_SYSTEM)):
-            parts.setdefault(code, []).append(comp)
+        quantity, concept = comp.get("valueQuantity"), comp.get("valueCodeableConcept")
+        for code in codes(comp["code"], METRICS_SYSTEM):
+            if quantity is not None and code not in parts.quantities:
+                parts.quantities[code] = quantity.get("value")
+            if concept is not None and code not in parts.coded:
+                found = codes(concept, FINDINGS_SYSTEM)
+                parts.coded[code] = found[0] if found else None
     return parts
-
-
-def _component(parts: Parts, code: str) -> float | None:
-    for comp in parts.get(code, ()):
-        quantity = comp.get("valueQuantity")
-        if quantity is not None:
-            return quantity.get("value")
-    return None
-
-
-def _coded_component(parts: Parts, code: str) -> str | None:
-    for comp in parts.get(code, ()):
-        concept = comp.get("valueCodeableConcept")
-        if concept is not None:
-            found = codes(concept, FINDINGS_SYSTEM)
-            return found[0] if found else None
-    return None
 
 
 def _coded_value(obs: Observation) -> str:
@@ -270,21 +270,21 @@ class _Selector:
             rec.value, rec.unit, canonical, fld = _quantity_value(obs, m)
             rec.canonical = round(canonical, 4)
         parts = _parts(obs)
-        rec.strides = _component(parts, "strides-analyzed")
+        rec.strides = parts.quantities.get("strides-analyzed")
         if m.group == "run-form":  # after the value, so a value set aside still shows in the trace
             self._check_capture(parts, m)
-        test = _coded_component(parts, "contraction-type") if m.group == "strength" else None
+        test = parts.coded.get("contraction-type") if m.group == "strength" else None
         return Reading(m, eff, canonical, [rec], numeric=not m.coded, test=test), fld
 
     def _check_capture(self, parts: Parts, m: Metric) -> None:
-        if _coded_component(parts, "real-time-feedback") == "given":
+        if parts.coded.get("real-time-feedback") == "given":
             raise _Reject(
                 "measured while the runner saw real-time feedback (a retraining block): "
                 "it shows what they do when cued, not how they run",
                 "measured with real-time feedback",
                 None,  # expected, not a data problem: no card asks about it
             )
-        mode = _coded_component(parts, "gait-mode")
+        mode = parts.coded.get("gait-mode")
         if mode == "walking":
             raise _Reject(
                 "walking capture: not used for running recommendations",
@@ -294,18 +294,18 @@ class _Selector:
         if mode != "running" and self.policy.gait_mode_missing == "ask":
             raise _Reject("gait mode not recorded: cannot tell walking from running",
                           "gait mode not recorded", "gait_mode_unknown")  # fmt: skip
-        view = _coded_component(parts, "capture-view")
+        view = parts.coded.get("capture-view")
         if m.view is not None and view is not None and view != m.view:
             raise _Reject(
                 f"measured from the {view} view; this metric needs the {m.view} view",
                 f"needs the {m.view} view",
             )
-        fps = _component(parts, "frame-rate")
+        fps = parts.quantities.get("frame-rate")
         needed = self.limits.required_fps(m.code, running=True)
         if fps is not None and fps < needed:
             why = f"filmed at {fps:g} fps; this metric needs at least {needed:g} fps"
             raise _Reject(why, why)
-        visible = _component(parts, "visible-fraction")
+        visible = parts.quantities.get("visible-fraction")
         least = 100 * self.limits.min_visible_fraction
         if visible is not None and visible < least:
             why = f"landmarks visible in {visible:g}% of frames (needs {least:g}%)"
