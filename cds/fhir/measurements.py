@@ -124,12 +124,8 @@ class _Reject(Exception):
 
 
 def _ref(obs: Observation) -> str:
-    version = obs.version_id
-    return (
-        f"Observation/{obs.id or '?'}/_history/{version}"
-        if version
-        else f"Observation/{obs.id or '?'}"
-    )
+    ref, version = f"Observation/{obs.id or '?'}", obs.version_id
+    return f"{ref}/_history/{version}" if version else ref
 
 
 def _side_of(obs: Observation) -> Side | None:
