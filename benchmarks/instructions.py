@@ -39,7 +39,12 @@ from cds.client import JwtSigner
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.latency import SERVICE, source_tree, write_config, write_inputs  # noqa: E402
+from benchmarks.latency import (  # noqa: E402
+    SERVICE,
+    trees_to_measure,
+    write_config,
+    write_inputs,
+)
 
 WARM_UP = 5
 ENDPOINTS = {"patient-view": f"/cds-services/{SERVICE}", "bare echo": "/bench/echo"}
@@ -129,9 +134,7 @@ def main() -> int:
         tmpdir = Path(tmp)
         signer = JwtSigner(iss="urn:bench-ehr", alg="ES384", lifetime_s=3600)
         write_inputs(tmpdir, signer)
-        trees = [("current", ROOT)]
-        if args.baseline:
-            trees.insert(0, (args.baseline[:9], source_tree(args.baseline, tmpdir / "baseline")))
+        trees = trees_to_measure(args.baseline, tmpdir)
         first_port = 18600 + os.getpid() % 1000 * 2
         print(f"counting {args.calls} calls per endpoint, one at a time, under callgrind...")
         with ThreadPoolExecutor(len(trees)) as pool:

@@ -187,6 +187,15 @@ def source_tree(ref: str, into: Path) -> Path:
     return into
 
 
+def trees_to_measure(baseline: str | None, tmpdir: Path) -> list[tuple[str, Path]]:
+    """(label, source tree) of each service to measure: this tree, after the tree of
+    commit ``baseline`` if one is named."""
+    trees = [("current", ROOT)]
+    if baseline:
+        trees.insert(0, (baseline[:9], source_tree(baseline, tmpdir / "baseline")))
+    return trees
+
+
 @contextmanager
 def running_service(code: Path, config: Path, port: int, workers: int) -> Iterator[int]:
     """``benchmarks.bench_app`` from the source tree ``code``, served as ``runform-cds
@@ -342,9 +351,7 @@ def main() -> int:
         tmpdir = Path(tmp)
         signer = JwtSigner(iss="urn:bench-ehr", alg="ES384", lifetime_s=900)
         write_inputs(tmpdir, signer)
-        trees = [("current", ROOT)]
-        if args.baseline:
-            trees.insert(0, (args.baseline[:9], source_tree(args.baseline, tmpdir / "baseline")))
+        trees = trees_to_measure(args.baseline, tmpdir)
         sizes = [int(x) for x in args.workers.split(",")]
         services = []  # (label, pid, base): all started first, then measured in turn
         for i, ((label, code), workers) in enumerate(itertools.product(trees, sizes)):

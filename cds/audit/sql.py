@@ -27,9 +27,9 @@ from cds.audit.store import CardOrigin, StoredRecord, TraceFilter
 from cds.audit.trace import Trace
 from cds.errors import ConfigError
 
-T = TypeVar("T")
-
 __all__ = ["SqlTraceStore"]
+
+T = TypeVar("T")
 
 Body = dict[str, Any]
 Row = tuple[str, str, str | None, str | None, Body]  # kind, trace_id, hook, patient, body

@@ -24,6 +24,7 @@ from datetime import datetime
 from statistics import fmean
 from typing import Any, NamedTuple, TypedDict
 
+from cds._entries import drop_empty
 from cds.fhir.codes import (
     FINDINGS_SYSTEM,
     METRICS_SYSTEM,
@@ -62,12 +63,6 @@ class InputEntry(TypedDict, total=False):
     why: str | None
 
 
-#: the keys of an input entry that are left out when not known
-_OPTIONAL_KEYS = (
-    "code", "side", "value", "unit", "canonical", "effective", "strides", "role", "reason", "why",
-)  # fmt: skip
-
-
 @dataclass
 class InputRecord:
     """One input as the trace shows it."""
@@ -90,13 +85,14 @@ class InputRecord:
     observation: Observation | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> InputEntry:
-        """The record as the trace holds it: fields not known are left out."""
-        entry = InputEntry(resource=self.resource, source=self.source)
-        for key in _OPTIONAL_KEYS:  # one trace holds an entry per Observation: kept lean
-            value = getattr(self, key)
-            if value is not None:
-                entry[key] = value  # type: ignore[literal-required]
-        return entry
+        return drop_empty(
+            InputEntry(
+                resource=self.resource, source=self.source, code=self.code, side=self.side,
+                value=self.value, unit=self.unit, canonical=self.canonical,
+                effective=self.effective, strides=self.strides, role=self.role,
+                reason=self.reason, why=self.why,
+            )
+        )  # fmt: skip
 
 
 @dataclass

@@ -118,9 +118,7 @@ def _cross_check(
     _disagree("rules", set(expected), {(f.rule_id, f.index) for f in result.firings})
     merged: dict[str, Explanation] = {}
     for (rule_id, _), why in expected.items():
-        target = merged.setdefault(rule_id, Explanation())
-        for test in why.decided:
-            target.add(test.threshold, test)
+        merged.setdefault(rule_id, Explanation()).add_tests(why.decided)
     return merged
 
 

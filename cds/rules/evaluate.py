@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, assert_never
 
@@ -116,6 +116,12 @@ class Explanation:
         if test is not None and test not in self._seen:
             self._seen.add(test)
             self.decided.append(test)
+
+    def add_tests(self, tests: Iterable[Decided]) -> Explanation:
+        """Add each deciding test under its threshold; returns ``self``."""
+        for test in tests:
+            self.add(test.threshold, test)
+        return self
 
 
 #: a compiled condition: whether it holds on a fact; deciding tests go to the run's sink
@@ -243,8 +249,7 @@ class ReferenceEvaluator:
         run = _Run({} if memo is None else memo)
         result = self.compile(cond, False)(fact, run)
         if why is not None:
-            for test in run.sink:
-                why.add(test.threshold, test)
+            why.add_tests(run.sink)
         return result
 
     def holding_findings(
@@ -281,9 +286,7 @@ class ReferenceEvaluator:
                     continue
                 run = _Run(memos[i])
                 if check(fact, run):
-                    why = out[(rule_id, i)] = Explanation()
-                    for test in run.sink:
-                        why.add(test.threshold, test)
+                    out[(rule_id, i)] = Explanation().add_tests(run.sink)
         return out
 
     # -- compilation ---------------------------------------------------------------

@@ -119,7 +119,7 @@ def _check_patient(facts: FactSet, patient: Patient | None) -> None:
 # -- reading one Observation ----------------------------------------------------------
 def _code(coding: Coding, system: str) -> str | None:
     """The code of ``coding`` if it is one (not empty) of ``system``."""
-    return coding.get("code") or None if coding.get("system") == system else None
+    return (coding.get("code") or None) if coding.get("system") == system else None
 
 
 def _metric_of(obs: Observation) -> Metric | None:
