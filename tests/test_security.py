@@ -625,29 +625,69 @@ def test_audit_show_strips_terminal_control_characters(live: LiveService, tmp_pa
 # -- finding 11: the server ------------------------------------------------------------------------
 
 
+def _closed_while_trickling(conn: socket.socket, within_s: float = 8) -> bool:
+    """Send one header byte at a time until the server closes ``conn`` (True) or
+    ``within_s`` passes (False)."""
+    started = time.monotonic()
+    while time.monotonic() - started < within_s:
+        try:
+            conn.sendall(b"X")
+            conn.settimeout(0.3)
+            if conn.recv(1) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def _answer(conn: socket.socket) -> bytes:
+    """One whole HTTP answer with a Content-Length body, read from ``conn``."""
+    conn.settimeout(8)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head
+
+
 def test_a_slow_client_is_cut_off(service_factory: Any) -> None:
     live = service_factory(server={"request_timeout_s": 1.0}, real_port=True)
     port = int(live.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as slow:
         slow.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        started = time.monotonic()
-        closed = False
-        while time.monotonic() - started < 8:
-            try:
-                slow.sendall(b"X")  # one header byte at a time
-                slow.settimeout(0.3)
-                if slow.recv(1) == b"":
-                    closed = True
-                    break
-            except TimeoutError:
-                continue
-            except OSError:
-                closed = True
-                break
-        assert closed, "a client trickling its headers kept the connection"
+        assert _closed_while_trickling(slow), "a client trickling its headers kept the connection"
+    with socket.create_connection(("127.0.0.1", port)) as kept:
+        kept.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert _answer(kept).startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the next request
+        assert _closed_while_trickling(kept), "a kept-alive connection trickled for ever"
     with socket.create_connection(("127.0.0.1", port)) as idle:
         idle.settimeout(8)
         assert idle.recv(1) == b""  # connected, sent nothing: closed too
+
+
+def test_request_headers_over_the_cap_get_a_400(service_factory: Any) -> None:
+    from cds.service.server import MAX_HEADER_BYTES
+
+    live = service_factory(real_port=True)
+    port = int(live.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        for _ in range(MAX_HEADER_BYTES // 1000 + 1):  # in pieces, as a slow client would
+            conn.sendall(b"X-Padding: " + b"a" * 1000 + b"\r\n")
+            time.sleep(0.01)
+        assert _answer(conn).startswith(b"HTTP/1.1 400")
+        assert conn.recv(1) == b""  # and the connection is closed
+    with socket.create_connection(("127.0.0.1", port)) as conn:  # a long header just under
+        padding = b"X-Padding: " + b"a" * (MAX_HEADER_BYTES - 200) + b"\r\n"
+        conn.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n" + padding + b"\r\n")
+        assert _answer(conn).startswith(b"HTTP/1.1 200")
+    assert httpx.get(f"{live.url}/livez").status_code == 200
 
 
 def test_trace_stores_are_created_owner_only(tmp_path: Path) -> None:
