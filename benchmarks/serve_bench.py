@@ -4,7 +4,8 @@
 
 ``latency.py`` starts it with the source tree under test first on ``PYTHONPATH``.
 A tree from before ``cds.service.server.serve`` existed is served as it was
-then benchmarked: by uvicorn's own runner (one socket shared by the workers).
+then benchmarked: by uvicorn's own runner (one socket shared by the workers), with
+h11 on asyncio's loop, as uvicorn chose before httptools was installed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def main(port: int, workers: int) -> int:
     except ImportError:
         import uvicorn
 
-        uvicorn.run(APP, port=port, workers=workers, **QUIET)  # type: ignore[arg-type]
+        uvicorn.run(APP, port=port, workers=workers, http="h11", loop="asyncio", **QUIET)  # type: ignore[arg-type]
         return 0
     return serve(APP, load_settings(), workers=workers, port=port, **QUIET)
 
