@@ -645,13 +645,20 @@ def _closed_while_trickling(conn: socket.socket, within_s: float = 8) -> bool:
 def _answer(conn: socket.socket) -> bytes:
     """One whole HTTP answer with a Content-Length body, read from ``conn``."""
     conn.settimeout(8)
+
+    def more() -> bytes:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise AssertionError("the server closed the connection before it answered")
+        return chunk
+
     data = b""
     while b"\r\n\r\n" not in data:
-        data += conn.recv(65536)
+        data += more()
     head, _, body = data.partition(b"\r\n\r\n")
     length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
     while len(body) < length:
-        body += conn.recv(65536)
+        body += more()
     return head
 
 
@@ -669,6 +676,26 @@ def test_a_slow_client_is_cut_off(service_factory: Any) -> None:
     with socket.create_connection(("127.0.0.1", port)) as idle:
         idle.settimeout(8)
         assert idle.recv(1) == b""  # connected, sent nothing: closed too
+
+
+def test_a_pipelined_request_waits_for_the_answer_before_it() -> None:
+    """The deadline is for receiving a request, not for our own answer to the one
+    before it: that answer is sent, then the half-sent request is cut off."""
+    app = FastAPI()
+
+    @app.get("/slow")
+    async def slow() -> dict[str, bool]:
+        await asyncio.sleep(2.0)  # past the deadline
+        return {"ok": True}
+
+    settings = Settings.model_validate({"server": {"request_timeout_s": 1.0}})
+    with serve(app, free_port(), settings) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                         b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # fmt: skip
+            assert _answer(conn).startswith(b"HTTP/1.1 200")
+            assert _closed_while_trickling(conn), "the half-sent request was kept for ever"
 
 
 def test_request_headers_over_the_cap_get_a_400(service_factory: Any) -> None:

@@ -39,7 +39,8 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     The deadline is ``config.request_timeout_s`` (set by :func:`server_config`; it
     travels with the config to worker processes). It is armed on connecting and by
-    the first byte of each request, and disarmed once the request is complete.
+    the first byte of each request, and disarmed once the request is complete; a
+    request pipelined behind one still being answered waits for that answer.
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -64,9 +65,19 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     def _expired(self) -> None:
         self._deadline = None
-        if self._owed and not self.transport.is_closing():
-            self.logger.info("closing a connection that did not send its request in time")
-            self.transport.close()
+        if not self._owed or self.transport.is_closing():
+            return
+        if self._answering_earlier():
+            self._arm()  # uvicorn reads no further until that answer is sent
+            return
+        self.logger.info("closing a connection that did not send its request in time")
+        self.transport.close()
+
+    def _answering_earlier(self) -> bool:
+        """Whether the owed request is pipelined behind one still being answered."""
+        if self.cycle is None or self.cycle.response_complete:
+            return False
+        return self._header_bytes is not None or bool(self.pipeline)
 
     def data_received(self, data: bytes) -> None:
         self._arm()  # the first byte of a request on a kept-alive connection
