@@ -36,6 +36,7 @@ from cds.errors import ConfigError
 from cds.examples import demo_observations, hook_request, patient, searchset
 from cds.fhir.fetch import FetchError, _check_destination
 from cds.service.app import PUBLIC_PATHS, create_app
+from cds.service.server import MAX_HEADER_BYTES
 from tests.conftest import ES_ISSUER, ROOT, LiveService
 from tests.servers import free_port, serve
 
@@ -625,13 +626,13 @@ def test_audit_show_strips_terminal_control_characters(live: LiveService, tmp_pa
 # -- finding 11: the server ------------------------------------------------------------------------
 
 
-def _closed_while_trickling(conn: socket.socket, within_s: float = 8) -> bool:
-    """Send one header byte at a time until the server closes ``conn`` (True) or
-    ``within_s`` passes (False)."""
+def _closed_while_trickling(conn: socket.socket, byte: bytes = b"X") -> bool:
+    """Send ``byte`` at a time until the server closes ``conn`` (True) or 8 s pass
+    (False)."""
     started = time.monotonic()
-    while time.monotonic() - started < within_s:
+    while time.monotonic() - started < 8:
         try:
-            conn.sendall(b"X")
+            conn.sendall(byte)
             conn.settimeout(0.3)
             if conn.recv(1) == b"":
                 return True
@@ -673,6 +674,11 @@ def test_a_slow_client_is_cut_off(service_factory: Any) -> None:
         assert _answer(kept).startswith(b"HTTP/1.1 200")
         kept.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the next request
         assert _closed_while_trickling(kept), "a kept-alive connection trickled for ever"
+    with socket.create_connection(("127.0.0.1", port)) as blank:
+        blank.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert _answer(blank).startswith(b"HTTP/1.1 200")
+        # blank lines between requests are skipped by the parser, and begin no request
+        assert _closed_while_trickling(blank, b"\r\n"), "blank lines held the connection"
     with socket.create_connection(("127.0.0.1", port)) as idle:
         idle.settimeout(8)
         assert idle.recv(1) == b""  # connected, sent nothing: closed too
@@ -699,8 +705,6 @@ def test_a_pipelined_request_waits_for_the_answer_before_it() -> None:
 
 
 def test_request_headers_over_the_cap_get_a_400(service_factory: Any) -> None:
-    from cds.service.server import MAX_HEADER_BYTES
-
     live = service_factory(real_port=True)
     port = int(live.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as conn:

@@ -46,7 +46,7 @@ class DeadlineProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._deadline: asyncio.TimerHandle | None = None
-        #: a request is owed: none has come yet, or one has begun and not ended
+        #: a request is owed: none has come yet, or bytes have come since the last ended
         self._owed = True
         #: bytes received since the last request ended, while its successor's headers
         #: are incomplete (None: the headers are complete)
@@ -80,7 +80,10 @@ class DeadlineProtocol(HttpToolsProtocol):
         return self._header_bytes is not None or bool(self.pipeline)
 
     def data_received(self, data: bytes) -> None:
-        self._arm()  # the first byte of a request on a kept-alive connection
+        # any byte is owed a whole request, even the blank lines the parser skips
+        # between requests (and uvicorn's keep-alive timer stops at every byte)
+        self._owed = True
+        self._arm()
         if self._header_bytes is not None:
             self._header_bytes += len(data)
         super().data_received(data)
@@ -89,7 +92,7 @@ class DeadlineProtocol(HttpToolsProtocol):
             self.logger.warning("closing a connection whose request headers are too long")
             self.send_400_response("Request headers too long.")
 
-    def on_message_begin(self) -> None:
+    def on_message_begin(self) -> None:  # a pipelined request, in the chunk that ended one
         super().on_message_begin()
         self._owed = True
         self._arm()
