@@ -3,6 +3,7 @@ on SQLite and on the real PostgreSQL at 127.0.0.1:5432."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -21,8 +22,10 @@ from cds.audit.chain import canonical_json, record_hash, sign_checkpoint
 from cds.audit.export import to_csv, to_fhir_bundle
 from cds.audit.keys import load_private_key, write_keypair
 from cds.audit.pseudonym import Pseudonymiser
+from cds.audit.schema import trace_facets
 from cds.audit.store import TraceFilter, TraceStore, open_store
 from cds.audit.verify import verify_store
+from cds.audit.writer import TraceWriter
 
 
 def _trace(
@@ -257,6 +260,79 @@ def test_search_filters(store: TraceStore) -> None:
     assert ids(TraceFilter(outcome="error")) == [c["trace_id"]]
     assert ids(TraceFilter(pack_version="9.9.9")) == []
     assert ids(TraceFilter(since="2000-01-01", until="2000-01-02")) == []
+
+
+def test_a_batch_over_the_parameter_limit_is_stored_whole(
+    store: TraceStore, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch too big for one INSERT statement is split, and nothing is lost."""
+    monkeypatch.setattr(store, "MAX_PARAMS", 10)  # one record row (9 values) per statement
+    traces = [_trace(i, f"p{i % 3}", f"r{i % 2}") for i in range(7)]
+    stored = store.append_traces(traces)
+    assert [r.seq for r in stored] == list(range(1, 8))
+    assert store.verify().ok
+    assert [r.trace_id for r, _ in store.search(TraceFilter(rule="r1"))] == [
+        t["trace_id"] for t in traces if t["rules_fired"][0]["rule_id"] == "r1"
+    ]
+    for t in traces:
+        assert store.trace_of_card(t["cards"][0]["uuid"]) == t["trace_id"]
+    facets = Raw(store_url).execute("SELECT COUNT(*) FROM trace_facets")[0][0]
+    assert facets == sum(len(trace_facets(t)) for t in traces)
+
+
+def test_the_writer_answers_each_call_with_its_own_record_and_one_wake_per_batch(
+    tmp_path: Path,
+) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'audit.db'}")
+    batches: list[int] = []
+    writer = TraceWriter(store, on_commit=lambda _, n: batches.append(n))
+    traces = [_trace(i) for i in range(40)]
+
+    async def calls() -> tuple[list[Any], int]:
+        loop = asyncio.get_running_loop()
+        wakes = 0
+        wake = loop.call_soon_threadsafe
+
+        def counted(*args: Any) -> Any:
+            nonlocal wakes
+            wakes += 1
+            return wake(*args)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        stored = await asyncio.gather(*(writer.append(t) for t in traces))
+        return stored, wakes
+
+    try:
+        stored, wakes = asyncio.run(calls())
+    finally:
+        writer.close()
+    assert [r.trace_id for r in stored] == [t["trace_id"] for t in traces]
+    assert sorted(r.seq for r in stored) == list(range(1, 41))
+    assert sum(batches) == 40 and wakes == len(batches)
+    assert store.verify().ok
+    store.close()
+
+
+def test_a_failed_batch_fails_each_of_its_calls_and_the_writer_goes_on(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'audit.db'}")
+    writer = TraceWriter(store)
+    real = store.append_traces
+    store.append_traces = lambda traces: (_ for _ in ()).throw(OSError("disk gone"))  # type: ignore[method-assign]
+
+    async def calls() -> list[Any]:
+        return await asyncio.gather(
+            *(writer.append(_trace(i)) for i in range(5)), return_exceptions=True
+        )
+
+    try:
+        failed = asyncio.run(calls())
+        store.append_traces = real  # type: ignore[method-assign]
+        after = asyncio.run(writer.append(_trace(9)))
+    finally:
+        writer.close()
+    assert all(isinstance(f, OSError) and "disk gone" in str(f) for f in failed)
+    assert after.seq == 1 and store.verify().ok
+    store.close()
 
 
 def test_jti_claims_are_shared_and_expire(store: TraceStore) -> None:

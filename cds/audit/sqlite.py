@@ -90,6 +90,7 @@ class SqliteTraceStore(SqlTraceStore):
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         self.path = path
         self._db = _connect(path, "FULL")
+        self.MAX_PARAMS = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         if create or migrate:
             self._db.executescript(_SCHEMA + _FACETS)
             with self._write() as cur:

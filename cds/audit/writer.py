@@ -11,14 +11,15 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from cds.audit.store import StoredRecord, TraceStore
 from cds.audit.trace import Trace
 
 __all__ = ["TraceWriter"]
 
-_Item = tuple[Trace, asyncio.Future[StoredRecord], asyncio.AbstractEventLoop]
+_Future = asyncio.Future[StoredRecord]
+_Item = tuple[Trace, _Future, asyncio.AbstractEventLoop]
 MAX_BATCH = 64
 
 
@@ -76,11 +77,9 @@ class TraceWriter:
             try:
                 records = self._store.append_traces([trace for trace, _, _ in batch])
             except BaseException as exc:
-                for _, future, loop in batch:
-                    loop.call_soon_threadsafe(_fail, future, exc)
+                _settle(batch, [exc] * len(batch))
             else:
-                for (_, future, loop), record in zip(batch, records, strict=True):
-                    loop.call_soon_threadsafe(_succeed, future, record)
+                _settle(batch, records)
                 self._waiting_since = None if self._queue.empty() else time.monotonic()
                 if self._on_commit is not None:
                     self._on_commit(time.perf_counter() - began, len(batch))
@@ -92,11 +91,26 @@ class TraceWriter:
         self._thread.join(timeout=10)
 
 
-def _succeed(future: asyncio.Future[StoredRecord], record: StoredRecord) -> None:
-    if not future.done():
-        future.set_result(record)
+def _settle(batch: list[_Item], outcomes: Sequence[StoredRecord | BaseException]) -> None:
+    """Hand each waiting call its record or error: one callback per event loop.
+
+    Not one per trace: each wakes the loop with a write to its self-pipe, and each
+    write lets go of the GIL, which the writer thread must then win back from a busy
+    event loop, a wait of up to the interpreter's switch interval (5 ms) each time.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Future, StoredRecord | BaseException]]]
+    by_loop = {}
+    for (_, future, loop), outcome in zip(batch, outcomes, strict=True):
+        by_loop.setdefault(loop, []).append((future, outcome))
+    for loop, settled in by_loop.items():
+        loop.call_soon_threadsafe(_resolve, settled)
 
 
-def _fail(future: asyncio.Future[StoredRecord], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+def _resolve(settled: list[tuple[_Future, StoredRecord | BaseException]]) -> None:
+    for future, outcome in settled:
+        if future.done():  # its call was cancelled (the client went away)
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
