@@ -204,6 +204,7 @@ def _hook_router(
 
     @router.post("/cds-services/{service_id}")
     async def call_service(service_id: str, request: Request) -> Response:
+        await runtime.turns.take()
         await authenticate(request)
         svc = service(service_id)
         body = await _read_json(request, limit)

@@ -47,6 +47,7 @@ from cds.service.hooks import HookRequest, Service
 from cds.service.metrics import ServiceMetrics
 from cds.service.operations import current_request_id
 from cds.service.prefetch import Prefetched, resolve_prefetch
+from cds.service.turns import Turns
 
 __all__ = ["Runtime", "run_call"]
 
@@ -74,6 +75,7 @@ class Runtime:
     engine: RuleEngine = field(default_factory=RuleEngine)
     engine_info: dict[str, str] = field(default_factory=_engine_info)
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    turns: Turns = field(default_factory=Turns)
 
 
 def _search(value: Any) -> list[Any]:
