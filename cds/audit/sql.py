@@ -44,7 +44,8 @@ class SqlTraceStore(ABC):
 
     #: DB-API parameter placeholder of the driver
     P = "?"
-    #: the most parameters one statement may carry (SQLite's default since 3.32)
+    #: the most parameters one INSERT may carry (PostgreSQL allows 65,535; the SQLite
+    #: store reads its own limit from the connection)
     MAX_PARAMS = 32766
     BATCH = 5000
 
