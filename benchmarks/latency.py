@@ -31,34 +31,32 @@ from pathlib import Path
 import httpx
 
 from cds.client import JwtSigner
-from cds.examples import hook_request, patient, pfp_condition, searchset
-from cds.fhir.observations import metric_observation
+from cds.examples import demo_observations, hook_request, patient, pfp_condition, searchset
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "runform-patient-view"
 
 
 def sixty_observations(pid: str) -> list[dict]:
-    """60 Observations: 10 visits x 6 metrics, so the latest-value logic has work to do."""
-    from datetime import UTC, datetime, timedelta
-
+    """60 Observations: five visits a week apart, each the demo runner's 12 (running
+    pain, hip drop, hip adduction, knee flexion and overstride on both sides, cadence,
+    eccentric hip abduction strength), with the hip drop and weakness larger at each
+    earlier visit, so the latest-value and baseline logic has work to do and the rules
+    take the clinical path: a strengthening plus gait-retraining card with its FHIR
+    suggestions, and "no detectable change" cards for what has not moved.
+    """
     out = []
-    for visit in range(10):
-        when = datetime.now(UTC) - timedelta(days=2 + visit * 5)
-        for code, unit, side, value in [
-            ("contralateral-pelvic-drop", "deg", "right", 7.5),
-            ("contralateral-pelvic-drop", "deg", "left", 3.1),
-            ("peak-hip-adduction", "deg", "right", 21.0),
-            ("peak-hip-adduction", "deg", "left", 14.5),
-            ("hip-abduction-strength", "N.m/kg", "right", 1.2),
-            ("hip-abduction-strength", "N.m/kg", "left", 1.65),
-        ]:
-            out.append(
-                metric_observation(
-                    pid, code, value + visit * 0.1, unit, side=side, strides=12, effective=when
-                )
-            )
+    for visit, days_ago in enumerate((3, 10, 17, 24, 31)):
+        observations = demo_observations(
+            pid, days_ago=days_ago, right_pelvic_drop=7.5 + 1.5 * visit,
+            right_abduction=1.2 - 0.05 * visit,
+        )  # fmt: skip
+        out += [o for o in observations if not _coded(o, "foot-inclination-initial-contact")]
     return out
+
+
+def _coded(observation: dict, code: str) -> bool:
+    return any(c.get("code") == code for c in observation["code"]["coding"])
 
 
 def _sign(args: tuple[bytes, str, str, str, int]) -> list[str]:
