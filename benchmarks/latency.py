@@ -303,6 +303,45 @@ def print_level(label: str, level: int, rows: dict[str, Row]) -> None:
         )
 
 
+def _spin(rounds: int) -> int:
+    total = 0
+    for i in range(rounds):
+        total += i * i
+    return total
+
+
+def machine_jitter(task_ms: float, seconds: float = 6.0) -> tuple[float, float]:
+    """p50 and p99 milliseconds of a fixed pure-CPU task of about ``task_ms``, run back
+    to back on one core: what the machine alone does to a call that long (a VM's
+    neighbours and the host take the core away at times)."""
+    probe = 20_000
+    timings = []
+    for _ in range(9):
+        began = time.perf_counter()
+        _spin(probe)
+        timings.append(time.perf_counter() - began)
+    per_round_s = sorted(timings)[len(timings) // 2] / probe
+    rounds = max(1, int(task_ms / 1000 / per_round_s))
+    taken: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        began = time.perf_counter()
+        _spin(rounds)
+        taken.append((time.perf_counter() - began) * 1000)
+    taken.sort()
+    return taken[len(taken) // 2], taken[min(len(taken) - 1, int(len(taken) * 0.99))]
+
+
+def print_jitter(task_ms: float) -> None:
+    """The floor this machine sets, right now, under p99/p50 at concurrency 1."""
+    p50, p99 = machine_jitter(task_ms)
+    print(
+        f"{'machine':<11} {1:>4} {'fixed CPU task':<20} {'':>7} {p50:>8.2f} {p99:>8.2f}"
+        f"   (p99/p50 {p99 / p50:.1f}: the same work every time, as long as a call at"
+        " concurrency 1; above 1.0 is the machine's own jitter)"
+    )
+
+
 def print_scaling(tree: str, level: int, rows: list[Row], sizes: list[int]) -> None:
     """Calls/s of each service size against the first, with the bound the machine sets:
     the cores wrk leaves over the cores the first size kept busy."""
@@ -382,6 +421,8 @@ def main() -> int:
                 names = rounds[0].keys()
                 combined[label] = {n: combine([r[n] for r in rounds]) for n in names}
                 print_level(label, level, combined[label])
+            if level == 1:
+                print_jitter(combined[services[-1][0]]["patient-view"]["p50_ms"])
             if len(sizes) > 1:
                 for tree, _ in trees:
                     runs = [combined[f"{tree} x{w}"]["patient-view"] for w in sizes]

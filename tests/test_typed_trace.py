@@ -66,3 +66,27 @@ def test_renaming_a_trace_key_fails_the_type_check_where_it_is_written_and_read(
     assert message in done.stdout
     flagged = set(re.findall(r"^(cds/[\w/]+\.py):\d+: error:", done.stdout, re.M))
     assert places <= flagged, done.stdout
+
+
+def test_an_input_entry_has_exactly_the_fields_of_an_input_record_but_the_observation() -> None:
+    """``InputRecord.as_dict`` copies the record's own fields, not ``InputEntry``'s keys:
+    a field renamed on one side only would change what traces hold without mypy seeing
+    it, so the two are held together here."""
+    from dataclasses import fields
+    from typing import get_type_hints
+
+    from cds.fhir.measurements import InputEntry, InputRecord
+
+    record_fields = [f.name for f in fields(InputRecord) if f.name != "observation"]
+    assert record_fields == list(get_type_hints(InputEntry))
+
+
+def test_an_input_entry_leaves_out_what_is_not_known_and_the_observation() -> None:
+    from cds.fhir.measurements import InputRecord
+
+    rec = InputRecord(resource="Observation/o1", source="observation", value=0.0, unit="deg")
+    rec.observation = object()  # type: ignore[assignment]
+    entry = rec.as_dict()
+    assert entry == {"resource": "Observation/o1", "source": "observation", "value": 0.0,
+                     "unit": "deg"}  # fmt: skip
+    assert list(entry) == ["resource", "source", "value", "unit"]
