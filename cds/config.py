@@ -85,6 +85,10 @@ class ServerSettings(_Section):
 
 class StoreSettings(_Section):
     url: str = "sqlite:///runform-traces.db"
+    #: who commits the service's traces: ``process``, a child process of each service
+    #: process (beside the event loop, on another core), or ``thread``, a thread of the
+    #: service process (one process fewer; slower under load: it shares the GIL)
+    writer: Literal["process", "thread"] = "process"
 
 
 class PackSettings(_Section):

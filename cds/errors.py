@@ -18,6 +18,7 @@ optional FHIRPath-like ``expression`` pointing at the offending element.
     ├── EngineError (500)           engine-failed
     │   └── EngineDisagreementError engine-disagreement (the engine and the reference evaluator)
     ├── InternalError (500)         internal-error (an unexpected failure; carries an error id)
+    ├── TraceWriteError (500)       trace-write-failed (a trace could not be stored: no answer)
     ├── MeasureError                measure-invalid (a video or test form cannot be measured)
     │   ├── FhirPostError           fhir-post-failed
     │   └── StationError            station-invalid (no camera, a bad schedule or session setup)
@@ -46,6 +47,7 @@ __all__ = [
     "RequestError",
     "StationError",
     "StoreNotFoundError",
+    "TraceWriteError",
     "UnknownCardError",
     "UnknownServiceError",
     "operation_outcome",
@@ -201,6 +203,15 @@ class InternalError(CdsError):
         return cls(
             f"internal error {error_id}: the call was not completed; it is recorded under this id"
         )
+
+
+class TraceWriteError(CdsError):
+    """A call's trace could not be stored (the trace writer process ended or the store
+    refused the batch): the call is not answered, since no card goes out untraced."""
+
+    code = "trace-write-failed"
+    status = 500
+    issue_type = "exception"
 
 
 class MeasureError(CdsError):

@@ -12,11 +12,27 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from cds.audit.store import StoredRecord, TraceStore
 from cds.audit.trace import Trace
 
-__all__ = ["TraceWriter"]
+__all__ = ["TraceAppender", "TraceWriter"]
+
+
+class TraceAppender(Protocol):
+    """What the service needs of a trace writer: this thread writer, or the
+    :class:`~cds.audit.process_writer.ProcessTraceWriter`."""
+
+    @property
+    def depth(self) -> int: ...
+
+    def stuck(self, after_s: float = 10.0) -> bool: ...
+
+    async def append(self, trace: Trace) -> StoredRecord: ...
+
+    def close(self) -> None: ...
+
 
 _Future = asyncio.Future[StoredRecord]
 _Item = tuple[Trace, _Future, asyncio.AbstractEventLoop]

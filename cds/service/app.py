@@ -27,9 +27,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from cds.audit.process_writer import ProcessTraceWriter
 from cds.audit.store import TraceStore, open_store
 from cds.audit.viewer import viewer_router
-from cds.audit.writer import TraceWriter
+from cds.audit.writer import TraceAppender, TraceWriter
 from cds.config import Settings, load_settings
 from cds.errors import (
     AuthError,
@@ -222,6 +223,21 @@ def _tls_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
+def _trace_writer(
+    settings: Settings, store: TraceStore, handed_in: bool, metrics: ServiceMetrics
+) -> TraceAppender:
+    """A child process commits the traces (``store.writer = "process"``), unless the
+    store was handed in (tests, embedding: it is written where it is) or is in memory."""
+
+    def observe(seconds: float, _: int) -> None:
+        metrics.trace_commit.observe(seconds)
+
+    url = settings.store.url
+    if not handed_in and settings.store.writer == "process" and ":memory:" not in url:
+        return ProcessTraceWriter(url, on_commit=observe)
+    return TraceWriter(store, on_commit=observe)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -234,6 +250,7 @@ def create_app(
             "!!! JWT authentication is OFF (auth.required = false): "
             "any caller can use this service. Never do this in production. !!!"
         )
+    given = store is not None
     store = store if store is not None else open_store(settings.store.url)
     # packs handed in (tests, benchmarks) are fixed; packs read from the folder are watched
     interval = 0.0 if packs is not None else settings.packs.watch_interval_s
@@ -246,7 +263,7 @@ def create_app(
     )
     http = httpx.AsyncClient(follow_redirects=False, verify=_tls_context(settings))
     metrics = ServiceMetrics()
-    writer = TraceWriter(store, on_commit=lambda seconds, _: metrics.trace_commit.observe(seconds))
+    writer = _trace_writer(settings, store, given, metrics)
     runtime = Runtime(
         settings=settings, packs=packs, store=store, writer=writer, http=http, metrics=metrics
     )

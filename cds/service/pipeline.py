@@ -22,7 +22,7 @@ import httpx
 
 from cds.audit.store import TraceStore
 from cds.audit.trace import Trace
-from cds.audit.writer import TraceWriter
+from cds.audit.writer import TraceAppender
 from cds.config import Settings
 from cds.errors import CdsError, InternalError, PayloadTooLargeError
 from cds.fhir.facts import ClinicalData, FactSet, build_facts
@@ -70,7 +70,7 @@ class Runtime:
     settings: Settings
     packs: list[CompiledPack]
     store: TraceStore
-    writer: TraceWriter
+    writer: TraceAppender
     http: httpx.AsyncClient
     engine: RuleEngine = field(default_factory=RuleEngine)
     engine_info: dict[str, str] = field(default_factory=_engine_info)
