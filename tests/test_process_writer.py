@@ -112,11 +112,12 @@ def test_when_the_writer_process_dies_waiting_and_later_calls_fail_and_it_is_stu
     tmp_path: Path,
 ) -> None:
     writer = ProcessTraceWriter(f"sqlite:///{tmp_path / 'audit.db'}")
+    writer.restart_after_s = 3600  # not replaced within this test
 
     async def calls() -> tuple[Any, list[Any]]:
         first = await writer.append(_trace(0))
-        os.kill(writer._process.pid, signal.SIGKILL)
-        writer._process.wait()
+        os.kill(writer._child.process.pid, signal.SIGKILL)
+        writer._child.process.wait()
         later = await asyncio.gather(
             *(writer.append(_trace(i)) for i in range(1, 4)), return_exceptions=True
         )
@@ -131,6 +132,31 @@ def test_when_the_writer_process_dies_waiting_and_later_calls_fail_and_it_is_stu
         writer.close()
     assert first.seq == 1
     assert failed and all(isinstance(f, TraceWriteError) for f in failed)
+
+
+def test_a_writer_process_that_ended_is_replaced_and_the_chain_goes_on(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    writer = ProcessTraceWriter(url)
+    writer.restart_after_s = 0
+    first_pid = writer._child.process.pid
+
+    async def calls() -> list[Any]:
+        first = await writer.append(_trace(0))
+        os.kill(first_pid, signal.SIGKILL)
+        writer._child.process.wait()
+        await asyncio.sleep(0.05)  # the loop sees the socket close
+        assert writer.stuck()
+        return [first, *await asyncio.gather(*(writer.append(_trace(i)) for i in (1, 2)))]
+
+    try:
+        stored = asyncio.run(calls())
+        assert not writer.stuck() and writer._child.process.pid != first_pid
+    finally:
+        writer.close()
+    assert [r.seq for r in stored] == [1, 2, 3]
+    store = open_store(url)
+    assert store.verify().ok and store.count() == 3
+    store.close()
 
 
 def test_a_second_event_loop_is_refused_rather_than_left_waiting(tmp_path: Path) -> None:
@@ -168,9 +194,9 @@ def test_close_commits_what_was_sent_and_ends_the_process(tmp_path: Path) -> Non
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     writer = ProcessTraceWriter(url)
     _append_all(writer, [_trace(i) for i in range(5)])
-    assert _writer_children() == [writer._process.pid]
+    assert _writer_children() == [writer._child.process.pid]
     writer.close()
-    assert writer._process.returncode == 0 and writer.stuck()
+    assert writer._child.process.returncode == 0 and writer.stuck()
     assert _writer_children() == []
     store = open_store(url)
     assert store.count() == 5

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import select
 import signal
 import socket
@@ -47,6 +48,8 @@ from cds.audit.trace import Trace
 from cds.errors import ConfigError, TraceWriteError
 
 __all__ = ["ProcessTraceWriter"]
+
+log = logging.getLogger("cds.audit.process_writer")
 
 MAX_BATCH = 64
 _LENGTH = struct.Struct(">I")
@@ -140,36 +143,28 @@ def _record(trace: Trace, seq: int, recorded_at: str, prev: str, digest: str) ->
                         dict(trace), prev, digest)  # fmt: skip
 
 
-class ProcessTraceWriter:
-    """:class:`~cds.audit.writer.TraceWriter`'s interface, with the store written by a
-    child process (started here, at once, so a store that cannot be opened fails the
-    start-up rather than the first call)."""
+class _Child:
+    """One writer process and our end of its socket, started and past the handshake."""
 
-    def __init__(self, url: str, on_commit: Callable[[float, int], None] | None = None) -> None:
-        """``on_commit(seconds, traces)`` hears of each committed batch (for metrics)."""
-        self._on_commit = on_commit
-        self._waiting_since: float | None = None
-        self._link: _Link | None = None
-        self._connecting: asyncio.Future[_Link] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+    def __init__(self, url: str) -> None:
         ours, theirs = socket.socketpair()
         cmd = [sys.executable, "-m", "cds.audit.process_writer", str(theirs.fileno())]
-        self._process = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
-        self._socket = ours
+        self.socket = ours
         try:
             self._handshake(url)
         except BaseException:
-            self.close()
+            self.stop()
             raise
 
     def _handshake(self, url: str) -> None:
-        self._socket.settimeout(_START_TIMEOUT_S)
-        self._socket.sendall(_frame({"store": url}))
+        self.socket.settimeout(_START_TIMEOUT_S)
+        self.socket.sendall(_frame({"store": url}))
         frames, reply = _Frames(), None
         while reply is None:
             try:
-                data = self._socket.recv(65536)
+                data = self.socket.recv(65536)
             except TimeoutError:
                 data = b""
             if not data:
@@ -178,7 +173,42 @@ class ProcessTraceWriter:
             reply = _decode(found[0]) if found else None
         if "error" in reply:
             raise ConfigError(f"the trace writer process cannot open the store: {reply['error']}")
-        self._socket.setblocking(False)
+        self.socket.setblocking(False)
+
+    def stop(self) -> None:
+        """End our half of the socket directly (not through an event loop, which may not
+        be running): the process commits what it was sent, then ends."""
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_WR)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.socket.close()
+
+
+class ProcessTraceWriter:
+    """:class:`~cds.audit.writer.TraceWriter`'s interface, with the store written by a
+    child process. The process is started here, at once, so a store that cannot be
+    opened fails the service's start-up rather than its first call; one that ends is
+    replaced on the next call (at most every :attr:`restart_after_s` seconds), while the
+    calls that were waiting on it fail."""
+
+    #: seconds between attempts to replace a writer process that ended
+    restart_after_s = 5.0
+
+    def __init__(self, url: str, on_commit: Callable[[float, int], None] | None = None) -> None:
+        """``on_commit(seconds, traces)`` hears of each committed batch (for metrics)."""
+        self._url = url
+        self._on_commit = on_commit
+        self._waiting_since: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._link: _Link | None = None
+        self._connecting: asyncio.Task[_Link] | None = None
+        self._started_at = time.monotonic()
+        self._closed = False
+        self._child = _Child(url)
 
     @property
     def depth(self) -> int:
@@ -186,17 +216,17 @@ class ProcessTraceWriter:
         return len(self._link.pending) if self._link is not None else 0
 
     def stuck(self, after_s: float = 10.0) -> bool:
-        """Whether the writer process has ended, or traces have waited ``after_s``
-        seconds without any commit: the service must then stop taking calls."""
-        if self._process.poll() is not None or (self._link and self._link.lost):
+        """Whether the writer process has ended (and not yet been replaced), or traces
+        have waited ``after_s`` seconds without any commit: the service must then stop
+        taking calls."""
+        if self._child.process.poll() is not None or (self._link and self._link.lost):
             return True
         since = self._waiting_since
         return since is not None and time.monotonic() - since > after_s
 
     async def append(self, trace: Trace) -> StoredRecord:
         link = await self._connected()
-        if link.lost is not None or link.transport is None:
-            raise TraceWriteError(link.lost or "the trace writer is closed")
+        assert link.transport is not None
         future: asyncio.Future[StoredRecord] = asyncio.get_running_loop().create_future()
         if self._waiting_since is None:
             self._waiting_since = time.monotonic()
@@ -205,25 +235,42 @@ class ProcessTraceWriter:
         return await future
 
     async def _connected(self) -> _Link:
-        """The socket on this event loop (the first call connects it; a writer serves
-        the one event loop of its service process)."""
+        """The socket to a living writer process on this event loop: the first call
+        connects it, a call after the process ended starts another (a writer serves the
+        one event loop of its service process)."""
         loop = asyncio.get_running_loop()
         if self._loop is not None and self._loop is not loop:
             raise TraceWriteError("a process trace writer serves one event loop")
-        if self._link is not None:
-            return self._link
         self._loop = loop
-        if self._connecting is None:
-            self._connecting = loop.create_future()
-            try:
-                _, link = await loop.connect_accepted_socket(lambda: _Link(self), self._socket)
-            except BaseException as exc:
-                self._connecting.set_exception(exc)
-                raise
-            self._link = link
-            self._connecting.set_result(link)
-            return link
+        if self._closed:
+            raise TraceWriteError("the trace writer is closed")
+        if self._link is not None and self._link.lost is None:
+            return self._link
+        if self._connecting is None or self._connecting.done():
+            if self._link is not None and not self._may_restart():
+                raise TraceWriteError(self._link.lost or "the trace writer process ended")
+            self._connecting = loop.create_task(self._connect(restart=self._link is not None))
         return await asyncio.shield(self._connecting)
+
+    def _may_restart(self) -> bool:
+        return time.monotonic() - self._started_at >= self.restart_after_s
+
+    async def _connect(self, *, restart: bool) -> _Link:
+        loop = asyncio.get_running_loop()
+        if restart:
+            ended = self._child.process.poll()
+            log.warning("the trace writer process ended (exit code %s): starting another", ended)
+            self._started_at = time.monotonic()
+            old = self._child
+            try:
+                self._child = await asyncio.to_thread(_Child, self._url)
+            except ConfigError as exc:
+                raise TraceWriteError(f"the trace writer process could not restart: {exc}") from exc
+            finally:
+                await asyncio.to_thread(old.stop)
+        _, link = await loop.connect_accepted_socket(lambda: _Link(self), self._child.socket)
+        self._link = link
+        return link
 
     def committed(self, seconds: float, traces: int) -> None:
         if self._on_commit is not None:
@@ -233,24 +280,17 @@ class ProcessTraceWriter:
         self._waiting_since = time.monotonic() if more_waiting else None
 
     def close(self) -> None:
-        """Stop taking traces; the child commits what it was sent, then ends.
+        """Stop taking traces; the writer process commits what it was sent, then ends.
 
-        Called when the service stops, after its last call was answered (or from code
-        whose event loop has already closed): it ends our half of the socket directly
-        rather than through the event loop, which is not running meanwhile.
+        Called when the service stops, after its last call was answered, or from code
+        whose event loop has already closed.
         """
-        with contextlib.suppress(OSError):
-            self._socket.shutdown(socket.SHUT_WR)
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        self._closed = True
+        self._child.stop()
         transport = self._link.transport if self._link is not None else None
         if transport is not None and not transport.is_closing():
             with contextlib.suppress(RuntimeError):  # its event loop has closed
                 transport.close()
-        self._socket.close()
 
 
 # -- the child process -----------------------------------------------------------------
