@@ -304,10 +304,11 @@ def print_level(label: str, level: int, rows: dict[str, Row]) -> None:
 
 
 def _spin(rounds: int) -> int:
-    total = 0
-    for i in range(rounds):
-        total += i * i
-    return total
+    """The same small step ``rounds`` times (small integers only: each step costs alike)."""
+    x = 1
+    for _ in range(rounds):
+        x = (x * 31 + 7) & 0xFFFF
+    return x
 
 
 def machine_jitter(task_ms: float, seconds: float = 6.0) -> tuple[float, float]:
@@ -315,6 +316,8 @@ def machine_jitter(task_ms: float, seconds: float = 6.0) -> tuple[float, float]:
     to back on one core: what the machine alone does to a call that long (a VM's
     neighbours and the host take the core away at times)."""
     probe = 20_000
+    for _ in range(50):  # the interpreter specialises the loop in its first runs
+        _spin(probe)
     timings = []
     for _ in range(9):
         began = time.perf_counter()
