@@ -193,13 +193,22 @@ def _writer_children() -> list[int]:
 def test_close_commits_what_was_sent_and_ends_the_process(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     writer = ProcessTraceWriter(url)
-    _append_all(writer, [_trace(i) for i in range(5)])
+
+    async def calls() -> Any:
+        await asyncio.gather(*(writer.append(_trace(i)) for i in range(5)))
+        # a SIGTERM to the whole process group (systemd stopping the service) leaves
+        # it be: it ends when the service closes it
+        os.kill(writer._child.process.pid, signal.SIGTERM)
+        await asyncio.sleep(0.05)
+        return await writer.append(_trace(5))
+
+    assert asyncio.run(calls()).seq == 6
     assert _writer_children() == [writer._child.process.pid]
     writer.close()
     assert writer._child.process.returncode == 0 and writer.stuck()
     assert _writer_children() == []
     store = open_store(url)
-    assert store.count() == 5
+    assert store.count() == 6
     store.close()
 
 

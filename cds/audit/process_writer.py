@@ -330,9 +330,11 @@ class _Incoming:
 
 
 def main(argv: list[str]) -> int:
-    # the parent decides when to stop (it closes the socket): a Ctrl-C sent to the
-    # whole process group must not end this process with traces still to write
+    # the parent decides when to stop (it ends the socket, or dies): a Ctrl-C or a
+    # SIGTERM sent to the whole process group (a terminal, systemd) must not end this
+    # process while the service still waits for the traces of its last calls
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[1]))
     incoming = _Incoming(sock)
     config = incoming.one()
