@@ -32,6 +32,8 @@ import httpx
 
 from cds.client import JwtSigner
 from cds.examples import demo_observations, hook_request, patient, pfp_condition, searchset
+from cds.fhir.codes import METRICS_SYSTEM
+from cds.fhir.parse import codes
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "runform-patient-view"
@@ -51,12 +53,12 @@ def sixty_observations(pid: str) -> list[dict]:
             pid, days_ago=days_ago, right_pelvic_drop=7.5 + 1.5 * visit,
             right_abduction=1.2 - 0.05 * visit,
         )  # fmt: skip
-        out += [o for o in observations if not _coded(o, "foot-inclination-initial-contact")]
+        out += [
+            o
+            for o in observations
+            if "foot-inclination-initial-contact" not in codes(o["code"], METRICS_SYSTEM)
+        ]
     return out
-
-
-def _coded(observation: dict, code: str) -> bool:
-    return any(c.get("code") == code for c in observation["code"]["coding"])
 
 
 def _sign(args: tuple[bytes, str, str, str, int]) -> list[str]:

@@ -38,7 +38,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -138,9 +138,9 @@ class _Link(asyncio.Protocol):
 
 
 def _record(trace: Trace, seq: int, recorded_at: str, prev: str, digest: str) -> StoredRecord:
-    hook_instance = trace.get("hook_instance")
-    return StoredRecord(seq, "trace", trace["trace_id"], hook_instance, recorded_at,
-                        dict(trace), prev, digest)  # fmt: skip
+    body = cast(dict[str, Any], trace)  # the trace as sent: as the thread writer gives it
+    return StoredRecord(seq, "trace", trace["trace_id"], trace.get("hook_instance"), recorded_at,
+                        body, prev, digest)  # fmt: skip
 
 
 class _Child:
@@ -161,16 +161,13 @@ class _Child:
     def _handshake(self, url: str) -> None:
         self.socket.settimeout(_START_TIMEOUT_S)
         self.socket.sendall(_frame({"store": url}))
-        frames, reply = _Frames(), None
-        while reply is None:
-            try:
-                data = self.socket.recv(65536)
-            except TimeoutError:
-                data = b""
-            if not data:
-                raise ConfigError(f"the trace writer process for {safe_url(url)} did not start")
-            found = frames.feed(data)
-            reply = _decode(found[0]) if found else None
+        try:
+            answer = _Incoming(self.socket).one()
+        except TimeoutError:
+            answer = None
+        if answer is None:
+            raise ConfigError(f"the trace writer process for {safe_url(url)} did not start")
+        reply = _decode(answer)
         if "error" in reply:
             raise ConfigError(f"the trace writer process cannot open the store: {reply['error']}")
         self.socket.setblocking(False)
