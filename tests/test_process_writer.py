@@ -212,6 +212,21 @@ def test_close_commits_what_was_sent_and_ends_the_process(tmp_path: Path) -> Non
     store.close()
 
 
+def _settings(tmp_path: Path, url: str, kind: str, signer: Any) -> Settings:
+    from tests.conftest import ES_ISSUER
+
+    return Settings.model_validate(
+        {
+            "server": {"base_url": "http://127.0.0.1:9"},
+            "store": {"url": url, "writer": kind},
+            "packs": {"dir": str(Path(__file__).parent.parent / "rule_packs")},
+            "auth": {
+                "clients": [{"iss": ES_ISSUER, "jwks_file": str(signer.write_jwks(tmp_path / "k"))}]
+            },
+        }
+    )
+
+
 def test_the_service_commits_through_a_writer_process_unless_told_to_use_a_thread(
     tmp_path: Path,
 ) -> None:
@@ -221,19 +236,7 @@ def test_the_service_commits_through_a_writer_process_unless_told_to_use_a_threa
     signer = JwtSigner(iss=ES_ISSUER, alg="ES384")
     for kind, expected in (("process", ProcessTraceWriter), ("thread", TraceWriter)):
         url = f"sqlite:///{tmp_path / kind}.db"
-        settings = Settings.model_validate(
-            {
-                "server": {"base_url": "http://127.0.0.1:9"},
-                "store": {"url": url, "writer": kind},
-                "packs": {"dir": str(Path(__file__).parent.parent / "rule_packs")},
-                "auth": {
-                    "clients": [
-                        {"iss": ES_ISSUER, "jwks_file": str(signer.write_jwks(tmp_path / "k"))}
-                    ]
-                },
-            }
-        )
-        app = create_app(settings)
+        app = create_app(_settings(tmp_path, url, kind, signer))
         assert isinstance(app.state.runtime.writer, expected)
         with in_process_transport(app) as transport:
             http = httpx.Client(base_url="http://127.0.0.1:9", transport=transport)
@@ -245,3 +248,31 @@ def test_the_service_commits_through_a_writer_process_unless_told_to_use_a_threa
         store = open_store(url)
         assert store.count() == 1 and store.verify().ok
         store.close()
+
+
+def test_readiness_replaces_a_writer_process_that_ended_without_waiting_for_a_call(
+    tmp_path: Path,
+) -> None:
+    """A load balancer sends no calls to a service that is not ready: the readiness
+    check itself must bring the writer back, or the service would stay out for good."""
+    from cds.client import JwtSigner
+    from tests.conftest import ES_ISSUER
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    app = create_app(_settings(tmp_path, url, "process", JwtSigner(iss=ES_ISSUER, alg="ES384")))
+    writer: ProcessTraceWriter = app.state.runtime.writer
+    writer.restart_after_s = 3600
+    with in_process_transport(app) as transport:
+        http = httpx.Client(base_url="http://127.0.0.1:9", transport=transport)
+        assert http.get("/readyz").status_code == 200
+        first = writer._child
+        assert first is not None
+        http.post("/cds-services/runform-patient-view", json={})  # connects the writer
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait()
+        ready = http.get("/readyz")
+        assert ready.status_code == 503 and "trace writer stuck" in ready.json()["problems"]
+        writer.restart_after_s = 0
+        assert http.get("/readyz").status_code == 200
+        http.close()
+    assert writer._child is not None and writer._child.process.pid != first.process.pid

@@ -216,10 +216,23 @@ class ProcessTraceWriter:
         """Whether the writer process has ended (and not yet been replaced), or traces
         have waited ``after_s`` seconds without any commit: the service must then stop
         taking calls."""
-        if self._child.process.poll() is not None or (self._link and self._link.lost):
+        if self._gone():
             return True
         since = self._waiting_since
         return since is not None and time.monotonic() - since > after_s
+
+    def _gone(self) -> bool:
+        """Whether the writer process has ended, as far as we know."""
+        lost = self._link is not None and self._link.lost is not None
+        return lost or self._child.process.poll() is not None
+
+    async def revive(self) -> None:
+        """Replace a writer process that ended, if that may be done now: the readiness
+        check asks this, so that a service no call reaches while it is not ready (a load
+        balancer sends it none) still comes back."""
+        if self._gone():
+            with contextlib.suppress(TraceWriteError):
+                await self._connected()
 
     async def append(self, trace: Trace) -> StoredRecord:
         link = await self._connected()
@@ -241,12 +254,14 @@ class ProcessTraceWriter:
         self._loop = loop
         if self._closed:
             raise TraceWriteError("the trace writer is closed")
-        if self._link is not None and self._link.lost is None:
+        gone = self._gone()
+        if self._link is not None and not gone:
             return self._link
         if self._connecting is None or self._connecting.done():
-            if self._link is not None and not self._may_restart():
-                raise TraceWriteError(self._link.lost or "the trace writer process ended")
-            self._connecting = loop.create_task(self._connect(restart=self._link is not None))
+            if gone and not self._may_restart():
+                lost = self._link.lost if self._link is not None else None
+                raise TraceWriteError(lost or "the trace writer process ended")
+            self._connecting = loop.create_task(self._connect(restart=gone))
         return await asyncio.shield(self._connecting)
 
     def _may_restart(self) -> bool:

@@ -29,6 +29,8 @@ class TraceAppender(Protocol):
 
     def stuck(self, after_s: float = 10.0) -> bool: ...
 
+    async def revive(self) -> None: ...
+
     async def append(self, trace: Trace) -> StoredRecord: ...
 
     def close(self) -> None: ...
@@ -64,6 +66,9 @@ class TraceWriter:
             return True
         since = self._waiting_since
         return since is not None and time.monotonic() - since > after_s
+
+    async def revive(self) -> None:
+        """Nothing to do: a writer thread that died stays dead (see :meth:`stuck`)."""
 
     async def append(self, trace: Trace) -> StoredRecord:
         loop = asyncio.get_running_loop()

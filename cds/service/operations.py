@@ -145,6 +145,7 @@ def operations_routes(app: FastAPI, runtime: Any, metrics: ServiceMetrics) -> No
             await anyio.to_thread.run_sync(runtime.store.hash_at, 1)
         except Exception:  # any store failure means "not ready"
             problems.append("trace store unreachable")
+        await runtime.writer.revive()
         if runtime.writer.stuck():
             problems.append("trace writer stuck")
         status = 503 if problems else 200
