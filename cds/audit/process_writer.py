@@ -189,8 +189,8 @@ class ProcessTraceWriter:
     """:class:`~cds.audit.writer.TraceWriter`'s interface, with the store written by a
     child process. The process is started here, at once, so a store that cannot be
     opened fails the service's start-up rather than its first call; one that ends is
-    replaced on the next call (at most every :attr:`restart_after_s` seconds), while the
-    calls that were waiting on it fail."""
+    replaced on the next call or :meth:`revive` (at most every :attr:`restart_after_s`
+    seconds), while the calls that were waiting on it fail."""
 
     #: seconds between attempts to replace a writer process that ended
     restart_after_s = 5.0
