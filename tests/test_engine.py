@@ -335,3 +335,21 @@ def test_the_reference_evaluator_compiles_safely_on_many_threads(
             assert len(results) == 6 and all(r.keys() == alone.keys() for r in results)
     finally:
         sys.setswitchinterval(interval)
+
+
+@pytest.mark.parametrize(
+    ("action", "expected"),
+    [
+        ('{"hip-drop":{"m":{"kind":"side","x":1.5,"id":"5f3a-12"}}}', ("hip-drop", 12)),
+        ('{"finding:in_scope":{"m":{"id":"5f3a-0","kind":"patient"}}}', ("finding:in_scope", 0)),
+        ('{"__session__":{"m":{"kind":"__session__","id":"5f3a-open"}}}', ("__session__", -1)),
+        # another layout (spaces): parsed in full, with the same answer
+        ('{"hip-drop": {"m": {"id": "5f3a-7", "kind": "side"}}}', ("hip-drop", 7)),
+        # a value that looks like another session's id is not this session's marker
+        ('{"r":{"m":{"note":"\\"id\\":\\"9e-4","id":"5f3a-2"}}}', ("r", 2)),
+    ],
+)
+def test_an_action_is_read_for_its_rule_and_the_position_of_its_fact(
+    action: str, expected: tuple[str, int]
+) -> None:
+    assert engine_mod._fired(action, "5f3a") == expected

@@ -75,6 +75,8 @@ class _Collecting:
     """Where the actions of one evaluation stage record their firings."""
 
     firings: list[Firing]
+    #: the facts asserted, by position: a firing's fact is taken from here
+    facts: list[dict[str, Any]]
     seen: set[tuple[str, int]] = field(default_factory=set)
 
 
@@ -142,7 +144,7 @@ class RuleEngine:
     def _run_stage(self, names: list[str], facts: list[dict[str, Any]], out: EngineResult) -> None:
         global _collector
         host = _shared_host()
-        _collector = _Collecting(out.firings)
+        _collector = _Collecting(out.firings, facts)
         try:
             for name in names:
                 self._run_ruleset(host, name, facts, out)
@@ -184,31 +186,47 @@ def _assert(handle: int, name: str, message: dict[str, Any]) -> bool:
     if code == _NO_STATE:
         return True
     started = _c.start_action_for_state(handle, state)
-    pending = orjson.loads(started[1]) if started else None
+    pending: str | None = started[1] if started else None
     while pending:
-        ((rule_id, matched),) = pending.items()
         try:
-            _run_action(rule_id, matched["m"])
+            _run_action(*_fired(pending, message["sid"]))
         except Exception as exc:
             _c.abandon_action(handle, state)
             raise EngineError(f"a rule action failed in {name}: {exc}") from exc
-        following = _c.complete_and_start_action(handle, state)
-        pending = orjson.loads(following) if following else None
+        pending = _c.complete_and_start_action(handle, state) or None
     return True
 
 
-def _run_action(rule_id: str, matched: dict[str, Any]) -> None:
+def _fired(action: str, sid: str) -> tuple[str, int]:
+    """The rule and the position of the matched fact of one action that durable-rules
+    started: ``{"<rule id>":{"m":{...the fact...,"id":"<sid>-<position>"}}}``.
+
+    Read off the text rather than parsed: the fact it echoes can be large and we hold
+    it ourselves. Rule ids are plain names (letters, digits, ``-``, ``_``, ``:``) and the
+    session id a fresh uuid, so neither can appear escaped or inside a fact's value;
+    text of any other shape is parsed in full. The session opener has no position (-1).
+    """
+    marker = f'"id":"{sid}-'
+    at = action.find(marker)
+    if action.startswith('{"') and at > 0:
+        rule_id, start = action[2 : action.index('"', 2)], at + len(marker)
+        position = action[start : action.index('"', start)]
+    else:
+        ((rule_id, matched),) = orjson.loads(action).items()
+        position = str(matched["m"]["id"]).rsplit("-", 1)[1]
+    return rule_id, -1 if rule_id == _OPENER else int(position)
+
+
+def _run_action(rule_id: str, index: int) -> None:
     """What a fired rule does: record the firing, once per fact (durable-rules fires
     once per matching alternative of an ``$or``)."""
     if rule_id == _OPENER:
         return
     if _collector is None:
         raise RuntimeError(f"rule {rule_id} fired outside an evaluation")
-    index = int(str(matched["id"]).rsplit("-", 1)[1])
     if (rule_id, index) not in _collector.seen:
         _collector.seen.add((rule_id, index))
-        fact = {k: v for k, v in matched.items() if k not in ("sid", "id")}
-        _collector.firings.append(Firing(rule_id, index, fact))
+        _collector.firings.append(Firing(rule_id, index, _collector.facts[index]))
 
 
 def _ruleset(chunk: list[Compiled]) -> dict[str, Any]:
