@@ -11,8 +11,8 @@ fresh ES384 JWT and hookInstance each, SQLite traces), one at a time over
 loopback, and over as many calls of the bare echo endpoint. Every thread of the
 service process is counted, the trace writer too (run here as a thread, as
 ``store.writer = "thread"`` does, rather than in its own process); the kernel's
-work (fsync, sockets) is not. The trees are run side by side, since a count does not depend
-on what else the machine is doing.
+work (fsync, sockets) is not. The trees are run side by side, since a count does
+not depend on what else the machine is doing.
 
 Instructions are not time: under valgrind, OpenSSL picks its portable code
 paths, so the ES384 verification and SHA-256 count more than they cost on the

@@ -17,10 +17,11 @@ import pytest
 from cds.audit.process_writer import ProcessTraceWriter
 from cds.audit.store import open_store
 from cds.audit.writer import TraceWriter
-from cds.config import Settings
+from cds.client import CdsClient, JwtSigner
 from cds.errors import ConfigError, TraceWriteError
 from cds.examples import hook_request
 from cds.service.app import create_app
+from tests.conftest import IN_PROCESS_BASE, _settings
 from tests.servers import in_process_transport
 from tests.test_audit import _trace
 
@@ -212,38 +213,31 @@ def test_close_commits_what_was_sent_and_ends_the_process(tmp_path: Path) -> Non
     store.close()
 
 
-def _settings(tmp_path: Path, url: str, kind: str, signer: Any) -> Settings:
-    from tests.conftest import ES_ISSUER
+def _app(tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner, url: str, kind: str) -> Any:
+    """The service on its own settings (no store handed in, so ``kind`` is obeyed)."""
+    settings = _settings(tmp_path, es_signer, rs_signer, IN_PROCESS_BASE, (), None,
+                         {"store": {"url": url, "writer": kind}})  # fmt: skip
+    return create_app(settings)
 
-    return Settings.model_validate(
-        {
-            "server": {"base_url": "http://127.0.0.1:9"},
-            "store": {"url": url, "writer": kind},
-            "packs": {"dir": str(Path(__file__).parent.parent / "rule_packs")},
-            "auth": {
-                "clients": [{"iss": ES_ISSUER, "jwks_file": str(signer.write_jwks(tmp_path / "k"))}]
-            },
-        }
+
+def _call(http: httpx.Client, signer: JwtSigner) -> httpx.Response:
+    return CdsClient(IN_PROCESS_BASE, signer, http=http).call(
+        "runform-patient-view", hook_request("patient-view", "p1")
     )
 
 
 def test_the_service_commits_through_a_writer_process_unless_told_to_use_a_thread(
-    tmp_path: Path,
+    tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner
 ) -> None:
-    from cds.client import CdsClient, JwtSigner
-    from tests.conftest import ES_ISSUER
-
-    signer = JwtSigner(iss=ES_ISSUER, alg="ES384")
     for kind, expected in (("process", ProcessTraceWriter), ("thread", TraceWriter)):
         url = f"sqlite:///{tmp_path / kind}.db"
-        app = create_app(_settings(tmp_path, url, kind, signer))
+        app = _app(tmp_path, es_signer, rs_signer, url, kind)
         assert isinstance(app.state.runtime.writer, expected)
-        with in_process_transport(app) as transport:
-            http = httpx.Client(base_url="http://127.0.0.1:9", transport=transport)
-            answer = CdsClient("http://127.0.0.1:9", signer, http=http).call(
-                "runform-patient-view", hook_request("patient-view", "p1")
-            )
-            http.close()
+        with (
+            in_process_transport(app) as transport,
+            httpx.Client(base_url=IN_PROCESS_BASE, transport=transport) as http,
+        ):
+            answer = _call(http, es_signer)
         assert answer.status_code == 200 and answer.json()["cards"]
         store = open_store(url)
         assert store.count() == 1 and store.verify().ok
@@ -251,23 +245,20 @@ def test_the_service_commits_through_a_writer_process_unless_told_to_use_a_threa
 
 
 def test_readiness_replaces_a_writer_process_that_ended_without_waiting_for_a_call(
-    tmp_path: Path,
+    tmp_path: Path, es_signer: JwtSigner, rs_signer: JwtSigner
 ) -> None:
     """A load balancer sends no calls to a service that is not ready: the readiness
     check itself must bring the writer back, or the service would stay out for good."""
-    from cds.client import JwtSigner
-    from tests.conftest import ES_ISSUER
-
     url = f"sqlite:///{tmp_path / 'audit.db'}"
-    app = create_app(_settings(tmp_path, url, "process", JwtSigner(iss=ES_ISSUER, alg="ES384")))
+    app = _app(tmp_path, es_signer, rs_signer, url, "process")
     writer: ProcessTraceWriter = app.state.runtime.writer
     writer.restart_after_s = 3600
+    first = writer._child
     with in_process_transport(app) as transport:
-        http = httpx.Client(base_url="http://127.0.0.1:9", transport=transport)
+        http = httpx.Client(base_url=IN_PROCESS_BASE, transport=transport)
         assert http.get("/readyz").status_code == 200
-        first = writer._child
-        assert first is not None
-        http.post("/cds-services/runform-patient-view", json={})  # connects the writer
+        # a call: its trace connects the service to the writer process
+        assert _call(http, es_signer).status_code == 200
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait()
         ready = http.get("/readyz")
