@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from fhir.resources.R4B.careplan import CarePlan
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
@@ -101,7 +101,7 @@ def plan_resource(req: PlanRequest) -> dict[str, Any]:
 #: elements whose value is free text or a reference: a FHIR string, valid when not empty
 _TEXT = frozenset({"description", "patientInstruction", "text", "reference", "title"})
 #: shapes already validated (a pack emits a handful: one per plan, sides and timing)
-_VALID_SHAPES: set[str] = set()
+_VALID_SHAPES: set[bytes] = set()
 
 
 def _shape(value: Any, key: str = "") -> Any:
@@ -126,7 +126,7 @@ def validate_resource(resource: dict[str, Any]) -> None:
     model = _VALIDATORS.get(resource.get("resourceType", ""))
     if model is None:
         raise ValueError(f"no validator for {resource.get('resourceType')!r}")
-    shape = json.dumps(_shape(resource), sort_keys=True)
+    shape = orjson.dumps(_shape(resource), option=orjson.OPT_SORT_KEYS)
     if shape in _VALID_SHAPES:
         return
     try:

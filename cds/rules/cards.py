@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,17 +123,20 @@ class _Renderer:
     def __call__(self, text: str) -> str:
         return PLACEHOLDER.sub(self._sub, text)
 
+    def _side(self) -> str:
+        return _sides(self.facts) or "either"
+
+    def _quality(self) -> str:
+        return str(self.facts[0].get("q_notes", "none"))
+
+    def _age(self) -> str:
+        return _fmt(self.facts[0].get(AGE, "unknown"))
+
     def _sub(self, match: re.Match[str]) -> str:
         kind, arg = match.group(1), match.group(2)
-        simple = {
-            "side": lambda: _sides(self.facts) or "either",
-            "quality": lambda: str(self.facts[0].get("q_notes", "none")),
-            "age": lambda: _fmt(self.facts[0].get(AGE, "unknown")),
-            "findings": self._findings,
-            "diagnoses": self._diagnoses,
-        }
-        if kind in simple:
-            return simple[kind]()
+        simple = _SIMPLE.get(kind)
+        if simple is not None:
+            return simple(self)
         if kind == "threshold":
             t = self.ctx.pack.pack.thresholds[arg]
             return _quantity(t.value, t.unit)
@@ -204,6 +207,16 @@ class _Renderer:
                 state += ", onset date not recorded"
             lines.setdefault(f"{d.value_set}:{state}", f"- {d.title} ({d.code}): {state}")
         return "\n".join(lines.values()) or "- (none on record)"
+
+
+#: placeholders that take no argument, by kind
+_SIMPLE: dict[str, Callable[[_Renderer], str]] = {
+    "side": _Renderer._side,
+    "quality": _Renderer._quality,
+    "age": _Renderer._age,
+    "findings": _Renderer._findings,
+    "diagnoses": _Renderer._diagnoses,
+}
 
 
 def _grades(evidence: list[Evidence], fact: Fact) -> list[Evidence]:
