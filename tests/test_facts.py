@@ -1,8 +1,10 @@
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
+from cds.examples import demo_observations
 from cds.fhir.codes import PLANS_SYSTEM
 from cds.fhir.diagnoses import DiagnosisCode, ValueSet
 from cds.fhir.facts import ClinicalData, FactPolicy, build_facts
@@ -12,6 +14,7 @@ from cds.fhir.parse import (
     Observation,
     Patient,
     ServiceRequest,
+    _lenient_twin,
     parse_entries,
     validate,
 )
@@ -259,3 +262,42 @@ def test_a_period_gives_the_measurement_time_of_an_observation() -> None:
     assert validate(Observation, raw).effective == datetime(2026, 11, 20, 10, 5, tzinfo=UTC)
     raw["effectivePeriod"] = {"start": "2026-11-20T10:00:00Z"}
     assert validate(Observation, raw).effective == datetime(2026, 11, 20, 10, tzinfo=UTC)
+
+
+def _lenient(raw: dict[str, Any]) -> Observation:
+    """An Observation read the way msgspec's refusals are: by pydantic, then converted."""
+    return msgspec.convert(validate(_lenient_twin(Observation), raw), Observation, strict=False)
+
+
+def test_msgspec_and_the_lenient_path_read_an_observation_alike() -> None:
+    """Every demo Observation (each metric, side, component and unit) and variants of
+    the elements' types give the same Observation on both paths."""
+    variants = []
+    for raw in demo_observations("p", days_ago=2):
+        variants.append(raw)
+        variants.append({**raw, "effectiveDateTime": "2026-11-20T10:00:00.123Z"})
+        variants.append({**raw, "issued": "2026-11-20T10:00:00+05:30", "id": "x"})
+        if "valueQuantity" in raw:
+            variants.append({**raw, "valueQuantity": {**raw["valueQuantity"], "value": 3}})
+    for raw in variants:
+        fast = msgspec.convert(raw, Observation)
+        assert fast == _lenient(raw), raw
+        assert validate(Observation, raw) == fast
+
+
+@pytest.mark.parametrize(
+    ("element", "sent", "read"),
+    [
+        ("effectiveDateTime", "2026-11-20T10:00:00", datetime(2026, 11, 20, 10, tzinfo=UTC)),
+        ("effectiveDateTime", "2026-11", datetime(2026, 11, 1, tzinfo=UTC)),
+        ("valueQuantity", {"value": "170", "code": "/min"}, {"value": 170.0, "code": "/min"}),
+        ("valueBoolean", "true", True),
+    ],
+)
+def test_what_msgspec_refuses_is_read_by_the_lenient_path(
+    element: str, sent: Any, read: Any
+) -> None:
+    raw = {**obs("cadence", 170, "/min"), element: sent}
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(raw, Observation)
+    assert getattr(validate(Observation, raw), element) == read
