@@ -80,6 +80,15 @@ def _lsi_fields() -> frozenset[str]:
     return frozenset(lsi_field(m) for m in metrics().values())
 
 
+@cache
+def _measured_by() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each metric's "present" field, and the fields its values fill (one per unit
+    dimension)."""
+    return tuple(
+        (present_field(m), tuple(m.field_for(d) for d in m.dimensions)) for m in metrics().values()
+    )
+
+
 def check_facts(facts: FactSet, policy: FactPolicy) -> None:
     """Re-derive the metric and patient fields of ``facts`` from the resources they were
     built from; raise :class:`EngineDisagreementError` where fact building says
@@ -314,15 +323,16 @@ def _asymmetry(own: dict[str, Fact]) -> None:
 
 
 def _present(fact: Fact) -> None:
-    for m in metrics().values():
-        if any(m.field_for(d) in fact for d in m.dimensions):
-            fact[present_field(m)] = 1
+    for present, fields in _measured_by():
+        if any(f in fact for f in fields):
+            fact[present] = 1
 
 
 def _compare(where: str, mine: Fact, theirs: Fact) -> None:
-    for fld in sorted(set(mine) | set(theirs)):
+    lsi = _lsi_fields()
+    for fld in sorted(mine.keys() | theirs.keys()):
         a, b = mine.get(fld), theirs.get(fld)
-        rounding = 0.011 if fld in _lsi_fields() else 2e-4  # an LSI has 2 decimals
+        rounding = 0.011 if fld in lsi else 2e-4  # an LSI has 2 decimals
         if a is None or b is None or not _same(a, b, rounding):
             raise _disagree(
                 f"the {where} fact: {fld} is {b!r} from fact building and {a!r} from the "
