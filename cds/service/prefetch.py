@@ -15,6 +15,7 @@ the prefetch key, and the reason stays in the trace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,8 +168,10 @@ async def resolve_prefetch(
     for key, template in PREFETCH.items():
         if _take_provided(key, req, out):
             continue
+        # without a fetcher nothing is waited for: no timer to set
+        timer = asyncio.timeout_at(deadline) if fetcher is not None else contextlib.nullcontext()
         try:
-            async with asyncio.timeout_at(deadline):
+            async with timer:
                 await _resolve_key(key, template, req, fetcher, out)
         except (TimeoutError, FetchError) as exc:
             reason = _reason(exc, timeout_s, made)
