@@ -7,7 +7,9 @@ CDS Hooks hot path. Resources are slotted dataclasses rather than ``BaseModel``s
 because pydantic builds those about twice as fast, and the elements inside them
 (codings, quantities, periods, components: over 600 in a 60-Observation
 prefetch) are ``TypedDict``s, which pydantic builds as plain dicts, about twice
-as fast again; :func:`validate` is their ``model_validate``.
+as fast again; :func:`validate` is their ``model_validate``. The
+:class:`Observation`, of which a prefetch holds dozens, is a msgspec ``Struct``
+read by msgspec, with pydantic for what msgspec refuses (see :func:`validate`).
 Everything we *emit* is validated with ``fhir.resources.R4B``
 (see :mod:`cds.fhir.resources`).
 
