@@ -50,6 +50,7 @@ __all__ = [
     "ObservationComponent",
     "Patient",
     "Quantity",
+    "Resource",
     "ServiceRequest",
     "Unreadable",
     "bundle_resources",
