@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import field
 from datetime import UTC, date, datetime
-from functools import cache
 from types import UnionType
 from typing import (
     Annotated,
@@ -291,7 +290,7 @@ def validate(model: type[M], raw: Any) -> M:
         try:
             return msgspec.convert(raw, model)
         except msgspec.ValidationError:
-            lenient = validate(_lenient_twin(model), raw)  # type: ignore[arg-type]
+            lenient = validate(_lenient_twin(model), raw)
             return msgspec.convert(lenient, model, strict=False)
     adapter = _adapters.get(model)
     if adapter is None:
@@ -300,15 +299,20 @@ def validate(model: type[M], raw: Any) -> M:
     return parsed
 
 
-@cache
-def _lenient_twin(struct: type[msgspec.Struct]) -> Any:
-    """A TypedDict with ``struct``'s elements, for pydantic."""
-    hints = get_type_hints(struct, include_extras=True)
-    elements = {
-        f.name: Required[hints[f.name]] if f.required else hints[f.name]
-        for f in msgspec.structs.fields(struct)
-    }
-    return TypedDict(struct.__name__, elements, total=False)  # type: ignore[operator]
+_twins: dict[type[Any], Any] = {}
+
+
+def _lenient_twin(struct: type[Any]) -> Any:
+    """A TypedDict with the elements of msgspec ``Struct`` ``struct``, for pydantic."""
+    twin = _twins.get(struct)
+    if twin is None:
+        hints = get_type_hints(struct, include_extras=True)
+        elements = {
+            f.name: Required[hints[f.name]] if f.required else hints[f.name]
+            for f in msgspec.structs.fields(struct)
+        }
+        twin = _twins[struct] = TypedDict(struct.__name__, elements, total=False)  # type: ignore[operator]
+    return twin
 
 
 class Unreadable(BaseModel):
