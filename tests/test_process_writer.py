@@ -254,8 +254,10 @@ def test_readiness_replaces_a_writer_process_that_ended_without_waiting_for_a_ca
     writer: ProcessTraceWriter = app.state.runtime.writer
     writer.restart_after_s = 3600
     first = writer._child
-    with in_process_transport(app) as transport:
-        http = httpx.Client(base_url=IN_PROCESS_BASE, transport=transport)
+    with (
+        in_process_transport(app) as transport,
+        httpx.Client(base_url=IN_PROCESS_BASE, transport=transport) as http,
+    ):
         assert http.get("/readyz").status_code == 200
         # a call: its trace connects the service to the writer process
         assert _call(http, es_signer).status_code == 200
@@ -265,5 +267,4 @@ def test_readiness_replaces_a_writer_process_that_ended_without_waiting_for_a_ca
         assert ready.status_code == 503 and "trace writer stuck" in ready.json()["problems"]
         writer.restart_after_s = 0
         assert http.get("/readyz").status_code == 200
-        http.close()
     assert writer._child is not None and writer._child.process.pid != first.process.pid

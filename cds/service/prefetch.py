@@ -15,7 +15,6 @@ the prefetch key, and the reason stays in the trace.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,42 +84,41 @@ def _unavailable(key: str) -> str:
     return f"the FHIR data for prefetch key {key!r} could not be obtained"
 
 
-def _take_provided(key: str, req: HookRequest, out: Prefetched) -> bool:
-    """Take the client's data for ``key`` when it needs nothing fetched (the usual case:
-    no timer is set for it)."""
-    provided = req.prefetch or {}
-    if key not in provided:
-        return False
-    value = provided[key]
-    if value is None:
-        out.data[key], out.how[key] = None, "null (client has no data)"
-        return True
-    check_shape(value, f"prefetch.{key}")
-    if _has_next(value) or _outcome_problem(value) is not None:
-        return False
-    out.data[key], out.how[key] = value, "provided"
-    return True
-
-
 async def _resolve_key(
-    key: str, template: str, req: HookRequest, fetcher: FhirFetcher | None, out: Prefetched
+    key: str,
+    template: str,
+    req: HookRequest,
+    fetcher: FhirFetcher | None,
+    out: Prefetched,
+    deadline: float,
 ) -> None:
-    """What :func:`_take_provided` left: pages to follow, an OperationOutcome sent
-    instead of data, or a key not sent."""
-    value = (req.prefetch or {}).get(key)
-    if value is not None:
+    """The data for ``key``: as the client sent it, or fetched by ``deadline`` (only a
+    fetch sets a timer: most calls send everything)."""
+    provided = req.prefetch or {}
+    if key in provided and provided[key] is None:
+        out.data[key], out.how[key] = None, "null (client has no data)"
+        return
+    if key in provided:
+        value = provided[key]
+        check_shape(value, f"prefetch.{key}")
         problem = _outcome_problem(value)
-        if problem is None:  # a first page
-            if fetcher is None:
-                raise FetchError("the prefetch is paginated and cannot be followed")
-            await fetcher.complete(value)
-            out.data[key], out.how[key] = value, "provided (pages followed)"
+        if problem is None:
+            if _has_next(value):
+                if fetcher is None:
+                    raise FetchError("the prefetch is paginated and cannot be followed")
+                async with asyncio.timeout_at(deadline):
+                    await fetcher.complete(value)
+                out.how[key] = "provided (pages followed)"
+            else:
+                out.how[key] = "provided"
+            out.data[key] = value
             return
         out.notes.append(f"prefetch {key}: {problem}; fetching instead")
     if fetcher is None:
         raise FetchError("the key was not provided and the service may not fetch it")
     query = resolve_template(template, req, typed_patient=fetcher.typed_patient_search)
-    out.data[key] = await fetcher.read(query)
+    async with asyncio.timeout_at(deadline):
+        out.data[key] = await fetcher.read(query)
     out.how[key] = "fetched"
 
 
@@ -166,13 +164,8 @@ async def resolve_prefetch(
     out = Prefetched()
     deadline = asyncio.get_running_loop().time() + timeout_s
     for key, template in PREFETCH.items():
-        if _take_provided(key, req, out):
-            continue
-        # without a fetcher nothing is waited for: no timer to set
-        timer = asyncio.timeout_at(deadline) if fetcher is not None else contextlib.nullcontext()
         try:
-            async with timer:
-                await _resolve_key(key, template, req, fetcher, out)
+            await _resolve_key(key, template, req, fetcher, out, deadline)
         except (TimeoutError, FetchError) as exc:
             reason = _reason(exc, timeout_s, made)
             if key not in OPTIONAL_PREFETCH:
